@@ -1,0 +1,72 @@
+"""Tasks: problems with reference solutions and answers, graders, rewards and step segmentation.
+
+Example:
+    >>> task = load("arith-word", split="test", n=100)
+    >>> gsm8k = load("gsm8k", path="../shared/data/gsm8k", split="test")      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ipgkit.errors import IpgkitError
+from ipgkit.tasks.arith import FAMILIES, load_arith
+from ipgkit.tasks.base import (
+    Problem,
+    RewardFunction,
+    Task,
+    call_reward,
+    reward_columns,
+    split_lines,
+)
+from ipgkit.tasks.jsonl import load_gsm8k, load_math500
+from ipgkit.tasks.rewards import keyword_count, length_reward
+
+TASKS = (*FAMILIES, "gsm8k", "math500")
+
+
+def load(
+    name: str,
+    split: str = "test",
+    path: str | Path | None = None,
+    n: int | None = None,
+    seed: int = 0,
+) -> Task:
+    """Load a task by name.
+
+    Args:
+        name: ``"arith-word"``, ``"arith-chain"`` (generated), ``"gsm8k"`` or ``"math500"`` (read
+            from ``path``).
+        split: for arithmetic ``train``/``validation``/``test`` (standard difficulty) or
+            ``hard-train``/``hard-validation``/``hard-test``; for GSM8K ``train``/``test``.
+        path: the JSONL file or its directory (GSM8K, MATH500 only).
+        n: number of problems (arithmetic: how many to generate, default 500; files: first n).
+        seed: generation seed (arithmetic only).
+    """
+    if name in FAMILIES:
+        if path is not None:
+            raise IpgkitError(f"{name} is generated; it takes no path")
+        return load_arith(name, split=split, n=500 if n is None else n, seed=seed)
+    if name in ("gsm8k", "math500"):
+        if path is None:
+            raise IpgkitError(
+                f"{name} is read from disk: pass path=<directory or .jsonl file> "
+                "(ipgkit ships no benchmark data)"
+            )
+        task = load_gsm8k(path, split) if name == "gsm8k" else load_math500(path, split)
+        return task.subset(n)
+    raise IpgkitError(f"unknown task {name!r}; choose one of {TASKS}")
+
+
+__all__ = [
+    "TASKS",
+    "Problem",
+    "RewardFunction",
+    "Task",
+    "call_reward",
+    "keyword_count",
+    "length_reward",
+    "load",
+    "reward_columns",
+    "split_lines",
+]
