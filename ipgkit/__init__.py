@@ -1,0 +1,50 @@
+"""ipgkit: mechanistic interpretability of LLM reasoning on TransformerLens models.
+
+Example:
+    >>> import ipgkit
+    >>> policy = ipgkit.load_model("arith")
+    >>> task = ipgkit.tasks.load("arith-word", split="test", n=32)
+    >>> rollouts = ipgkit.sample(policy, task.problems, n=8, temperature=0.7,
+    ...                          reward=task.correctness)                     # doctest: +SKIP
+"""
+
+from ipgkit import tasks
+from ipgkit.components import ComponentSet, mlp_neurons, resid_neurons, scaling_hook
+from ipgkit.errors import IpgkitError
+from ipgkit.evaluation import evaluate, pass_at_k
+from ipgkit.models import Policy, load_model
+from ipgkit.rollouts import (
+    Rollouts,
+    SamplingConfig,
+    TokenScores,
+    group_advantages,
+    iter_scores,
+    sample,
+    score_completions,
+    score_rollouts,
+)
+from ipgkit.steering import steer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ComponentSet",
+    "IpgkitError",
+    "Policy",
+    "Rollouts",
+    "SamplingConfig",
+    "TokenScores",
+    "evaluate",
+    "group_advantages",
+    "iter_scores",
+    "load_model",
+    "mlp_neurons",
+    "pass_at_k",
+    "resid_neurons",
+    "sample",
+    "scaling_hook",
+    "score_completions",
+    "score_rollouts",
+    "steer",
+    "tasks",
+]

@@ -1,0 +1,128 @@
+"""The ``ipgkit`` command: ``ipgkit <subcommand> --help`` documents each one."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    from ipgkit.models.training import TrainingConfig
+
+    for item in fields(TrainingConfig):
+        parser.add_argument(f"--{item.name.replace('_', '-')}", type=type(item.default),
+                            default=item.default, help=f"(default: {item.default})")  # fmt: skip
+
+
+def cmd_train_model(args: argparse.Namespace) -> int:
+    from ipgkit.models.training import TrainingConfig, train_model
+
+    config = TrainingConfig(**{f.name: getattr(args, f.name) for f in fields(TrainingConfig)})
+    out = train_model(config, args.out)
+    print(f"wrote {out / 'model.safetensors'}; load it with ipgkit.load_model({str(out)!r})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    import ipgkit
+
+    tasks = [
+        ipgkit.tasks.load(args.task, split=s, path=args.path, n=args.limit) for s in args.splits
+    ]
+    policy = ipgkit.load_model(args.model)
+    frames = []
+    for task in tasks:
+        frames.append(ipgkit.evaluate(policy, task, n_samples=args.samples, ks=args.ks,
+                                      temperature=args.temperature, progress=True))  # fmt: skip
+    table = pd.concat(frames, ignore_index=True)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if args.out:
+        from ipgkit.io import atomic_write_text
+
+        atomic_write_text(Path(args.out), table.to_csv(index=False))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    import ipgkit
+
+    started = time.perf_counter()
+    policy = ipgkit.load_model("arith")
+    print(f"loaded the embedded model in {time.perf_counter() - started:.1f} s "
+          f"({sum(p.numel() for p in policy.model.parameters()) / 1e6:.2f}M parameters)")  # fmt: skip
+    task = ipgkit.tasks.load("arith-word", split="test", n=args.limit)
+    problem = task.problems[0]
+    greedy = ipgkit.sample(policy, [problem], temperature=0.0, max_new_tokens=task.max_new_tokens)
+    print(
+        f"\n{policy.prompt_format(problem.question)}{greedy.texts[0]}\n(gold: {problem.answer})\n"
+    )
+    rollouts = ipgkit.sample(policy, task.problems[: args.prompts], n=8, temperature=0.7,
+                             max_new_tokens=task.max_new_tokens, reward=task.correctness)  # fmt: skip
+    print(f"{len(rollouts)} rollouts at T=0.7: mean reward {rollouts.rewards.mean():.3f}, "
+          f"frac_reward_zero_std {rollouts.frac_reward_zero_std:.2f}\n")  # fmt: skip
+    for split in ("test", "hard-test"):
+        held_out = ipgkit.tasks.load("arith-word", split=split, n=args.limit)
+        table = ipgkit.evaluate(policy, held_out, progress=True)
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ipgkit", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser(
+        "train-model", help="train the embedded reasoning model from scratch"
+    )
+    train.add_argument(
+        "--out", default="runs/arith", help="output directory (resumes if it holds a checkpoint)"
+    )
+    _add_training_options(train)
+    train.set_defaults(run=cmd_train_model)
+
+    evaluate = commands.add_parser("evaluate", help="accuracy@1, pass@k and length with 95%% CIs")
+    evaluate.add_argument("--model", default="arith", help="'arith' or a trained model directory")
+    evaluate.add_argument(
+        "--task", default="arith-word", help="arith-word, arith-chain, gsm8k, math500"
+    )
+    evaluate.add_argument("--splits", nargs="+", default=["test"], help="splits to evaluate")
+    evaluate.add_argument("--path", default=None, help="data file or directory (gsm8k, math500)")
+    evaluate.add_argument("--limit", type=int, default=200, help="problems per split")
+    evaluate.add_argument("--samples", type=int, default=0, help="samples per problem for pass@k")
+    evaluate.add_argument("--ks", type=int, nargs="+", default=[1], help="k values for pass@k")
+    evaluate.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
+    evaluate.add_argument("--out", default=None, help="write the table as CSV here")
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    demo = commands.add_parser("demo", help="sample, score and evaluate the embedded model")
+    demo.add_argument("--limit", type=int, default=200, help="held-out problems per split")
+    demo.add_argument("--prompts", type=int, default=32, help="prompts for the rollout example")
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ipgkit.errors import IpgkitError
+
+    try:
+        return args.run(args)
+    except IpgkitError as error:
+        print(f"ipgkit {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

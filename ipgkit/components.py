@@ -1,0 +1,237 @@
+"""Which units (a hook point plus indices), and the one hook that scales them.
+
+A :class:`ComponentSet` names units the way TransformerLens names activations:
+
+- residual-stream neurons: ``blocks.L.hook_resid_post``, indices into d_model;
+- MLP neurons: ``blocks.L.mlp.hook_post``, indices into d_mlp;
+- SAE features: ``blocks.L.hook_resid_post.hook_sae_acts_post``, indices into d_sae.
+
+:func:`scaling_hook` builds the single forward hook that every pipeline uses: IPG (a factor alpha per
+batch row), steering (one gamma), training loops (whatever steering is active). It replaces the
+selected units h by ``h' + factor * (h - h')`` (baseline h' is zero unless given) on chosen positions:
+``"all"``, ``"prompt"`` or ``"generated"``. Which positions are generated is set by the code that
+lays the batch out (sampling or teacher-forced scoring) through :func:`sequence_layout`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from ipgkit.errors import HookNameError, IpgkitError, close_matches
+
+Positions = Literal["all", "prompt", "generated"]
+KINDS = ("resid", "mlp", "sae")
+
+
+@dataclass(frozen=True)
+class ComponentSet:
+    """A set of units at one hook point.
+
+    Attributes:
+        hook_name: the TransformerLens hook whose last dimension indexes the units.
+        indices: unit indices into that dimension, or None for every unit (cheapest to scale).
+        kind: ``"resid"``, ``"mlp"`` or ``"sae"``: used for labels and tidy result tables.
+
+    Example:
+        >>> ComponentSet("blocks.2.hook_resid_post", (3, 17), kind="resid")
+        ComponentSet(hook_name='blocks.2.hook_resid_post', indices=(3, 17), kind='resid')
+    """
+
+    hook_name: str
+    indices: tuple[int, ...] | None = None
+    kind: str = "resid"
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise IpgkitError(f"unknown component kind {self.kind!r}; choose one of {KINDS}")
+        if self.indices is not None:
+            indices = tuple(int(i) for i in self.indices)
+            if len(set(indices)) != len(indices):
+                raise IpgkitError(f"duplicate indices in ComponentSet at {self.hook_name}")
+            if any(i < 0 for i in indices):
+                raise IpgkitError(f"negative index in ComponentSet at {self.hook_name}: {indices}")
+            object.__setattr__(self, "indices", indices)
+
+    def __len__(self) -> int:
+        if self.indices is None:
+            raise TypeError("a ComponentSet over every unit has no length until resolved")
+        return len(self.indices)
+
+    def width(self, model) -> int:
+        """Size of the hook's last dimension on ``model`` (d_model, d_mlp or d_sae)."""
+        resolve_hook(model, self.hook_name)
+        if self.hook_name.endswith(("mlp.hook_post", "mlp.hook_pre")):
+            return model.cfg.d_mlp
+        if ".hook_sae_" in self.hook_name:
+            sae_site, sae_hook = self.hook_name.split(".hook_sae_", 1)
+            sae = getattr(model, "acts_to_saes", {}).get(sae_site)
+            if sae is not None and sae_hook.startswith("acts"):
+                return sae.cfg.d_sae
+        return model.cfg.d_model
+
+    def validate(self, model) -> ComponentSet:
+        """Check the hook exists on ``model`` and every index is in range; returns self."""
+        width = self.width(model)
+        if self.indices is not None and self.indices and max(self.indices) >= width:
+            raise IpgkitError(
+                f"component index {max(self.indices)} is out of range for {self.hook_name} "
+                f"(width {width}); valid indices are 0..{width - 1}"
+            )
+        return self
+
+    def index_tensor(self, device=None) -> Int[Tensor, " n"] | None:
+        return None if self.indices is None else torch.tensor(self.indices, device=device)
+
+
+def resid_neurons(layer: int, indices: Sequence[int] | None = None) -> ComponentSet:
+    """Residual-stream neurons after block ``layer`` (the IPG paper's setting)."""
+    return ComponentSet(f"blocks.{layer}.hook_resid_post", _tuple(indices), kind="resid")
+
+
+def mlp_neurons(layer: int, indices: Sequence[int] | None = None) -> ComponentSet:
+    """Post-activation MLP neurons of block ``layer``."""
+    return ComponentSet(f"blocks.{layer}.mlp.hook_post", _tuple(indices), kind="mlp")
+
+
+def _tuple(indices):
+    return None if indices is None else tuple(int(i) for i in indices)
+
+
+def resolve_hook(model, hook_name: str):
+    """The HookPoint called ``hook_name`` on ``model``; a clear error lists the closest names."""
+    hook_dict = model.hook_dict
+    if hook_name not in hook_dict:
+        raise HookNameError(
+            f"model has no hook point {hook_name!r}; closest names: {close_matches(hook_name, hook_dict)}"
+        )
+    return hook_dict[hook_name]
+
+
+# --- where the generated tokens are -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SequenceLayout:
+    """Where generation starts in each row of the batch being run, and where this call begins.
+
+    Attributes:
+        generated_start: [batch] absolute position of each row's first generated token.
+        offset: absolute position of the first token of the current forward call (the KV-cache
+            length during sampling, 0 for a full teacher-forced pass).
+    """
+
+    generated_start: Int[Tensor, " batch"]
+    offset: int = 0
+
+    def generated_mask(self, batch: int, length: int, device) -> torch.Tensor:
+        positions = torch.arange(self.offset, self.offset + length, device=device)
+        start = self.generated_start.to(device)
+        if start.shape[0] != batch:
+            raise IpgkitError(
+                f"sequence layout covers {start.shape[0]} rows but the activation has {batch}"
+            )
+        return positions[None, :] >= start[:, None]
+
+
+_LAYOUT: contextvars.ContextVar[SequenceLayout | None] = contextvars.ContextVar(
+    "ipgkit_layout", default=None
+)
+
+
+@contextlib.contextmanager
+def sequence_layout(layout: SequenceLayout) -> Iterator[None]:
+    """Tell scaling hooks which positions are generated while the block runs."""
+    token = _LAYOUT.set(layout)
+    try:
+        yield
+    finally:
+        _LAYOUT.reset(token)
+
+
+def current_layout() -> SequenceLayout | None:
+    return _LAYOUT.get()
+
+
+def set_layout_offset(offset: int) -> None:
+    """Advance the active layout during KV-cached sampling (one call per new token)."""
+    layout = _LAYOUT.get()
+    if layout is not None:
+        _LAYOUT.set(SequenceLayout(layout.generated_start, offset))
+
+
+# --- the one scaling hook -----------------------------------------------------------------------
+
+
+def scaling_hook(
+    components: ComponentSet,
+    factor: float | Float[Tensor, " batch"],
+    positions: Positions = "all",
+    baseline: Float[Tensor, " n"] | float | None = None,
+):
+    """A TransformerLens forward hook: ``h[..., i] <- h'_i + factor * (h[..., i] - h'_i)``.
+
+    Args:
+        components: which units to scale.
+        factor: one float, or one per batch row ([batch]); e.g. IPG's alpha grid, steering's gamma.
+        positions: ``"all"``, ``"prompt"`` or ``"generated"`` tokens (the last two need an active
+            :func:`sequence_layout`, which ipgkit's sampler and scorer set).
+        baseline: h', zero by default; a scalar or one value per selected unit.
+
+    Returns:
+        ``hook(activation [batch, pos, width], hook) -> activation``.
+
+    Example:
+        >>> hook = scaling_hook(resid_neurons(1, [0, 5]), factor=2.0)
+        >>> # model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_resid_post", hook)])
+    """
+    if positions not in ("all", "prompt", "generated"):
+        raise IpgkitError(f"positions must be 'all', 'prompt' or 'generated', got {positions!r}")
+    index = components.index_tensor()
+    factor_tensor = torch.as_tensor(factor, dtype=torch.float32)
+    if not torch.isfinite(factor_tensor).all():
+        raise IpgkitError(f"scaling factor must be finite, got {factor!r}")
+
+    def hook(activation: torch.Tensor, hook) -> torch.Tensor:
+        batch, length = activation.shape[:2]
+        scale = factor_tensor.to(activation.device, activation.dtype)
+        scale = scale.expand(batch)[:, None] if scale.ndim == 0 else _rows(scale, batch)[:, None]
+        scale = scale.expand(batch, length)
+        if positions != "all":
+            layout = current_layout()
+            if layout is None:
+                raise IpgkitError(
+                    f"positions={positions!r} needs ipgkit's sampler or scorer (no sequence layout "
+                    "is active); use positions='all' with plain run_with_hooks"
+                )
+            generated = layout.generated_mask(batch, length, activation.device)
+            keep = ~generated if positions == "generated" else generated
+            scale = scale.masked_fill(keep, 1.0)
+        scale = scale[..., None]
+        if index is None:
+            return _scaled(activation, scale, baseline)
+        index_on_device = index.to(activation.device)
+        selected = activation.index_select(-1, index_on_device)
+        return activation.index_copy(-1, index_on_device, _scaled(selected, scale, baseline))
+
+    return hook
+
+
+def _rows(scale: torch.Tensor, batch: int) -> torch.Tensor:
+    if scale.ndim != 1 or scale.shape[0] != batch:
+        raise IpgkitError(f"per-row factor has shape {tuple(scale.shape)}, batch is {batch}")
+    return scale
+
+
+def _scaled(values: torch.Tensor, scale: torch.Tensor, baseline) -> torch.Tensor:
+    if baseline is None:
+        return values * scale
+    baseline = torch.as_tensor(baseline, dtype=values.dtype, device=values.device)
+    return baseline + scale * (values - baseline)

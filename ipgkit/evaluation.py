@@ -1,0 +1,118 @@
+"""Evaluation: accuracy@1 (greedy), pass@k (unbiased), completion length, with confidence intervals.
+
+Everything runs through :func:`ipgkit.sample`, so active steering hooks apply.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ipgkit.errors import IpgkitError
+from ipgkit.models.policy import Policy
+from ipgkit.rollouts import sample
+from ipgkit.tasks.base import Task
+
+Z95 = 1.959963984540054
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples of which ``c`` are correct: 1 - C(n-c, k) / C(n, k)
+    (Chen et al. 2021).
+
+    Example:
+        >>> pass_at_k(5, 2, 2)
+        0.7
+    """
+    if not 0 <= c <= n:
+        raise IpgkitError(f"need 0 <= c <= n, got n={n}, c={c}")
+    if not 1 <= k <= n:
+        raise IpgkitError(f"need 1 <= k <= n, got k={k}, n={n}")
+    if n - c < k:
+        return 1.0
+    # product form of 1 - C(n-c, k)/C(n, k), stable for large n
+    return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def wilson_interval(successes: float, total: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (well-behaved near 0 and 1)."""
+    if total <= 0:
+        return (math.nan, math.nan)
+    p = successes / total
+    denominator = 1 + z**2 / total
+    centre = (p + z**2 / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z**2 / (4 * total**2)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def mean_interval(values: Sequence[float], z: float = Z95) -> tuple[float, float, float]:
+    """Mean and normal-approximation interval (mean +- z * standard error)."""
+    array = np.asarray(values, dtype=float)
+    if array.size == 0:
+        return (math.nan, math.nan, math.nan)
+    mean = float(array.mean())
+    if array.size < 2:
+        return (mean, math.nan, math.nan)
+    half = z * float(array.std(ddof=1)) / math.sqrt(array.size)
+    return (mean, mean - half, mean + half)
+
+
+def evaluate(
+    policy: Policy,
+    task: Task,
+    limit: int | None = None,
+    n_samples: int = 0,
+    ks: Sequence[int] = (1,),
+    temperature: float = 0.7,
+    top_p: float = 1.0,
+    max_new_tokens: int | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Evaluate ``policy`` on ``task`` (the first ``limit`` problems).
+
+    Greedy decoding gives ``accuracy@1`` and ``mean_length`` (tokens). With ``n_samples > 0``,
+    ``n_samples`` completions per problem at ``temperature`` give ``pass@k`` for each k in ``ks``,
+    ``sample_accuracy``, ``frac_mixed`` (problems with some right and some wrong samples) and
+    ``frac_all_wrong`` (pass@n = 0).
+
+    Returns:
+        A tidy DataFrame: model, task, split, metric, value, ci_low, ci_high (95%), n (problems).
+
+    Example:
+        >>> evaluate(policy, task, limit=200, n_samples=8, ks=(1, 8))   # doctest: +SKIP
+    """
+    task = task.subset(limit)
+    max_new_tokens = max_new_tokens or task.max_new_tokens
+    if n_samples and max(ks) > n_samples:
+        raise IpgkitError(f"pass@k needs k <= n_samples; got ks={tuple(ks)}, n_samples={n_samples}")
+    rows = []
+
+    def add(metric, value, low, high):
+        rows.append(dict(model=policy.name, task=task.name, split=task.split, metric=metric,
+                         value=value, ci_low=low, ci_high=high, n=len(task)))  # fmt: skip
+
+    greedy = sample(policy, task.problems, n=1, temperature=0.0, max_new_tokens=max_new_tokens,
+                    batch_size=batch_size, seed=seed, reward=task.correctness,
+                    progress=progress)  # fmt: skip
+    correct = float(greedy.rewards.sum())
+    add("accuracy@1", correct / len(task), *wilson_interval(correct, len(task)))
+    add("mean_length", *mean_interval(greedy.completion_lengths.float().tolist()))
+    if n_samples:
+        sampled = sample(policy, task.problems, n=n_samples, temperature=temperature, top_p=top_p,
+                         max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed + 1,
+                         reward=task.correctness, progress=progress)  # fmt: skip
+        per_problem = sampled.rewards_by_group()
+        counts = per_problem.sum(-1).round().long().tolist()
+        for k in ks:
+            add(f"pass@{k}", *mean_interval([pass_at_k(n_samples, c, k) for c in counts]))
+        add("sample_accuracy", *mean_interval(per_problem.mean(-1).tolist()))
+        mixed = sum(0 < c < n_samples for c in counts)
+        all_wrong = sum(c == 0 for c in counts)
+        add("frac_mixed", mixed / len(task), *wilson_interval(mixed, len(task)))
+        add("frac_all_wrong", all_wrong / len(task), *wilson_interval(all_wrong, len(task)))
+    return pd.DataFrame(rows)

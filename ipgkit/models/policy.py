@@ -1,0 +1,61 @@
+"""A policy: a HookedTransformer plus its tokenizer and prompt format (what every pipeline takes)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from transformer_lens import HookedTransformer
+from transformers import PreTrainedTokenizerBase
+
+from ipgkit.errors import IpgkitError
+
+
+@dataclass
+class Policy:
+    """A language model that ipgkit can sample from, score, hook and steer.
+
+    Attributes:
+        model: the hooked model (``HookedTransformer`` or ``HookedSAETransformer``).
+        tokenizer: its tokenizer (also set as ``model.tokenizer`` so TransformerLens string APIs work).
+        name: a short name for logs and result files.
+        prompt_format: ``question -> prompt text``; a chat model's chat template, or the embedded
+            model's ``"Q: ...\\nA:\\n"``.
+        stop_token_ids: generation stops after any of these (EOS by default).
+        prepend_bos: whether prompts start with the tokenizer's BOS token.
+    """
+
+    model: HookedTransformer
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    prompt_format: Callable[[str], str]
+    stop_token_ids: tuple[int, ...] = field(default=())
+    prepend_bos: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.stop_token_ids and self.tokenizer.eos_token_id is not None:
+            self.stop_token_ids = (int(self.tokenizer.eos_token_id),)
+        if self.tokenizer.pad_token_id is None:
+            raise IpgkitError(
+                f"tokenizer of {self.name!r} needs a pad token (set tokenizer.pad_token)"
+            )
+        self.model.tokenizer = self.tokenizer
+
+    @property
+    def n_ctx(self) -> int:
+        return self.model.cfg.n_ctx
+
+    @property
+    def pad_token_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each prompt text (with BOS when the policy uses one), unpadded."""
+        ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        if self.prepend_bos and self.tokenizer.bos_token_id is not None:
+            ids = [[int(self.tokenizer.bos_token_id), *row] for row in ids]
+        return [list(map(int, row)) for row in ids]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of completion ids, without special tokens."""
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
