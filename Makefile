@@ -1,0 +1,41 @@
+# Two entry points do all set-up on a fresh machine:
+#   make demo   - create .venv, install ipgkit, run the demo on the embedded model
+#   make test   - create .venv, install ipgkit + dev tools, run ruff and the default test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install demo test test-all lint format bench clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch is pinned (==2.13.0) in pyproject.toml; where the local CPU wheel exists pip takes it
+	$(BIN)/pip install -e '.[dev]' -q
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	$(BIN)/ipgkit demo
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-all: lint
+	$(BIN)/python -m pytest -q
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: install
+	$(BIN)/python benchmarks/rollouts.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

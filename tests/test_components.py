@@ -1,0 +1,110 @@
+import pytest
+import torch
+
+import ipgkit
+from ipgkit.components import ComponentSet, mlp_neurons, resid_neurons, scaling_hook
+from ipgkit.errors import HookNameError, IpgkitError
+from ipgkit.rollouts import score_completions
+
+
+def tokens_for(policy, texts):
+    ids = policy.encode(texts)
+    width = max(map(len, ids))
+    return torch.tensor([row + [policy.pad_token_id] * (width - len(row)) for row in ids])
+
+
+def test_factor_one_leaves_logits_bitwise_unchanged(policy):
+    tokens = tokens_for(policy, ["Q: Compute 12+3.\nA:\n"])
+    base = policy.model(tokens)
+    for components in (resid_neurons(1), resid_neurons(0, [1, 4, 9]), mlp_neurons(1, [0, 3])):
+        hook = scaling_hook(components, 1.0)
+        scaled = policy.model.run_with_hooks(tokens, fwd_hooks=[(components.hook_name, hook)])
+        assert torch.equal(base, scaled)
+
+
+def test_scaling_multiplies_only_selected_units(policy):
+    tokens = tokens_for(policy, ["Q: abc"])
+    seen = {}
+
+    def grab(activation, hook):
+        seen[hook.name] = activation.detach().clone()
+
+    name = "blocks.0.hook_resid_post"
+    _, cache = policy.model.run_with_cache(tokens, names_filter=name)
+    hook = scaling_hook(ComponentSet(name, (2, 5)), 3.0)
+    policy.model.run_with_hooks(tokens, fwd_hooks=[(name, hook), (name, grab)])
+    expected = cache[name].clone()
+    expected[..., [2, 5]] *= 3.0
+    torch.testing.assert_close(seen[name], expected, rtol=0, atol=0)
+
+
+def test_per_row_factors_and_baseline(policy):
+    tokens = tokens_for(policy, ["Q: 1+1", "Q: 1+1"])
+    name = "blocks.1.hook_resid_post"
+    _, cache = policy.model.run_with_cache(tokens, names_filter=name)
+    baseline = torch.full((3,), 0.5)
+    hook = scaling_hook(ComponentSet(name, (0, 1, 2)), torch.tensor([0.0, 1.0]), baseline=baseline)
+    seen = {}
+    policy.model.run_with_hooks(
+        tokens, fwd_hooks=[(name, hook), (name, lambda a, hook: seen.setdefault("a", a.detach()))]
+    )
+    assert torch.allclose(seen["a"][0, :, :3], torch.full_like(seen["a"][0, :, :3], 0.5))
+    torch.testing.assert_close(seen["a"][1], cache[name][1])
+
+
+def test_generated_positions_leave_prompt_logits_unchanged(policy):
+    prompts = policy.encode(["Q: 5+5\nA:\n", "Q: 12\nA:\n"])
+    completions = [[10, 11, 12, 13], [14, 15]]
+    base = score_completions(policy, prompts, completions)
+    # suppressing units on generated positions changes completion scores after the first token,
+    # while the first completion token is predicted from the (untouched) last prompt position
+    with ipgkit.steer(policy, resid_neurons(0), gamma=0.0, positions="generated"):
+        steered = score_completions(policy, prompts, completions)
+    torch.testing.assert_close(steered.logprobs[:, 0], base.logprobs[:, 0])
+    assert not torch.allclose(steered.logprobs[0, 1:], base.logprobs[0, 1:])
+    with ipgkit.steer(policy, resid_neurons(0), gamma=0.0, positions="prompt"):
+        prompt_only = score_completions(policy, prompts, completions)
+    assert not torch.allclose(prompt_only.logprobs[:, 0], base.logprobs[:, 0])
+
+
+def test_positions_need_a_layout_outside_ipgkit_passes(policy):
+    hook = scaling_hook(resid_neurons(0), 2.0, positions="generated")
+    with pytest.raises(IpgkitError, match="sequence layout"):
+        policy.model.run_with_hooks(
+            tokens_for(policy, ["ab"]), fwd_hooks=[("blocks.0.hook_resid_post", hook)]
+        )
+
+
+def test_unknown_hook_name_lists_close_names(policy):
+    with pytest.raises(HookNameError, match=r"blocks\.1\.hook_resid_post"):
+        ComponentSet("blocks.1.hook_resid_pots").validate(policy.model)
+    with pytest.raises(HookNameError, match="no hook point"):
+        resid_neurons(7).validate(policy.model)
+
+
+def test_indices_out_of_range_and_duplicates(policy):
+    with pytest.raises(IpgkitError, match=r"out of range .*\(width 32\)"):
+        resid_neurons(0, [0, 32]).validate(policy.model)
+    with pytest.raises(IpgkitError, match="width 128"):
+        mlp_neurons(0, [128]).validate(policy.model)
+    with pytest.raises(IpgkitError, match="duplicate"):
+        resid_neurons(0, [1, 1])
+    with pytest.raises(IpgkitError, match="unknown component kind"):
+        ComponentSet("blocks.0.hook_resid_post", kind="head")
+
+
+def test_steer_removes_only_its_own_hooks(policy):
+    tokens = tokens_for(policy, ["Q: 9"])
+    base = policy.model(tokens)
+    with ipgkit.steer(policy, resid_neurons(0, [0]), gamma=2.0):
+        outer = policy.model(tokens)
+        with ipgkit.steer(policy, resid_neurons(1, [1]), gamma=0.0):
+            assert not torch.equal(policy.model(tokens), outer)
+        torch.testing.assert_close(policy.model(tokens), outer, rtol=0, atol=0)
+    torch.testing.assert_close(policy.model(tokens), base, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("gamma", [-1.0, float("nan"), float("inf")])
+def test_steer_rejects_bad_gamma(policy, gamma):
+    with pytest.raises(IpgkitError, match="gamma"), ipgkit.steer(policy, resid_neurons(0), gamma):
+        pass
