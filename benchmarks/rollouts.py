@@ -42,7 +42,7 @@ def main() -> None:
     config = SamplingConfig(temperature=args.temperature, max_new_tokens=args.new_tokens)
 
     def run_ipgkit() -> int:
-        ids, mask, _ = generate(policy, prompt_ids, config, torch.Generator().manual_seed(0))
+        _ids, mask, _ = generate(policy, prompt_ids, config, torch.Generator().manual_seed(0))
         return int(mask.sum())
 
     def run_transformer_lens() -> int:

@@ -50,9 +50,7 @@ def test_generation_is_deterministic_and_seeded():
 def test_splits_are_disjoint_by_content():
     def keys(split):
         task = load("arith-chain", split=split, n=300)
-        return {
-            tuple(map(tuple, p.metadata["ops"])) + (p.metadata["start"],) for p in task.problems
-        }
+        return {(*tuple(map(tuple, p.metadata["ops"])), p.metadata["start"]) for p in task.problems}
 
     train, validation, test = keys("train"), keys("validation"), keys("test")
     assert not train & test and not train & validation and not validation & test
