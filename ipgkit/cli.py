@@ -52,6 +52,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_card(args: argparse.Namespace) -> int:
+    import ipgkit
+    from ipgkit.models.card import markdown, write_model_card
+
+    policy = ipgkit.load_model(args.model)
+    card = write_model_card(policy, args.out, n=args.limit, n_samples=args.samples)
+    print(markdown(card))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import time
 
@@ -105,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
     evaluate.add_argument("--out", default=None, help="write the table as CSV here")
     evaluate.set_defaults(run=cmd_evaluate)
+
+    card = commands.add_parser(
+        "model-card", help="measure accuracy, sample diversity and verifier skill"
+    )
+    card.add_argument("--model", default="arith", help="'arith' or a trained model directory")
+    card.add_argument("--limit", type=int, default=200, help="problems per family and split")
+    card.add_argument("--samples", type=int, default=8, help="samples per problem at T=0.7")
+    card.add_argument("--out", default="model_card.json", help="where to write the JSON card")
+    card.set_defaults(run=cmd_model_card)
 
     demo = commands.add_parser("demo", help="sample, score and evaluate the embedded model")
     demo.add_argument("--limit", type=int, default=200, help="held-out problems per split")

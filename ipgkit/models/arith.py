@@ -4,7 +4,6 @@ chain of thought (and on the InT verifier format), shipped inside the package.""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from safetensors.torch import load_file
@@ -52,14 +51,11 @@ def load_arith(weights_dir: str | Path = WEIGHTS_DIR, device: str = "cpu") -> Po
         raise IpgkitError(
             f"no embedded model weights at {weights_path}; train them with `ipgkit train-model`"
         )
-    started = time.perf_counter()
     config = json.loads(config_path.read_text())
     model = HookedTransformer(arith_config(**config["architecture"], device=device))
     model.load_state_dict(load_file(weights_path, device=device))
     model.eval()
-    policy = build_policy(model, name=config.get("name", "arith"))
-    policy.load_seconds = time.perf_counter() - started
-    return policy
+    return build_policy(model, name=config.get("name", "arith"))
 
 
 def save_arith(model: HookedTransformer, weights_dir: str | Path, extra: dict) -> None:
@@ -76,6 +72,8 @@ def save_arith(model: HookedTransformer, weights_dir: str | Path, extra: dict) -
     tmp = weights_dir / "model.safetensors.tmp"
     save_file(state, str(tmp))
     tmp.replace(weights_dir / "model.safetensors")
+    # the tokenizer is built in code; the saved copy lets Hugging Face tools read the folder alone
+    build_char_tokenizer().backend_tokenizer.save(str(weights_dir / "tokenizer.json"))
     atomic_write_text(
         weights_dir / "config.json",
         json.dumps({"name": "arith", "architecture": architecture, **extra}, indent=2),

@@ -1,0 +1,38 @@
+import pytest
+
+from ipgkit.errors import IpgkitError, RewardError
+from ipgkit.tasks import Task, call_reward, keyword_count, length_reward, load, reward_columns
+from ipgkit.tasks.arith import grade_integer
+
+
+def test_empty_task_is_refused():
+    with pytest.raises(IpgkitError, match=r"task 'mine' .* has no problems"):
+        Task("mine", "test", [], grade_integer)
+
+
+def test_correctness_reward_uses_the_answer_column():
+    task = load("arith-chain", n=2)
+    columns = reward_columns(task.problems)
+    completions = [task.problems[0].reference, "#### -1"]
+    assert task.correctness(["", ""], completions, **columns) == [1.0, 0.0]
+    assert task.subset(1).problems == task.problems[:1]
+    with pytest.raises(IpgkitError, match="limit must be positive"):
+        task.subset(0)
+
+
+def test_length_and_keyword_rewards():
+    assert length_reward(["p"], ["abc"]) == [3.0]
+    assert length_reward(["p"], ["abc"], completion_ids=[[1, 2]]) == [2.0]
+    reward = keyword_count(["wait", "check"])
+    assert reward(["q", "q"], ["Wait, let me check. wait", "waiting"]) == [3.0, 0.0]
+    assert reward.__name__ == "keyword_count(wait, check)"
+    with pytest.raises(ValueError):
+        keyword_count([])
+
+
+def test_call_reward_names_the_function():
+    def my_reward(prompts, completions, **_):
+        return [1.0]
+
+    with pytest.raises(RewardError, match="'my_reward' returned 1 values for 2 completions"):
+        call_reward(my_reward, ["a", "b"], ["a", "b"])
