@@ -49,25 +49,31 @@ def accuracy_by_steps(policy: Policy, n: int, seed: int = 0) -> pd.DataFrame:
 
 def verifier_accuracy(policy: Policy, attempts: list[tuple], max_new_tokens: int = 96) -> dict:
     """Greedy interventions for (problem, attempt_steps) pairs, scored against the rule-based
-    first-divergence checker: parse rate, location accuracy, exact (location and content)."""
+    first-divergence checker: parse rate, location accuracy, exact (location and content).
+    Prompts that leave no room for the answer in the context are skipped and counted."""
     prompts, expected = [], []
     for problem, steps in attempts:
         prompts.append(verifier_prompt(problem.question, problem.reference, steps))
         expected.append(first_divergence(split_lines(problem.reference), steps))
     ids = policy.encode(prompts)
+    fits = [len(row) + max_new_tokens <= policy.n_ctx for row in ids]
+    skipped = len(ids) - sum(fits)
+    ids = [row for row, ok in zip(ids, fits, strict=True) if ok]
+    expected = [e for e, ok in zip(expected, fits, strict=True) if ok]
     completions = []
     config = SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens)
     for start in range(0, len(prompts), 64):
         tokens, mask, _ = generate(policy, ids[start : start + 64], config)
         completions += [policy.decode(t[m].tolist()) for t, m in zip(tokens, mask, strict=True)]
     parsed = [parse_intervention(text) for text in completions]
-    n = len(attempts)
+    n = len(ids)
     located = sum(
         p is not None and p.location == e.location for p, e in zip(parsed, expected, strict=True)
     )
     exact = sum(p == e for p, e in zip(parsed, expected, strict=True))
     return {
         "n": n,
+        "skipped_too_long": skipped,
         "parsed": sum(p is not None for p in parsed) / n,
         "location_accuracy": located / n,
         "exact_accuracy": exact / n,

@@ -58,27 +58,36 @@ class TrainingConfig:
     threads: int = 2
 
 
-def training_example(rng: random.Random, config: TrainingConfig) -> tuple[str, str]:
-    """One (prompt, completion) pair of the training mix."""
-    difficulty = arith.TRAINING[0] if rng.random() < 0.75 else arith.TRAINING[1]
-    family = rng.choice(arith.FAMILIES)
-    problem = arith.make_problem(family, rng, difficulty, "train", bucket="train")
-    if rng.random() < config.verifier_fraction:
-        attempt = arith.make_failed_attempt(rng, problem)
-        fix = first_divergence(split_lines(problem.reference), attempt)
-        return verifier_prompt(problem.question, problem.reference, attempt), format_intervention(
-            fix
-        )
-    return arith_prompt(problem.question), problem.reference
+def training_example(
+    rng: random.Random, config: TrainingConfig, max_tokens: int
+) -> tuple[str, str]:
+    """One (prompt, completion) pair of the training mix, redrawn until BOS + prompt + completion
+    + EOS fits in ``max_tokens`` (one token per character)."""
+    while True:
+        difficulty = arith.TRAINING[0] if rng.random() < 0.75 else arith.TRAINING[1]
+        family = rng.choice(arith.FAMILIES)
+        problem = arith.make_problem(family, rng, difficulty, "train", bucket="train")
+        if rng.random() < config.verifier_fraction:
+            attempt = arith.make_failed_attempt(rng, problem)
+            fix = first_divergence(split_lines(problem.reference), attempt)
+            prompt = verifier_prompt(problem.question, problem.reference, attempt)
+            completion = format_intervention(fix)
+        else:
+            prompt, completion = arith_prompt(problem.question), problem.reference
+        if len(prompt) + len(completion) + 2 <= max_tokens:
+            return prompt, completion
 
 
 def batch_for_step(
-    step: int, config: TrainingConfig, tokenizer
+    step: int, config: TrainingConfig, tokenizer, max_tokens: int = 512
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens [batch, pos] (right-padded) and the loss mask over predicted positions [batch, pos-1]."""
     block, offset = divmod(step, config.pool_batches)
     rng = random.Random(f"{config.seed}:block:{block}")
-    pairs = [training_example(rng, config) for _ in range(config.batch_size * config.pool_batches)]
+    pairs = [
+        training_example(rng, config, max_tokens)
+        for _ in range(config.batch_size * config.pool_batches)
+    ]
     prompts = tokenizer([p for p, _ in pairs], add_special_tokens=False)["input_ids"]
     completions = tokenizer([c for _, c in pairs], add_special_tokens=False)["input_ids"]
     rows = [
@@ -164,7 +173,7 @@ def train_model(config: TrainingConfig, out_dir: str | Path, progress: bool = Tr
                desc="train-model", disable=not progress)  # fmt: skip
     running = None
     for step in bar:
-        tokens, loss_mask = batch_for_step(step, config, tokenizer)
+        tokens, loss_mask = batch_for_step(step, config, tokenizer, model.cfg.n_ctx)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
         logits = training_logits(model, tokens)[:, :-1]

@@ -1,4 +1,5 @@
 import dataclasses
+import random
 
 import pytest
 import torch
@@ -35,6 +36,16 @@ def test_batches_are_deterministic_and_mask_exactly_the_completion():
             else text.index("Intervention:\n") + 14
         )
         assert text[prompt_end:].replace("<pad>", "") == predicted
+
+
+def test_training_examples_fit_the_context():
+    rng, config = random.Random(0), TrainingConfig(verifier_fraction=1.0)
+    lengths = [
+        sum(map(len, training.training_example(rng, config, max_tokens=300))) + 2
+        for _ in range(300)
+    ]
+    assert max(lengths) <= 300
+    assert min(lengths) < 200  # short ones are kept, only over-long ones redrawn
 
 
 def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
