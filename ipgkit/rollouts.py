@@ -25,6 +25,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 from ipgkit.components import SequenceLayout, sequence_layout, set_layout_offset
 from ipgkit.errors import IpgkitError
@@ -221,6 +222,61 @@ def _final_logits(model, tokens, attention_mask, past_kv_cache=None, positions=N
     return model.unembed(model.ln_final(resid))
 
 
+class _PreallocatedEntry(TransformerLensKeyValueCacheEntry):
+    """A layer's KV cache that writes into buffers sized for the whole generation.
+
+    TransformerLens's entry concatenates the full cache with each new token (O(length) copying per
+    step); this one writes the new keys and values in place and hands out views.
+    """
+
+    def __init__(self, keys: Tensor, values: Tensor) -> None:
+        self._keys, self._values, self._length, self.frozen = keys, values, 0, False
+
+    @property
+    def past_keys(self) -> Tensor:
+        return self._keys[:, : self._length]
+
+    @property
+    def past_values(self) -> Tensor:
+        return self._values[:, : self._length]
+
+    def append(self, new_keys: Tensor, new_values: Tensor) -> tuple[Tensor, Tensor]:
+        end = self._length + new_keys.shape[1]
+        self._keys[:, self._length : end] = new_keys
+        self._values[:, self._length : end] = new_values
+        if not self.frozen:
+            self._length = end
+        return self._keys[:, :end], self._values[:, :end]
+
+
+class _PreallocatedCache(TransformerLensKeyValueCache):
+    """TransformerLens's KV cache with preallocated per-layer buffers and attention mask."""
+
+    @classmethod
+    def allocate(cls, cfg, device, batch: int, capacity: int) -> _PreallocatedCache:
+        heads = cfg.n_key_value_heads or cfg.n_heads
+        shape = (batch, capacity, heads, cfg.d_head)
+        entries = [
+            _PreallocatedEntry(
+                torch.empty(shape, dtype=cfg.dtype, device=device),
+                torch.empty(shape, dtype=cfg.dtype, device=device),
+            )
+            for _ in range(cfg.n_layers)
+        ]
+        cache = cls(entries=entries, previous_attention_mask=torch.empty((batch, 0), dtype=torch.long, device=device))  # fmt: skip
+        cache._mask = torch.zeros((batch, capacity), dtype=torch.long, device=device)
+        return cache
+
+    def append_attention_mask(self, attention_mask: Tensor) -> Tensor:
+        start = self.previous_attention_mask.shape[1]
+        end = start + attention_mask.shape[1]
+        self._mask[:, start:end] = attention_mask
+        updated = self._mask[:, :end]
+        if not self.frozen:
+            self.previous_attention_mask = updated
+        return updated
+
+
 def choose_tokens(
     logits: Float[Tensor, "batch vocab"], config: SamplingConfig, generator: torch.Generator
 ) -> Int[Tensor, " batch"]:
@@ -266,7 +322,7 @@ def generate(
         attention[row, longest - len(ids) :] = 1
     tokens, attention = tokens.to(device), attention.to(device)
     stop_ids = torch.tensor(policy.stop_token_ids, device=device)
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, batch)
+    cache = _PreallocatedCache.allocate(model.cfg, device, batch, longest + config.max_new_tokens)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     new_tokens, new_logprobs = [], []
     layout = SequenceLayout(generated_start=torch.full((batch,), longest), offset=0)
