@@ -13,7 +13,7 @@ import pandas as pd
 
 from ipgkit.errors import IpgkitError
 from ipgkit.models.policy import Policy
-from ipgkit.rollouts import sample
+from ipgkit.rollouts import Rollouts, sample
 from ipgkit.tasks.base import Task
 
 Z95 = 1.959963984540054
@@ -60,6 +60,42 @@ def mean_interval(values: Sequence[float], z: float = Z95) -> tuple[float, float
     return (mean, mean - half, mean + half)
 
 
+def evaluation_table(
+    policy_name: str, task: Task, greedy: Rollouts, sampled: Rollouts | None = None,
+    ks: Sequence[int] = (1,),
+) -> pd.DataFrame:  # fmt: skip
+    """Metrics of already-sampled rollouts (rewards filled in with ``task.correctness``).
+
+    ``greedy`` (one completion per problem) gives ``accuracy@1`` and ``mean_length``; ``sampled``
+    (n per problem) gives ``pass@k`` for each k in ``ks``, ``sample_accuracy``, ``frac_mixed``
+    and ``frac_all_wrong``. Returns the tidy table :func:`evaluate` returns.
+    """
+    rows = []
+
+    def add(metric, value, low, high):
+        rows.append(dict(model=policy_name, task=task.name, split=task.split, metric=metric,
+                         value=value, ci_low=low, ci_high=high, n=len(task)))  # fmt: skip
+
+    correct = float(greedy.rewards_by_group()[:, 0].sum())
+    add("accuracy@1", correct / len(task), *wilson_interval(correct, len(task)))
+    add("mean_length", *mean_interval(greedy.completion_lengths.float().tolist()))
+    if sampled is not None:
+        if max(ks) > sampled.n:
+            raise IpgkitError(
+                f"pass@k needs k <= samples per problem; got ks={tuple(ks)}, n={sampled.n}"
+            )
+        per_problem = sampled.rewards_by_group()
+        counts = per_problem.sum(-1).round().long().tolist()
+        for k in ks:
+            add(f"pass@{k}", *mean_interval([pass_at_k(sampled.n, c, k) for c in counts]))
+        add("sample_accuracy", *mean_interval(per_problem.mean(-1).tolist()))
+        mixed = sum(0 < c < sampled.n for c in counts)
+        all_wrong = sum(c == 0 for c in counts)
+        add("frac_mixed", mixed / len(task), *wilson_interval(mixed, len(task)))
+        add("frac_all_wrong", all_wrong / len(task), *wilson_interval(all_wrong, len(task)))
+    return pd.DataFrame(rows)
+
+
 def evaluate(
     policy: Policy,
     task: Task,
@@ -90,29 +126,11 @@ def evaluate(
     max_new_tokens = max_new_tokens or task.max_new_tokens
     if n_samples and max(ks) > n_samples:
         raise IpgkitError(f"pass@k needs k <= n_samples; got ks={tuple(ks)}, n_samples={n_samples}")
-    rows = []
-
-    def add(metric, value, low, high):
-        rows.append(dict(model=policy.name, task=task.name, split=task.split, metric=metric,
-                         value=value, ci_low=low, ci_high=high, n=len(task)))  # fmt: skip
-
-    greedy = sample(policy, task.problems, n=1, temperature=0.0, max_new_tokens=max_new_tokens,
-                    batch_size=batch_size, seed=seed, reward=task.correctness,
+    settings = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, reward=task.correctness,
                     progress=progress)  # fmt: skip
-    correct = float(greedy.rewards.sum())
-    add("accuracy@1", correct / len(task), *wilson_interval(correct, len(task)))
-    add("mean_length", *mean_interval(greedy.completion_lengths.float().tolist()))
+    greedy = sample(policy, task.problems, n=1, temperature=0.0, seed=seed, **settings)
+    sampled = None
     if n_samples:
         sampled = sample(policy, task.problems, n=n_samples, temperature=temperature, top_p=top_p,
-                         max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed + 1,
-                         reward=task.correctness, progress=progress)  # fmt: skip
-        per_problem = sampled.rewards_by_group()
-        counts = per_problem.sum(-1).round().long().tolist()
-        for k in ks:
-            add(f"pass@{k}", *mean_interval([pass_at_k(n_samples, c, k) for c in counts]))
-        add("sample_accuracy", *mean_interval(per_problem.mean(-1).tolist()))
-        mixed = sum(0 < c < n_samples for c in counts)
-        all_wrong = sum(c == 0 for c in counts)
-        add("frac_mixed", mixed / len(task), *wilson_interval(mixed, len(task)))
-        add("frac_all_wrong", all_wrong / len(task), *wilson_interval(all_wrong, len(task)))
-    return pd.DataFrame(rows)
+                         seed=seed + 1, **settings)  # fmt: skip
+    return evaluation_table(policy.name, task, greedy, sampled, ks)

@@ -379,11 +379,14 @@ def sample(
     batch_size: int = 64,
     reward: RewardFunction | None = None,
     progress: bool = False,
+    format_prompts: bool = True,
 ) -> Rollouts:
-    """Sample ``n`` completions for each problem (or plain prompt string) with a KV cache.
+    """Sample ``n`` completions for each problem (or question string) with a KV cache.
 
     Hooks active on ``policy.model`` (e.g. inside :func:`ipgkit.steer`) apply throughout.
-    Rows are grouped by problem: rows ``g*n .. g*n+n-1`` answer problem ``g``.
+    Rows are grouped by problem: rows ``g*n .. g*n+n-1`` answer problem ``g``. Questions go through
+    the policy's prompt format unless ``format_prompts=False`` (for ready-made prompts, such as
+    InT verification prompts).
 
     Example:
         >>> rollouts = sample(policy, task.problems[:32], n=8, temperature=0.7,
@@ -397,7 +400,7 @@ def sample(
     ]
     if not problems:
         raise IpgkitError("no problems to sample from (empty list)")
-    prompts = [policy.prompt_format(p.question) for p in problems]
+    prompts = [policy.prompt_format(p.question) if format_prompts else p.question for p in problems]
     prompt_ids = policy.encode(prompts)
     check_context(policy, max(len(ids) for ids in prompt_ids), max_new_tokens, prompt_ids)
     # sort groups by prompt length so batches carry little padding; rows keep problem order

@@ -44,6 +44,8 @@ def test_sampling_is_seeded_and_groups_are_ordered(policy):
     assert not torch.equal(a.completion_ids, c.completion_ids)
     assert a.group_ids.tolist() == [0] * 4 + [1] * 4 + [2] * 4
     assert a.prompts[1].startswith("Q: Compute ((17")
+    raw = ipgkit.sample(policy, ["Verify.\nx"], max_new_tokens=2, format_prompts=False)
+    assert raw.prompts == ["Verify.\nx"]
 
 
 def test_top_k_one_is_greedy(policy):

@@ -13,38 +13,50 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ipgkit.evaluation import evaluate, wilson_interval
+from ipgkit.evaluation import evaluation_table, wilson_interval
 from ipgkit.models.policy import Policy
-from ipgkit.rollouts import SamplingConfig, generate, sample
+from ipgkit.rollouts import sample
 from ipgkit.tasks import arith, load
 from ipgkit.tasks.base import split_lines
 from ipgkit.tasks.verification import first_divergence, parse_intervention, verifier_prompt
 
 
-def accuracy_table(policy: Policy, n: int, n_samples: int, seed: int = 0) -> pd.DataFrame:
-    """accuracy@1, pass@k, frac_mixed, frac_all_wrong for each family and split."""
-    frames = []
+def measure_splits(policy: Policy, n: int, n_samples: int, seed: int = 0):
+    """Greedy and sampled (T=0.7) rollouts for each family on the test and hard-test splits.
+
+    Returns the evaluation table, greedy accuracy by number of steps, and the model's own failed
+    hard-split attempts (one per problem that has one), all from the same rollouts.
+    """
+    tables, by_steps, failures = [], [], []
     for family in arith.FAMILIES:
         for split in ("test", "hard-test"):
             task = load(family, split=split, n=n, seed=seed)
-            frames.append(evaluate(policy, task, n_samples=n_samples, ks=(1, n_samples),
-                                   temperature=0.7, seed=seed, progress=True))  # fmt: skip
-    return pd.concat(frames, ignore_index=True)
-
-
-def accuracy_by_steps(policy: Policy, n: int, seed: int = 0) -> pd.DataFrame:
-    """Greedy accuracy by number of reasoning steps, over both families and both difficulties."""
-    rows = []
-    for family in arith.FAMILIES:
-        for split in ("test", "hard-test"):
-            task = load(family, split=split, n=n, seed=seed)
-            greedy = sample(policy, task.problems, temperature=0.0,
-                            max_new_tokens=task.max_new_tokens, reward=task.correctness)  # fmt: skip
+            settings = dict(
+                max_new_tokens=task.max_new_tokens, reward=task.correctness, progress=True
+            )
+            greedy = sample(policy, task.problems, temperature=0.0, seed=seed, **settings)
+            sampled = sample(
+                policy, task.problems, n=n_samples, temperature=0.7, seed=seed + 1, **settings
+            )
+            tables.append(evaluation_table(policy.name, task, greedy, sampled, ks=(1, n_samples)))
             for problem, reward in zip(task.problems, greedy.rewards.tolist(), strict=True):
-                rows.append({"family": family, "split": split,
-                             "n_steps": problem.metadata["n_steps"], "correct": reward})  # fmt: skip
-    frame = pd.DataFrame(rows)
-    return frame.groupby(["split", "n_steps"]).correct.agg(["mean", "count"]).reset_index()
+                by_steps.append({"family": family, "split": split,
+                                 "n_steps": problem.metadata["n_steps"], "correct": reward})  # fmt: skip
+            if split == "hard-test":
+                failures += first_failures(task, sampled)
+    steps = pd.DataFrame(by_steps).groupby(["split", "n_steps"]).correct.agg(["mean", "count"])
+    return pd.concat(tables, ignore_index=True), steps.reset_index(), failures
+
+
+def first_failures(task, rollouts) -> list[tuple]:
+    """(problem, attempt steps) for each problem's first wrong completion that gave an answer."""
+    attempts = []
+    for group, problem in enumerate(task.problems):
+        for row in range(group * rollouts.n, (group + 1) * rollouts.n):
+            if rollouts.rewards[row] == 0 and "####" in rollouts.texts[row]:
+                attempts.append((problem, split_lines(rollouts.texts[row])))
+                break
+    return attempts
 
 
 def verifier_accuracy(policy: Policy, attempts: list[tuple], max_new_tokens: int = 96) -> dict:
@@ -55,18 +67,18 @@ def verifier_accuracy(policy: Policy, attempts: list[tuple], max_new_tokens: int
     for problem, steps in attempts:
         prompts.append(verifier_prompt(problem.question, problem.reference, steps))
         expected.append(first_divergence(split_lines(problem.reference), steps))
-    ids = policy.encode(prompts)
-    fits = [len(row) + max_new_tokens <= policy.n_ctx for row in ids]
-    skipped = len(ids) - sum(fits)
-    ids = [row for row, ok in zip(ids, fits, strict=True) if ok]
+    fits = [len(row) + max_new_tokens <= policy.n_ctx for row in policy.encode(prompts)]
+    skipped = len(prompts) - sum(fits)
+    prompts = [p for p, ok in zip(prompts, fits, strict=True) if ok]
     expected = [e for e, ok in zip(expected, fits, strict=True) if ok]
-    completions = []
-    config = SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens)
-    for start in range(0, len(prompts), 64):
-        tokens, mask, _ = generate(policy, ids[start : start + 64], config)
-        completions += [policy.decode(t[m].tolist()) for t, m in zip(tokens, mask, strict=True)]
+    n = len(prompts)
+    if n == 0:
+        nan = float("nan")
+        return {"n": 0, "skipped_too_long": skipped, "parsed": nan, "location_accuracy": nan,
+                "exact_accuracy": nan, "exact_ci95": (nan, nan)}  # fmt: skip
+    completions = sample(policy, prompts, temperature=0.0, max_new_tokens=max_new_tokens,
+                         format_prompts=False).texts  # fmt: skip
     parsed = [parse_intervention(text) for text in completions]
-    n = len(ids)
     located = sum(
         p is not None and p.location == e.location for p, e in zip(parsed, expected, strict=True)
     )
@@ -81,21 +93,6 @@ def verifier_accuracy(policy: Policy, attempts: list[tuple], max_new_tokens: int
     }
 
 
-def own_failed_attempts(policy: Policy, n_problems: int, seed: int = 0) -> list[tuple]:
-    """The model's own wrong answers (T=0.7) on hard problems, one per problem, as step lists."""
-    attempts = []
-    for family in arith.FAMILIES:
-        task = load(family, split="hard-test", n=n_problems, seed=seed)
-        rollouts = sample(policy, task.problems, n=4, temperature=0.7, seed=seed,
-                          max_new_tokens=task.max_new_tokens, reward=task.correctness)  # fmt: skip
-        for group, problem in enumerate(task.problems):
-            for row in range(group * 4, group * 4 + 4):
-                if rollouts.rewards[row] == 0 and "####" in rollouts.texts[row]:
-                    attempts.append((problem, split_lines(rollouts.texts[row])))
-                    break
-    return attempts
-
-
 def synthetic_failed_attempts(n_problems: int, seed: int = 0) -> list[tuple]:
     rng = random.Random(seed)
     attempts = []
@@ -108,16 +105,13 @@ def synthetic_failed_attempts(n_problems: int, seed: int = 0) -> list[tuple]:
 def model_card(policy: Policy, n: int = 200, n_samples: int = 8, seed: int = 0) -> dict:
     """All model-card measurements as one JSON-able dict."""
     torch.manual_seed(seed)
-    table = accuracy_table(policy, n, n_samples, seed)
-    steps = accuracy_by_steps(policy, n, seed)
+    table, steps, failures = measure_splits(policy, n, n_samples, seed)
     return {
         "n_problems_per_split": n,
         "n_samples": n_samples,
         "accuracy": table.to_dict(orient="records"),
         "accuracy_by_steps": steps.to_dict(orient="records"),
-        "verifier_on_own_failures": verifier_accuracy(
-            policy, own_failed_attempts(policy, n // 2, seed)
-        ),
+        "verifier_on_own_failures": verifier_accuracy(policy, failures),
         "verifier_on_synthetic_failures": verifier_accuracy(
             policy, synthetic_failed_attempts(n // 2, seed)
         ),

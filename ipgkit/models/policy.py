@@ -51,6 +51,8 @@ class Policy:
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each prompt text (with BOS when the policy uses one), unpadded."""
+        if not texts:
+            return []
         ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
         if self.prepend_bos and self.tokenizer.bos_token_id is not None:
             ids = [[int(self.tokenizer.bos_token_id), *row] for row in ids]
