@@ -30,7 +30,7 @@ def arith_config(**overrides) -> HookedTransformerConfig:
     settings = dict(
         n_layers=4, d_model=128, n_heads=4, d_head=32, d_mlp=512, d_vocab=VOCAB_SIZE, n_ctx=512,
         act_fn="gelu", normalization_type="LN", positional_embedding_type="rotary", rotary_dim=32,
-        original_architecture="ipgkit-arith", tokenizer_prepends_bos=True, default_prepend_bos=True,
+        original_architecture="ipgkit-arith", tokenizer_prepends_bos=False, default_prepend_bos=True,
         device="cpu", seed=0,
     )  # fmt: skip
     settings.update(overrides)

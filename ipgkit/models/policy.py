@@ -39,7 +39,10 @@ class Policy:
             raise IpgkitError(
                 f"tokenizer of {self.name!r} needs a pad token (set tokenizer.pad_token)"
             )
+        # what TransformerLens's set_tokenizer does, minus its by-name reload (a hub look-up): attach
+        # the tokenizer and detect whether it adds BOS itself, so to_tokens prepends it exactly once
         self.model.tokenizer = self.tokenizer
+        self.model.cfg.tokenizer_prepends_bos = len(self.tokenizer.encode("")) > 0
 
     @property
     def n_ctx(self) -> int:
