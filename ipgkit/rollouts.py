@@ -14,6 +14,7 @@ Sampling left-pads prompts; scoring right-pads prompt + completion. Both set a
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -226,11 +227,13 @@ class _PreallocatedEntry(TransformerLensKeyValueCacheEntry):
     """A layer's KV cache that writes into buffers sized for the whole generation.
 
     TransformerLens's entry concatenates the full cache with each new token (O(length) copying per
-    step); this one writes the new keys and values in place and hands out views.
+    step); this one writes the new keys and values in place and hands out views. For rotary models
+    it also keeps the rotated keys (see :func:`_rotate_new_keys_only`).
     """
 
     def __init__(self, keys: Tensor, values: Tensor) -> None:
         self._keys, self._values, self._length, self.frozen = keys, values, 0, False
+        self._rotated, self._rotated_length = torch.empty_like(keys), 0
 
     @property
     def past_keys(self) -> Tensor:
@@ -275,6 +278,44 @@ class _PreallocatedCache(TransformerLensKeyValueCache):
         if not self.frozen:
             self.previous_attention_mask = updated
         return updated
+
+
+@contextlib.contextmanager
+def _rotate_new_keys_only(model, cache: _PreallocatedCache) -> Iterator[None]:
+    """Rotate each cached key once, not once per generated token.
+
+    TransformerLens 3.9 caches un-rotated keys and re-applies rotary to the whole cache at every
+    step and layer: O(length) work per token that dominated decoding. While sampling, each layer's
+    ``apply_rotary``, when handed that layer's own key buffer, rotates only the positions appended
+    since the last call (TransformerLens's own function, same offsets and mask) and returns the
+    stored rotated keys. Any other call (queries, expanded GQA keys) goes to the original.
+    """
+    if model.cfg.positional_embedding_type != "rotary":
+        yield
+        return
+    patched = []
+    for block, entry in zip(model.blocks, cache.entries, strict=True):
+        attention = block.attn
+        original = attention.apply_rotary
+
+        def apply_rotary(
+            x, past_kv_pos_offset=0, attention_mask=None, _original=original, _entry=entry
+        ):
+            if past_kv_pos_offset != 0 or x.data_ptr() != _entry._keys.data_ptr():
+                return _original(x, past_kv_pos_offset, attention_mask)
+            start, end = _entry._rotated_length, x.shape[1]
+            mask = None if attention_mask is None else attention_mask[:, :end]
+            _entry._rotated[:, start:end] = _original(x[:, start:end], start, mask)
+            _entry._rotated_length = end
+            return _entry._rotated[:, :end]
+
+        attention.apply_rotary = apply_rotary
+        patched.append(attention)
+    try:
+        yield
+    finally:
+        for attention in patched:
+            del attention.apply_rotary
 
 
 def choose_tokens(
@@ -326,7 +367,7 @@ def generate(
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     new_tokens, new_logprobs = [], []
     layout = SequenceLayout(generated_start=torch.full((batch,), longest), offset=0)
-    with torch.inference_mode(), sequence_layout(layout):
+    with torch.inference_mode(), sequence_layout(layout), _rotate_new_keys_only(model, cache):
         logits = _final_logits(model, tokens, attention, cache)[:, -1]
         step_mask = torch.ones((batch, 1), dtype=torch.long, device=device)
         for step in range(config.max_new_tokens):
