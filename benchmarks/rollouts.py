@@ -4,7 +4,7 @@ Same model (the embedded one), same left-padded prompts, same max_new_tokens, bo
 every row has emitted EOS. Runs alternate and the median of each is compared, so machine noise
 affects both alike. Prints tokens/s for each and the ratio.
 
-    python benchmarks/rollouts.py [--batch 64] [--new-tokens 128] [--repeats 3]
+    python benchmarks/rollouts.py [--batch 64] [--new-tokens 128] [--repeats 3] [--split hard-test]
 """
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--split", default="test", help="arith-word split: test or hard-test")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     policy = ipgkit.load_model("arith")
     model = policy.model
-    task = ipgkit.tasks.load("arith-word", split="test", n=args.batch)
+    task = ipgkit.tasks.load("arith-word", split=args.split, n=args.batch)
     prompt_ids = policy.encode([policy.prompt_format(p.question) for p in task.problems])
     width = max(map(len, prompt_ids))
     tokens = torch.tensor([[policy.pad_token_id] * (width - len(r)) + r for r in prompt_ids])
@@ -64,7 +65,7 @@ def main() -> None:
             counts[name] = fn()
             timings[name].append(time.perf_counter() - started)
     rates = {name: counts[name] / statistics.median(t) for name, t in timings.items()}
-    print(f"batch {args.batch} x up to {args.new_tokens} new tokens, prompts up to {width} tokens, "
+    print(f"arith-word {args.split}: batch {args.batch} x up to {args.new_tokens} new tokens, prompts up to {width} tokens, "
           f"T={args.temperature}, {torch.get_num_threads()} threads, median of {args.repeats}")  # fmt: skip
     for name, rate in rates.items():
         print(
