@@ -448,32 +448,23 @@ def sample(
     order = sorted(range(len(problems)), key=lambda g: len(prompt_ids[g]))
     rows = [g for g in order for _ in range(n)]
     generator = torch.Generator().manual_seed(seed)
-    chunks = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
-    results: dict[int, tuple] = {}
+    generated: list[tuple[Tensor, Tensor, Tensor]] = []
     bar = tqdm(total=len(rows), desc="sample", unit="completion", disable=not progress)
-    for chunk_index, chunk in enumerate(chunks):
-        ids, mask, logprobs = generate(policy, [prompt_ids[g] for g in chunk], config, generator)
-        results[chunk_index] = (ids, mask, logprobs)
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        generated.append(generate(policy, [prompt_ids[g] for g in chunk], config, generator))
         bar.update(len(chunk))
     bar.close()
-    width = max(r[0].shape[1] for r in results.values())
-    padded = [
-        [
-            _pad_right(t, width, value)
-            for t, value in zip(r, (policy.pad_token_id, False, 0.0), strict=True)
-        ]
-        for r in results.values()
-    ]
-    sorted_ids, sorted_mask, sorted_lp = (torch.cat([p[i] for p in padded]) for i in range(3))
-    # rows were generated in length order; put group g's rows at g*n .. g*n+n-1
-    position = torch.empty(len(rows), dtype=torch.long)
-    for index, g in enumerate(order):
-        position[g * n : (g + 1) * n] = torch.arange(index * n, (index + 1) * n)
-    completion_ids, completion_mask, sample_logprobs = (
-        sorted_ids[position],
-        sorted_mask[position],
-        sorted_lp[position],
-    )
+    width = max(ids.shape[1] for ids, _, _ in generated)
+
+    def stacked(part: int, value) -> Tensor:
+        return torch.cat([_pad_right(pieces[part], width, value) for pieces in generated])
+
+    # rows were generated in prompt-length order; a stable sort by problem restores g*n .. g*n+n-1
+    restore = torch.tensor(rows).argsort(stable=True)
+    completion_ids = stacked(0, policy.pad_token_id)[restore]
+    completion_mask = stacked(1, False)[restore]
+    sample_logprobs = stacked(2, 0.0)[restore]
     texts = [
         policy.decode(ids[m].tolist())
         for ids, m in zip(completion_ids, completion_mask, strict=True)

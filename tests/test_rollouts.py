@@ -24,6 +24,24 @@ def test_sampled_logprobs_equal_teacher_forced(policy):
     torch.testing.assert_close(scores.logprobs, rollouts.sample_logprobs, atol=1e-5, rtol=0)
 
 
+def test_rows_follow_problem_order_when_batches_are_length_sorted(policy):
+    longest_first = PROMPTS[::-1]
+    rollouts = ipgkit.sample(
+        policy, longest_first, n=3, temperature=1.0, max_new_tokens=10, seed=2, batch_size=4
+    )
+    assert [rollouts.problems[g].question for g in rollouts.group_ids.tolist()] == [
+        q for q in longest_first for _ in range(3)
+    ]
+    scores = score_rollouts(policy, rollouts)  # each row scored under its own problem's prompt
+    torch.testing.assert_close(scores.logprobs, rollouts.sample_logprobs, atol=1e-5, rtol=0)
+    greedy = ipgkit.sample(policy, longest_first, temperature=0.0, max_new_tokens=10, batch_size=2)
+    alone = [
+        ipgkit.sample(policy, [q], temperature=0.0, max_new_tokens=10).texts[0]
+        for q in longest_first
+    ]
+    assert greedy.texts == alone
+
+
 def test_greedy_kv_cache_sampler_matches_a_plain_argmax_loop(policy):
     rollouts = ipgkit.sample(policy, PROMPTS, temperature=0.0, max_new_tokens=10)
     for prompt_ids, completion in zip(
