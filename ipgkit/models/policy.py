@@ -25,10 +25,10 @@ class Policy:
         prepend_bos: whether prompts start with the tokenizer's BOS token.
     """
 
-    model: HookedTransformer
-    tokenizer: PreTrainedTokenizerBase
+    model: HookedTransformer = field(repr=False)
+    tokenizer: PreTrainedTokenizerBase = field(repr=False)
     name: str
-    prompt_format: Callable[[str], str]
+    prompt_format: Callable[[str], str] = field(repr=False)
     stop_token_ids: tuple[int, ...] = field(default=())
     prepend_bos: bool = True
 
