@@ -24,6 +24,19 @@ def test_sampled_logprobs_equal_teacher_forced(policy):
     torch.testing.assert_close(scores.logprobs, rollouts.sample_logprobs, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("positions", ["generated", "prompt", "all"])
+def test_sampler_and_scorer_agree_on_positions_under_steering(policy, positions):
+    # left-padded KV-cached sampling and right-padded teacher forcing must scale the same tokens
+    with ipgkit.steer(policy, ipgkit.resid_neurons(0, [0, 3, 7]), gamma=0.2, positions=positions):
+        rollouts = ipgkit.sample(
+            policy, PROMPTS[::-1], n=2, temperature=1.0, max_new_tokens=10, seed=7
+        )
+        scores = score_rollouts(policy, rollouts)
+    torch.testing.assert_close(scores.logprobs, rollouts.sample_logprobs, atol=1e-5, rtol=0)
+    unsteered = score_rollouts(policy, rollouts)
+    assert not torch.allclose(unsteered.logprobs, scores.logprobs)
+
+
 def test_rows_follow_problem_order_when_batches_are_length_sorted(policy):
     longest_first = PROMPTS[::-1]
     rollouts = ipgkit.sample(
