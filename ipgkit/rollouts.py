@@ -365,7 +365,7 @@ def generate(
     stop_ids = torch.tensor(policy.stop_token_ids, device=device)
     cache = _PreallocatedCache.allocate(model.cfg, device, batch, longest + config.max_new_tokens)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    new_tokens, new_logprobs = [], []
+    new_tokens, new_logprobs, alive = [], [], []
     layout = SequenceLayout(generated_start=torch.full((batch,), longest), offset=0)
     with torch.inference_mode(), sequence_layout(layout), _rotate_new_keys_only(model, cache):
         logits = _final_logits(model, tokens, attention, cache)[:, -1]
@@ -374,6 +374,7 @@ def generate(
             chosen = choose_tokens(logits, config, generator).to(device)
             logprob = logits.float().log_softmax(-1).gather(-1, chosen[:, None])[:, 0]
             chosen = chosen.masked_fill(finished, policy.pad_token_id)
+            alive.append(~finished)  # a row's mask runs up to and including its stop token
             new_tokens.append(chosen)
             new_logprobs.append(logprob.masked_fill(finished, 0.0))
             finished = finished | torch.isin(chosen, stop_ids)
@@ -381,17 +382,10 @@ def generate(
                 break
             set_layout_offset(longest + step)
             logits = _final_logits(model, chosen[:, None], step_mask, cache)[:, -1]
-    completion = torch.stack(new_tokens, dim=1).cpu()
-    logprobs = torch.stack(new_logprobs, dim=1).cpu()
-    # a row's mask runs up to and including its first stop token
-    is_stop = torch.isin(completion, stop_ids.cpu())
-    stopped_before = (is_stop.cumsum(1) - is_stop.long()) > 0
-    mask = ~stopped_before
-    return (
-        completion.masked_fill(~mask, policy.pad_token_id),
-        mask,
-        logprobs.masked_fill(~mask, 0.0),
+    completion, mask, logprobs = (
+        torch.stack(values, dim=1).cpu() for values in (new_tokens, alive, new_logprobs)
     )
+    return completion, mask, logprobs
 
 
 def check_context(policy: Policy, prompt_length: int, new_tokens: int, prompt_ids=None) -> None:
