@@ -11,7 +11,7 @@ Example:
 from ipgkit import tasks
 from ipgkit.components import ComponentSet, mlp_neurons, resid_neurons, scaling_hook
 from ipgkit.errors import IpgkitError
-from ipgkit.evaluation import evaluate, evaluation_table, pass_at_k
+from ipgkit.evaluation import evaluate, evaluation_rollouts, evaluation_table, pass_at_k
 from ipgkit.models import Policy, load_model
 from ipgkit.rollouts import (
     Rollouts,
@@ -35,6 +35,7 @@ __all__ = [
     "SamplingConfig",
     "TokenScores",
     "evaluate",
+    "evaluation_rollouts",
     "evaluation_table",
     "group_advantages",
     "iter_scores",

@@ -123,14 +123,32 @@ def evaluate(
         >>> evaluate(policy, task, limit=200, n_samples=8, ks=(1, 8))   # doctest: +SKIP
     """
     task = task.subset(limit)
-    max_new_tokens = max_new_tokens or task.max_new_tokens
     if n_samples and max(ks) > n_samples:
         raise IpgkitError(f"pass@k needs k <= n_samples; got ks={tuple(ks)}, n_samples={n_samples}")
-    settings = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, reward=task.correctness,
-                    progress=progress)  # fmt: skip
+    greedy, sampled = evaluation_rollouts(policy, task, n_samples, temperature, top_p,
+                                          max_new_tokens, batch_size, seed, progress)  # fmt: skip
+    return evaluation_table(policy.name, task, greedy, sampled, ks)
+
+
+def evaluation_rollouts(
+    policy: Policy,
+    task: Task,
+    n_samples: int = 0,
+    temperature: float = 0.7,
+    top_p: float = 1.0,
+    max_new_tokens: int | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[Rollouts, Rollouts | None]:
+    """The rollouts :func:`evaluate` scores, for callers that also want the completions: one greedy
+    completion per problem (seed ``seed``) and, with ``n_samples > 0``, ``n_samples`` sampled ones
+    (seed ``seed + 1``), rewarded with ``task.correctness``."""
+    settings = dict(max_new_tokens=max_new_tokens or task.max_new_tokens, batch_size=batch_size,
+                    reward=task.correctness, progress=progress)  # fmt: skip
     greedy = sample(policy, task.problems, n=1, temperature=0.0, seed=seed, **settings)
     sampled = None
     if n_samples:
         sampled = sample(policy, task.problems, n=n_samples, temperature=temperature, top_p=top_p,
                          seed=seed + 1, **settings)  # fmt: skip
-    return evaluation_table(policy.name, task, greedy, sampled, ks)
+    return greedy, sampled

@@ -11,9 +11,8 @@ import random
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from ipgkit.evaluation import evaluation_table, wilson_interval
+from ipgkit.evaluation import evaluation_rollouts, evaluation_table, wilson_interval
 from ipgkit.models.policy import Policy
 from ipgkit.rollouts import sample
 from ipgkit.tasks import arith, load
@@ -31,13 +30,7 @@ def measure_splits(policy: Policy, n: int, n_samples: int, seed: int = 0):
     for family in arith.FAMILIES:
         for split in ("test", "hard-test"):
             task = load(family, split=split, n=n, seed=seed)
-            settings = dict(
-                max_new_tokens=task.max_new_tokens, reward=task.correctness, progress=True
-            )
-            greedy = sample(policy, task.problems, temperature=0.0, seed=seed, **settings)
-            sampled = sample(
-                policy, task.problems, n=n_samples, temperature=0.7, seed=seed + 1, **settings
-            )
+            greedy, sampled = evaluation_rollouts(policy, task, n_samples, seed=seed, progress=True)
             tables.append(evaluation_table(policy.name, task, greedy, sampled, ks=(1, n_samples)))
             for problem, reward in zip(task.problems, greedy.rewards.tolist(), strict=True):
                 by_steps.append({"family": family, "split": split,
@@ -104,7 +97,6 @@ def synthetic_failed_attempts(n_problems: int, seed: int = 0) -> list[tuple]:
 
 def model_card(policy: Policy, n: int = 200, n_samples: int = 8, seed: int = 0) -> dict:
     """All model-card measurements as one JSON-able dict."""
-    torch.manual_seed(seed)
     table, steps, failures = measure_splits(policy, n, n_samples, seed)
     return {
         "n_problems_per_split": n,
