@@ -4,7 +4,9 @@ A :class:`ComponentSet` names units the way TransformerLens names activations:
 
 - residual-stream neurons: ``blocks.L.hook_resid_post``, indices into d_model;
 - MLP neurons: ``blocks.L.mlp.hook_post``, indices into d_mlp;
-- SAE features: ``blocks.L.hook_resid_post.hook_sae_acts_post``, indices into d_sae.
+- SAE features: ``blocks.L.hook_resid_post.hook_sae_acts_post``, indices into d_sae;
+- directions: orthonormal vectors at any hook (a control vector), the unit being the coordinate
+  ``h . v`` along each direction.
 
 :func:`scaling_hook` builds the single forward hook that every pipeline uses: IPG (a factor alpha per
 batch row), steering (one gamma), training loops (whatever steering is active). It replaces the
@@ -18,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -28,7 +30,7 @@ from torch import Tensor
 from ipgkit.errors import HookNameError, IpgkitError, close_matches
 
 Positions = Literal["all", "prompt", "generated"]
-KINDS = ("resid", "mlp", "sae")
+KINDS = ("resid", "mlp", "sae", "direction")
 
 
 @dataclass(frozen=True)
@@ -36,9 +38,13 @@ class ComponentSet:
     """A set of units at one hook point.
 
     Attributes:
-        hook_name: the TransformerLens hook whose last dimension indexes the units.
-        indices: unit indices into that dimension, or None for every unit (cheapest to scale).
-        kind: ``"resid"``, ``"mlp"`` or ``"sae"``: used for labels and tidy result tables.
+        hook_name: the TransformerLens hook whose last dimension holds the units.
+        indices: unit indices into that dimension (or into ``directions``), or None for every unit
+            (cheapest to scale).
+        kind: ``"resid"``, ``"mlp"``, ``"sae"`` or ``"direction"``: used for labels and tidy tables.
+        directions: for ``kind="direction"`` only, orthonormal rows [n_directions, width]; unit k is
+            the coordinate of the activation along row k, and scaling it by gamma leaves the
+            orthogonal complement untouched.
 
     Example:
         >>> ComponentSet("blocks.2.hook_resid_post", (3, 17), kind="resid")
@@ -48,6 +54,9 @@ class ComponentSet:
     hook_name: str
     indices: tuple[int, ...] | None = None
     kind: str = "resid"
+    directions: Float[Tensor, "n_directions width"] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -59,13 +68,29 @@ class ComponentSet:
             if any(i < 0 for i in indices):
                 raise IpgkitError(f"negative index in ComponentSet at {self.hook_name}: {indices}")
             object.__setattr__(self, "indices", indices)
+        if (self.kind == "direction") != (self.directions is not None):
+            raise IpgkitError("kind='direction' and a directions tensor go together")
+        if self.directions is not None:
+            directions = torch.as_tensor(self.directions, dtype=torch.float32).detach().cpu()
+            if directions.ndim != 2 or directions.shape[0] == 0:
+                raise IpgkitError(
+                    f"directions must be [n_directions, width], got {tuple(directions.shape)}"
+                )
+            gram = directions @ directions.T
+            if not torch.allclose(gram, torch.eye(len(directions)), atol=1e-4):
+                raise IpgkitError(
+                    "directions must be orthonormal rows (unit norm, pairwise orthogonal)"
+                )
+            object.__setattr__(self, "directions", directions)
 
     def __len__(self) -> int:
         if self.indices is None:
+            if self.directions is not None:
+                return len(self.directions)
             raise TypeError("a ComponentSet over every unit has no length until resolved")
         return len(self.indices)
 
-    def width(self, model) -> int:
+    def hook_width(self, model) -> int:
         """Size of the hook's last dimension on ``model`` (d_model, d_mlp or d_sae)."""
         resolve_hook(model, self.hook_name)
         if self.hook_name.endswith(("mlp.hook_post", "mlp.hook_pre")):
@@ -77,9 +102,20 @@ class ComponentSet:
                 return sae.cfg.d_sae
         return model.cfg.d_model
 
+    def width(self, model) -> int:
+        """How many units the set's indices address: the hook width, or the number of directions."""
+        if self.directions is not None:
+            return len(self.directions)
+        return self.hook_width(model)
+
     def validate(self, model) -> ComponentSet:
         """Check the hook exists on ``model`` and every index is in range; returns self."""
         width = self.width(model)
+        if self.directions is not None and self.directions.shape[1] != self.hook_width(model):
+            raise IpgkitError(
+                f"directions have width {self.directions.shape[1]} but {self.hook_name} has "
+                f"{self.hook_width(model)}"
+            )
         if self.indices is not None and self.indices and max(self.indices) >= width:
             raise IpgkitError(
                 f"component index {max(self.indices)} is out of range for {self.hook_name} "
@@ -87,8 +123,35 @@ class ComponentSet:
             )
         return self
 
+    def resolved(self, model) -> ComponentSet:
+        """The same set with explicit indices (every unit when ``indices`` is None), validated."""
+        self.validate(model)
+        if self.indices is not None:
+            return self
+        return replace(self, indices=tuple(range(self.width(model))))
+
     def index_tensor(self, device=None) -> Int[Tensor, " n"] | None:
         return None if self.indices is None else torch.tensor(self.indices, device=device)
+
+    def basis(self, device=None, dtype=None) -> Float[Tensor, "n width"] | None:
+        """The selected direction rows (None for unit components)."""
+        if self.directions is None:
+            return None
+        rows = self.directions if self.indices is None else self.directions[list(self.indices)]
+        return rows.to(device=device, dtype=dtype)
+
+    def coordinates(self, values: Float[Tensor, "*batch width"]) -> Float[Tensor, "*batch n"]:
+        """The units' values in ``values`` (an activation or a gradient at the hook).
+
+        For unit components this selects the indexed columns; for directions it projects onto the
+        orthonormal rows, which is also how a gradient with respect to the hook maps to a gradient
+        with respect to the coordinates.
+        """
+        basis = self.basis(values.device, values.dtype)
+        if basis is not None:
+            return values @ basis.T
+        index = self.index_tensor(values.device)
+        return values if index is None else values.index_select(-1, index)
 
 
 def resid_neurons(layer: int, indices: Sequence[int] | None = None) -> ComponentSet:
@@ -194,8 +257,8 @@ def scaling_hook(
     """
     if positions not in ("all", "prompt", "generated"):
         raise IpgkitError(f"positions must be 'all', 'prompt' or 'generated', got {positions!r}")
-    index = components.index_tensor()
-    factor_tensor = torch.as_tensor(factor, dtype=torch.float32)
+    index, basis = components.index_tensor(), components.basis()
+    factor_tensor = torch.as_tensor(factor, dtype=torch.float64)
     if not torch.isfinite(factor_tensor).all():
         raise IpgkitError(f"scaling factor must be finite, got {factor!r}")
 
@@ -215,6 +278,9 @@ def scaling_hook(
             keep = ~generated if positions == "generated" else generated
             scale = scale.masked_fill(keep, 1.0)
         scale = scale[..., None]
+        if basis is not None:
+            return _scaled_along(activation, basis.to(activation.device, activation.dtype), scale,
+                                 baseline)  # fmt: skip
         if index is None:
             return _scaled(activation, scale, baseline)
         index_on_device = index.to(activation.device)
@@ -235,3 +301,12 @@ def _scaled(values: torch.Tensor, scale: torch.Tensor, baseline) -> torch.Tensor
         return values * scale
     baseline = torch.as_tensor(baseline, dtype=values.dtype, device=values.device)
     return baseline + scale * (values - baseline)
+
+
+def _scaled_along(activation, basis, scale, baseline) -> torch.Tensor:
+    """Scale the coordinates along orthonormal ``basis`` rows, leaving the complement untouched."""
+    coordinates = activation @ basis.T
+    if baseline is not None:
+        coordinates = coordinates - torch.as_tensor(baseline, dtype=activation.dtype,
+                                                    device=activation.device)  # fmt: skip
+    return activation + ((scale - 1) * coordinates) @ basis

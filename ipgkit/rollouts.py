@@ -33,7 +33,7 @@ from ipgkit.errors import IpgkitError
 from ipgkit.models.policy import Policy
 from ipgkit.tasks.base import Problem, RewardFunction, call_reward, reward_columns
 
-AdvantageMode = Literal["mean_std", "mean", "none"]
+AdvantageMode = Literal["mean_std", "mean", "rloo", "none"]
 
 
 @dataclass(frozen=True)
@@ -173,8 +173,16 @@ def zero_std_groups(rewards: Float[Tensor, "groups n"]) -> Bool[Tensor, " groups
 def group_advantages(
     rewards: Float[Tensor, "groups n"], mode: AdvantageMode = "mean_std", eps: float = 1e-4
 ) -> Float[Tensor, "groups n"]:
-    """GRPO advantages: ``(r - group mean) / (group std + eps)`` (``mean_std``), ``r - mean``
-    (``mean``, Dr. GRPO) or the raw reward (``none``). Groups with equal rewards get exactly 0.
+    """Group-relative advantages, one row of ``n`` rollouts per prompt.
+
+    - ``mean_std`` (GRPO): ``(r - group mean) / (group std + eps)``;
+    - ``mean`` (Dr. GRPO): ``r - group mean``;
+    - ``rloo`` (leave-one-out): ``r - mean of the other n - 1 rewards`` = ``n / (n - 1) (r - mean)``.
+      The only one whose score-function estimate is unbiased: the group mean includes the rollout's
+      own reward, which shrinks the expected gradient by ``(n - 1) / n``;
+    - ``none``: the raw reward.
+
+    Groups with equal rewards get exactly 0 (except under ``none``).
 
     Example:
         >>> group_advantages(torch.tensor([[1.0, 0.0], [1.0, 1.0]]), "mean")
@@ -185,16 +193,19 @@ def group_advantages(
         raise IpgkitError(f"rewards must be [groups, n], got shape {tuple(rewards.shape)}")
     if mode == "none":
         return rewards.clone()
-    if mode not in ("mean", "mean_std"):
-        raise IpgkitError(f"unknown advantage mode {mode!r}; choose 'mean_std', 'mean' or 'none'")
-    if rewards.shape[1] < 2:
+    if mode not in ("mean", "mean_std", "rloo"):
         raise IpgkitError(
-            f"group-relative advantages need at least 2 rollouts per prompt, got {rewards.shape[1]}"
+            f"unknown advantage mode {mode!r}; choose 'mean_std', 'mean', 'rloo' or 'none'"
         )
+    n = rewards.shape[1]
+    if n < 2:
+        raise IpgkitError(f"group-relative advantages need at least 2 rollouts per prompt, got {n}")
     no_signal = zero_std_groups(rewards)[:, None]
     centred = (rewards - rewards.mean(-1, keepdim=True)).masked_fill(no_signal, 0.0)
     if mode == "mean":
         return centred
+    if mode == "rloo":
+        return centred * (n / (n - 1))
     # divide only where there is signal: with eps = 0 an equal group would give 0 / 0
     scale = rewards.std(-1, keepdim=True).masked_fill(no_signal, 1.0) + eps
     return centred / scale
@@ -545,7 +556,8 @@ def iter_scores(
         with sequence_layout(layout):
             logits = _final_logits(model, tokens.to(device), attention.to(device),
                                    positions=positions.to(device))  # fmt: skip
-        log_probs = logits.float().log_softmax(-1)
+        # at least float32 (half-precision models), float64 models keep their precision
+        log_probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
         mask = mask.to(log_probs.device)
         token_logprobs = log_probs.gather(-1, targets.to(log_probs.device)[..., None])[..., 0]
         token_logprobs = token_logprobs.masked_fill(~mask, 0.0)
@@ -596,3 +608,86 @@ def score_rollouts(policy: Policy, rollouts: Rollouts, chunk_size: int | None = 
     return score_completions(
         policy, rollouts.row_prompt_ids(), rollouts.row_completion_ids(), chunk_size, with_entropy
     )
+
+
+def position_mask(
+    prompt_lengths: Int[Tensor, " batch"],
+    completion_lengths: Int[Tensor, " batch"],
+    width: int,
+    positions: Literal["all", "prompt", "generated"] = "all",
+) -> Bool[Tensor, "batch width"]:
+    """Which positions of a right-padded prompt + completion batch are real tokens of the kind asked.
+
+    Example:
+        >>> position_mask(torch.tensor([2]), torch.tensor([2]), 5, "generated")
+        tensor([[False, False,  True,  True, False]])
+    """
+    steps = torch.arange(width)[None, :]
+    end = (prompt_lengths + completion_lengths)[:, None]
+    if positions == "all":
+        return steps < end
+    if positions == "prompt":
+        return steps < prompt_lengths[:, None]
+    if positions == "generated":
+        return (steps >= prompt_lengths[:, None]) & (steps < end)
+    raise IpgkitError(f"positions must be 'all', 'prompt' or 'generated', got {positions!r}")
+
+
+@dataclass
+class ActivationChunk:
+    """Activations at one hook for the selected tokens of a chunk of rows.
+
+    Attributes:
+        rows: which input rows the chunk covers.
+        activations: [tokens, width] the hook's values at the selected positions (row-major order).
+        token_ids: [tokens] the input token at each selected position.
+        row_index: [tokens] the input row (absolute) each selected position belongs to.
+    """
+
+    rows: slice
+    activations: Float[Tensor, "tokens width"]
+    token_ids: Int[Tensor, " tokens"]
+    row_index: Int[Tensor, " tokens"]
+
+
+def iter_activations(
+    policy: Policy,
+    hook_name: str,
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[int]],
+    positions: Literal["all", "prompt", "generated"] = "generated",
+    chunk_size: int = 64,
+) -> Iterator[ActivationChunk]:
+    """Activations at ``hook_name`` over prompt + completion rows, through the teacher-forced pass.
+
+    The same forward as :func:`iter_scores` (so steering hooks and the sequence layout apply), no
+    gradient. Baselines and IPG's mean baseline reduce these chunks as they stream past.
+
+    Example:
+        >>> for chunk in iter_activations(policy, "blocks.2.hook_resid_post",
+        ...                               rollouts.row_prompt_ids(),
+        ...                               rollouts.row_completion_ids()):    # doctest: +SKIP
+        ...     total += chunk.activations.abs().sum(0)
+    """
+    from ipgkit.components import resolve_hook
+
+    resolve_hook(policy.model, hook_name)
+    captured: list[Tensor] = []
+
+    def capture(activation: Tensor, hook) -> None:
+        captured.append(activation.detach())
+
+    with torch.no_grad(), policy.model.hooks(fwd_hooks=[(hook_name, capture)]):
+        for rows, _ in iter_scores(policy, prompt_ids, completion_ids, chunk_size, False):
+            activation = captured.pop()
+            prompt_lengths = torch.tensor([len(p) for p in prompt_ids[rows]])
+            completion_lengths = torch.tensor([len(c) for c in completion_ids[rows]])
+            width = activation.shape[1]
+            mask = position_mask(prompt_lengths, completion_lengths, width, positions)
+            tokens = torch.zeros(mask.shape, dtype=torch.long)
+            for row, (p, c) in enumerate(zip(prompt_ids[rows], completion_ids[rows], strict=True)):
+                tokens[row, : len(p) + len(c)] = torch.tensor([*p, *c])
+            row_index = torch.arange(rows.start, rows.stop)[:, None].expand_as(mask)
+            yield ActivationChunk(
+                rows, activation[mask.to(activation.device)].cpu(), tokens[mask], row_index[mask]
+            )

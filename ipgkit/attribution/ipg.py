@@ -1,0 +1,608 @@
+"""Integrated Policy Gradient (arXiv 2602.02313): attribute an outcome to units at one hook.
+
+For units i at a hook with activation h (every position), baseline h' and the path
+h~(alpha) = h' + alpha (h - h'):
+
+    IPG(i; x) = sum_t (h_ti - h'_ti) * integral_0^1 E_tau[ d/dh~_ti sum_s log pi(a_s | s_s) A(tau) ] d alpha
+
+averaged over prompts x. The integral is a quadrature rule over alpha (Captum's names; the paper's
+right Riemann sum with q = 10 by default). Every (rollout, alpha) pair is one row of a batch: the
+scaling hook takes one alpha per row, so all alpha points and rollouts share forward/backward passes,
+``internal_batch_size`` rows at a time, and one backward yields the gradient for every unit at the
+hook. The backward stops at the hook (the scaled activation is a leaf) and computes no parameter
+gradients.
+
+:func:`path_gradients` is the engine: rows of (prompt, completion, alpha, weight) in, per-row
+contributions ``(h - h') . d(weight * sum_s log pi)/dh~`` out. :func:`ipg` builds the rows from
+rollouts (``mode="paper"``: sampled once from the unmodified model, re-scored at every alpha;
+``mode="on_path"``: sampled afresh under each alpha's scaled model) and the raw-policy-gradient and
+integrated-gradients baselines build theirs from the same engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Literal
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ipgkit.components import ComponentSet, scaling_hook
+from ipgkit.errors import IpgkitError
+from ipgkit.models.policy import Policy
+from ipgkit.rollouts import (
+    AdvantageMode,
+    Rollouts,
+    iter_activations,
+    iter_scores,
+    position_mask,
+    sample,
+)
+from ipgkit.tasks.base import Problem, RewardFunction
+
+from .result import AttributionResult
+
+IntegrationRule = Literal[
+    "riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid", "gausslegendre"
+]
+INTEGRATION_RULES = (
+    "riemann_right",
+    "riemann_left",
+    "riemann_middle",
+    "riemann_trapezoid",
+    "gausslegendre",
+)
+PathPositions = Literal["all", "generated"]
+
+
+def integration_points(
+    method: IntegrationRule, n_steps: int
+) -> tuple[Float[Tensor, " n_steps"], Float[Tensor, " n_steps"]]:
+    """Nodes alpha_k in [0, 1] and weights w_k with ``sum_k w_k f(alpha_k) ~ integral_0^1 f``.
+
+    Example:
+        >>> alphas, weights = integration_points("riemann_right", 4)
+        >>> alphas.tolist(), weights.tolist()
+        ([0.25, 0.5, 0.75, 1.0], [0.25, 0.25, 0.25, 0.25])
+    """
+    if not isinstance(n_steps, int) or n_steps < 1:
+        raise IpgkitError(f"n_steps must be a positive integer, got {n_steps!r}")
+    steps = torch.arange(n_steps, dtype=torch.float64)
+    if method == "riemann_right":
+        return (steps + 1) / n_steps, torch.full((n_steps,), 1 / n_steps, dtype=torch.float64)
+    if method == "riemann_left":
+        return steps / n_steps, torch.full((n_steps,), 1 / n_steps, dtype=torch.float64)
+    if method == "riemann_middle":
+        return (steps + 0.5) / n_steps, torch.full((n_steps,), 1 / n_steps, dtype=torch.float64)
+    if method == "riemann_trapezoid":
+        if n_steps < 2:
+            raise IpgkitError("riemann_trapezoid needs n_steps >= 2")
+        weights = torch.full((n_steps,), 1 / (n_steps - 1), dtype=torch.float64)
+        weights[[0, -1]] /= 2
+        return steps / (n_steps - 1), weights
+    if method == "gausslegendre":
+        nodes, weights = np.polynomial.legendre.leggauss(n_steps)
+        return torch.from_numpy((nodes + 1) / 2), torch.from_numpy(weights / 2)
+    raise IpgkitError(f"unknown integration method {method!r}; choose one of {INTEGRATION_RULES}")
+
+
+# --- the engine ---------------------------------------------------------------------------------
+
+
+@dataclass
+class PathGradients:
+    """What :func:`path_gradients` returns, one row per input row.
+
+    Attributes:
+        contributions: [rows, units] ``sum_t (h - h')_ti * d(weight * sum_s log pi)/dh~_ti``.
+        sequence_logprobs: [rows] ``sum_s log pi(a_s | s_s)`` under the row's scaled model.
+        rows_per_second: scoring throughput, for logs and benchmarks.
+    """
+
+    contributions: Float[Tensor, "rows units"]
+    sequence_logprobs: Float[Tensor, " rows"]
+    rows_per_second: float
+
+
+@contextlib.contextmanager
+def frozen_parameters(model) -> Iterator[None]:
+    """Switch off parameter gradients for the block (attribution needs activation gradients only)."""
+    flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    for parameter, _ in flags:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+
+
+def packed_chunks(lengths: Sequence[int], internal_batch_size: int) -> list[list[int]]:
+    """Row chunks of at most ``internal_batch_size``, rows sorted by length so chunks pad little."""
+    if internal_batch_size < 1:
+        raise IpgkitError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
+    order = sorted(range(len(lengths)), key=lambda row: lengths[row])
+    return [order[i : i + internal_batch_size] for i in range(0, len(order), internal_batch_size)]
+
+
+def path_gradients(
+    policy: Policy,
+    components: ComponentSet,
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[int]],
+    alphas: Float[Tensor, " rows"],
+    weights: Float[Tensor, " rows"],
+    positions: PathPositions = "all",
+    baseline: Float[Tensor, " units"] | float | None = None,
+    internal_batch_size: int = 64,
+    chunks: Sequence[Sequence[int]] | None = None,
+    progress: bool = False,
+) -> PathGradients:
+    """Per-row gradient contributions along the scaled-activation path (the IPG engine).
+
+    Row r runs prompt + completion teacher-forced with the components scaled to
+    ``h' + alphas[r] (h - h')`` at ``positions`` and returns
+    ``sum_t (h - h')_ti * d/dh~_ti [weights[r] * sum_s log pi(a_s | s_s)]`` for each unit i, summed
+    over the same positions. Rows are independent, so one backward of the weighted sum serves a
+    whole chunk.
+
+    Args:
+        policy: the policy; whatever hooks are active on its model stay active.
+        components: the units (one hook).
+        prompt_ids, completion_ids: per row, the token ids (completion includes EOS if sampled).
+        alphas: [rows] path position of each row.
+        weights: [rows] the row's weight in the objective (advantage / n, quadrature weight, ...).
+        positions: ``"all"`` (the path scales every position; completeness holds for this sum) or
+            ``"generated"`` (only completion positions are scaled and summed).
+        baseline: h' (zero when None), a scalar or one value per unit in ``components``.
+        internal_batch_size: rows per forward/backward.
+        chunks: explicit row chunks (overrides ``internal_batch_size``); each is one pass.
+        progress: show a tqdm bar over rows.
+
+    Returns:
+        :class:`PathGradients` with [rows, units] contributions.
+
+    Example:
+        >>> grads = path_gradients(policy, resid_neurons(2), rollouts.row_prompt_ids(),
+        ...                        rollouts.row_completion_ids(), alphas=torch.ones(len(rollouts)),
+        ...                        weights=rollouts.advantages())                  # doctest: +SKIP
+        >>> grads.contributions.shape                                            # doctest: +SKIP
+        torch.Size([40, 128])
+    """
+    rows = len(prompt_ids)
+    if rows == 0:
+        raise IpgkitError("no rows to attribute (empty rollouts)")
+    if not (len(completion_ids) == rows == len(alphas) == len(weights)):
+        raise IpgkitError(
+            f"rows disagree: {rows} prompts, {len(completion_ids)} completions, "
+            f"{len(alphas)} alphas, {len(weights)} weights"
+        )
+    if positions not in ("all", "generated"):
+        raise IpgkitError(f"path positions must be 'all' or 'generated', got {positions!r}")
+    if not torch.isfinite(torch.as_tensor(weights)).all():
+        raise IpgkitError("row weights must be finite (check the rewards and advantages)")
+    components = components.resolved(policy.model)
+    model = policy.model
+    if chunks is None:
+        lengths = [len(p) + len(c) for p, c in zip(prompt_ids, completion_ids, strict=True)]
+        chunks = packed_chunks(lengths, internal_batch_size)
+    contributions = torch.zeros(rows, len(components), dtype=torch.float64)
+    sequence_logprobs = torch.zeros(rows, dtype=torch.float64)
+    alphas = torch.as_tensor(alphas, dtype=torch.float64)
+    weights = torch.as_tensor(weights, dtype=torch.float64)
+    baseline_tensor = None if baseline is None else torch.as_tensor(baseline, dtype=torch.float64)
+    started = time.perf_counter()
+    bar = tqdm(total=rows, desc="ipg: scoring", unit="row", disable=not progress)
+    with torch.enable_grad(), frozen_parameters(model):
+        for chunk in chunks:
+            chunk_prompts = [prompt_ids[r] for r in chunk]
+            chunk_completions = [completion_ids[r] for r in chunk]
+            scale = scaling_hook(components, alphas[chunk], positions, baseline_tensor)
+            captured: dict[str, Tensor] = {}
+
+            def scale_and_capture(activation: Tensor, hook, _scale=scale, _store=captured):
+                original = activation.detach()
+                scaled = _scale(original, hook)
+                scaled = (scaled.clone() if scaled is original else scaled).requires_grad_(True)
+                _store["original"], _store["scaled"] = original, scaled
+                return scaled
+
+            with model.hooks(fwd_hooks=[(components.hook_name, scale_and_capture)]):
+                ((_, scores),) = iter_scores(policy, chunk_prompts, chunk_completions,
+                                             with_entropy=False)  # fmt: skip
+            if "scaled" not in captured:
+                raise IpgkitError(f"hook {components.hook_name} did not run in the forward pass")
+            sequence = scores.logprobs.sum(-1)
+            objective = (weights[chunk].to(sequence.device, sequence.dtype) * sequence).sum()
+            (gradient,) = torch.autograd.grad(objective, captured["scaled"])
+            original = captured["original"]
+            difference = components.coordinates(original)
+            if baseline_tensor is not None:
+                difference = difference - baseline_tensor.to(difference.device, difference.dtype)
+            mask = position_mask(
+                torch.tensor([len(p) for p in chunk_prompts]),
+                torch.tensor([len(c) for c in chunk_completions]),
+                original.shape[1],
+                positions,
+            ).to(original.device, original.dtype)
+            per_row = torch.einsum(
+                "bpu,bpu,bp->bu", difference, components.coordinates(gradient), mask
+            )
+            contributions[chunk] = per_row.detach().double().cpu()
+            sequence_logprobs[chunk] = sequence.detach().double().cpu()
+            bar.update(len(chunk))
+    bar.close()
+    elapsed = time.perf_counter() - started
+    return PathGradients(contributions, sequence_logprobs, rows / max(elapsed, 1e-9))
+
+
+def scaled_sequence_logprobs(
+    policy: Policy,
+    components: ComponentSet,
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[int]],
+    alpha: float,
+    positions: PathPositions = "all",
+    baseline: Float[Tensor, " units"] | float | None = None,
+    internal_batch_size: int = 64,
+) -> Float[Tensor, " rows"]:
+    """``sum_s log pi(a_s | s_s)`` per row with the components at path point ``alpha`` (no grad)."""
+    hook = scaling_hook(components.resolved(policy.model), float(alpha), positions, baseline)
+    values = torch.zeros(len(prompt_ids), dtype=torch.float64)
+    with torch.no_grad(), policy.model.hooks(fwd_hooks=[(components.hook_name, hook)]):
+        for rows, scores in iter_scores(policy, prompt_ids, completion_ids, internal_batch_size,
+                                        with_entropy=False):  # fmt: skip
+            values[rows] = scores.sequence_logprobs().double().cpu()
+    return values
+
+
+# --- IPG ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IPGConfig:
+    """Settings of an IPG run (defaults follow the IPG paper, arXiv 2602.02313).
+
+    Attributes:
+        n_rollouts: N rollouts per prompt, the group for advantages (paper: 3 to 5).
+        n_steps: q, the number of alpha points (paper: 10).
+        method: quadrature rule over alpha: ``riemann_right`` (paper), ``riemann_left``,
+            ``riemann_middle``, ``riemann_trapezoid`` or ``gausslegendre`` (Captum's names).
+        mode: ``paper``: sample once from the unmodified model and re-score those rollouts at every
+            alpha; ``on_path``: sample fresh rollouts under each alpha's scaled model, which makes
+            the estimate unbiased for J(1) - J(0) (with ``rloo`` advantages).
+        advantage: group-relative advantage: ``mean_std`` (GRPO), ``mean``, ``rloo`` or ``none``.
+            None picks ``mean_std`` in paper mode and ``rloo`` in on-path mode.
+        baseline: h': ``"zero"`` (paper), ``"mean"`` (mean activation over the support set's
+            rollouts at the summed positions), or a tensor with one value per unit.
+        positions: ``"all"`` (the path scales every position, the paper's setting) or
+            ``"generated"`` (completion tokens only). Attributions sum over the same positions.
+        temperature, top_p: sampling settings (paper: 0.6 and 0.8).
+        max_new_tokens: longest completion.
+        seed: sampling seed (on-path mode uses ``seed + k`` at alpha point k).
+        internal_batch_size: (rollout, alpha) rows per forward/backward pass.
+        sampling_batch_size: rollouts per sampling batch.
+        pack: put all alpha points of all prompts in the batch dimension (chunked by length); with
+            False, one pass per (prompt, alpha), the slow reference path.
+    """
+
+    n_rollouts: int = 5
+    n_steps: int = 10
+    method: IntegrationRule = "riemann_right"
+    mode: Literal["paper", "on_path"] = "paper"
+    advantage: AdvantageMode | None = None
+    baseline: Literal["zero", "mean"] | Tensor = "zero"
+    positions: PathPositions = "all"
+    temperature: float = 0.6
+    top_p: float = 0.8
+    max_new_tokens: int = 256
+    seed: int = 0
+    internal_batch_size: int = 64
+    sampling_batch_size: int = 64
+    pack: bool = True
+
+    def __post_init__(self) -> None:
+        integration_points(self.method, self.n_steps)  # validates both
+        if self.mode not in ("paper", "on_path"):
+            raise IpgkitError(f"mode must be 'paper' or 'on_path', got {self.mode!r}")
+        if self.advantages not in ("mean_std", "mean", "rloo", "none"):
+            raise IpgkitError(
+                f"unknown advantage {self.advantage!r}; choose 'mean_std', 'mean', 'rloo' or 'none'"
+            )
+        if self.advantages != "none" and self.n_rollouts < 2:
+            raise IpgkitError(
+                f"group-relative advantages ({self.advantages!r}) need n_rollouts >= 2, got "
+                f"{self.n_rollouts}; use advantage='none' for single rollouts"
+            )
+        if self.n_rollouts < 1:
+            raise IpgkitError(f"n_rollouts must be >= 1, got {self.n_rollouts}")
+        if isinstance(self.baseline, str) and self.baseline not in ("zero", "mean"):
+            raise IpgkitError(f"baseline must be 'zero', 'mean' or a tensor, got {self.baseline!r}")
+        if self.positions not in ("all", "generated"):
+            raise IpgkitError(f"positions must be 'all' or 'generated', got {self.positions!r}")
+        if self.internal_batch_size < 1 or self.sampling_batch_size < 1:
+            raise IpgkitError("internal_batch_size and sampling_batch_size must be >= 1")
+
+    @property
+    def advantages(self) -> AdvantageMode:
+        """The advantage mode in force (``advantage``, or the mode's default when None)."""
+        if self.advantage is not None:
+            return self.advantage
+        return "mean_std" if self.mode == "paper" else "rloo"
+
+    def describe(self) -> dict:
+        """JSON-ready settings (a tensor baseline is recorded as ``"tensor"``)."""
+        settings = asdict(replace(self, baseline="zero"))
+        settings["baseline"] = self.baseline if isinstance(self.baseline, str) else "tensor"
+        settings["advantage"] = self.advantages
+        return settings
+
+
+def ipg(
+    policy: Policy,
+    problems: Sequence[Problem] | None,
+    components: ComponentSet,
+    reward: RewardFunction | None = None,
+    config: IPGConfig | None = None,
+    rollouts: Rollouts | None = None,
+    progress: bool = True,
+    **settings,
+) -> AttributionResult:
+    """Integrated Policy Gradient scores for every unit in ``components``.
+
+    Args:
+        policy: the policy to attribute.
+        problems: the support set (prompts); may be None when ``rollouts`` are given.
+        components: the units at one hook, e.g. ``resid_neurons(layer=2)`` (all units cost the same
+            as one: a single backward per chunk).
+        reward: TRL-style reward (``task.correctness``, ``length_reward``, ``keyword_count(...)``);
+            may be omitted when ``rollouts`` already carry rewards (paper mode).
+        config: an :class:`IPGConfig`; keyword ``settings`` override its fields.
+        rollouts: paper mode only: rollouts already sampled from the unmodified model (e.g. shared
+            with the baselines), ``n_rollouts`` per problem.
+        progress: tqdm bars for sampling and scoring.
+
+    Returns:
+        :class:`AttributionResult` with ``score`` (signed, averaged over prompts), ``stderr``
+        across prompts, ``per_prompt`` values, the completeness ``delta`` and
+        ``frac_reward_zero_std``.
+
+    Example:
+        >>> result = ipg(policy, task.problems[:50], resid_neurons(2), task.correctness,
+        ...              n_rollouts=5, n_steps=10)                          # doctest: +SKIP
+        >>> result.top(20)                                                  # doctest: +SKIP
+    """
+    config = replace(config or IPGConfig(), **settings)
+    components = components.validate(policy.model)
+    if rollouts is not None:
+        if config.mode != "paper":
+            raise IpgkitError("pre-sampled rollouts only apply to mode='paper'")
+        if rollouts.n != config.n_rollouts:
+            config = replace(config, n_rollouts=rollouts.n)
+        problems = rollouts.problems if problems is None else list(problems)
+        if [p.id for p in problems] != [p.id for p in rollouts.problems]:
+            raise IpgkitError("rollouts were sampled for different problems than those given")
+    if not problems:
+        raise IpgkitError("IPG needs at least one problem (the problem list is empty)")
+    problems = list(problems)
+    started = time.perf_counter()
+    if config.mode == "paper":
+        estimate = _paper_mode(policy, problems, components, reward, config, rollouts, progress)
+    else:
+        estimate = _on_path_mode(policy, problems, components, reward, config, progress)
+    per_prompt = estimate.pop("per_prompt")
+    info = {
+        "config": config.describe(),
+        "policy": policy.name,
+        "reward": estimate.pop("reward_name"),
+        "problem_ids": [p.id for p in problems],
+        "seconds": time.perf_counter() - started,
+        **estimate,
+    }
+    return AttributionResult.from_per_prompt(
+        components.resolved(policy.model), per_prompt, method="ipg", info=info
+    )
+
+
+def _reward_name(reward, rollouts: Rollouts | None = None) -> str:
+    if reward is not None:
+        return getattr(reward, "__name__", type(reward).__name__)
+    return rollouts.reward_name or "reward"
+
+
+def _support_baseline(policy, components, config: IPGConfig, rollouts: Rollouts):
+    """h' as a per-unit tensor (None for zero)."""
+    if isinstance(config.baseline, Tensor):
+        baseline = config.baseline.detach().float().cpu()
+        units = len(components.resolved(policy.model))
+        if baseline.shape != (units,):
+            raise IpgkitError(
+                f"baseline tensor must have one value per unit ({units}), got {tuple(baseline.shape)}"
+            )
+        return baseline
+    if config.baseline == "zero":
+        return None
+    total, count = 0.0, 0
+    resolved = components.resolved(policy.model)
+    for chunk in iter_activations(policy, components.hook_name, rollouts.row_prompt_ids(),
+                                  rollouts.row_completion_ids(), config.positions,
+                                  config.internal_batch_size):  # fmt: skip
+        total = total + resolved.coordinates(chunk.activations.float()).sum(0)
+        count += len(chunk.activations)
+    return total / max(count, 1)
+
+
+def _sample(policy, problems, reward, config: IPGConfig, seed: int, progress: bool) -> Rollouts:
+    return sample(policy, problems, n=config.n_rollouts, temperature=config.temperature,
+                  top_p=config.top_p, max_new_tokens=config.max_new_tokens, seed=seed,
+                  batch_size=config.sampling_batch_size, reward=reward,
+                  progress=progress)  # fmt: skip
+
+
+def _row_chunks(config: IPGConfig, keys: Sequence[tuple[int, int]], lengths: Sequence[int]):
+    """Packed chunks, or one chunk per (prompt, alpha) key for the sequential reference path."""
+    if config.pack:
+        return packed_chunks(lengths, config.internal_batch_size)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for row, key in enumerate(keys):
+        groups.setdefault(key, []).append(row)
+    return list(groups.values())
+
+
+def _paper_mode(policy, problems, components, reward, config: IPGConfig, rollouts, progress):
+    alphas, quadrature = integration_points(config.method, config.n_steps)
+    sampling_started = time.perf_counter()
+    if rollouts is None:
+        if reward is None:
+            raise IpgkitError("IPG needs a reward function (or rollouts that carry rewards)")
+        rollouts = _sample(policy, problems, reward, config, config.seed, progress)
+    elif reward is not None:
+        rollouts = rollouts.with_rewards(reward)
+    sampling_seconds = time.perf_counter() - sampling_started
+    advantages = rollouts.advantages(config.advantages)
+    baseline = _support_baseline(policy, components, config, rollouts)
+    # rows with zero advantage contribute exactly zero: score only the others
+    live = advantages.nonzero()[:, 0].tolist()
+    groups = rollouts.group_ids.tolist()
+    prompt_ids, completion_ids = rollouts.row_prompt_ids(), rollouts.row_completion_ids()
+    rows = [(r, k) for r in live for k in range(len(alphas))]
+    units = len(components.resolved(policy.model))
+    per_prompt = torch.zeros(len(problems), units, dtype=torch.float64)
+    surrogate = {0.0: 0.0, 1.0: 0.0}  # with no live rows S is identically zero
+    scoring_started = time.perf_counter()
+    if rows:
+        row_prompts = [prompt_ids[r] for r, _ in rows]
+        row_completions = [completion_ids[r] for r, _ in rows]
+        lengths = [len(p) + len(c) for p, c in zip(row_prompts, row_completions, strict=True)]
+        chunks = _row_chunks(config, [(groups[r], k) for r, k in rows], lengths)
+        weights = torch.tensor(
+            [float(quadrature[k] * advantages[r] / config.n_rollouts) for r, k in rows]
+        )
+        grads = path_gradients(
+            policy, components, row_prompts, row_completions,
+            alphas=torch.tensor([float(alphas[k]) for _, k in rows]), weights=weights,
+            positions=config.positions, baseline=baseline, chunks=chunks, progress=progress,
+        )  # fmt: skip
+        per_prompt.index_add_(0, torch.tensor([groups[r] for r, _ in rows]), grads.contributions)
+        # completeness of the surrogate S(alpha) = mean_prompts sum_rows A/N sum_s log pi_alpha
+        live_prompts = [prompt_ids[r] for r in live]
+        live_completions = [completion_ids[r] for r in live]
+        live_weights = advantages[live].double() / config.n_rollouts
+        for end in (0.0, 1.0):
+            values = scaled_sequence_logprobs(policy, components, live_prompts, live_completions,
+                                              end, config.positions, baseline,
+                                              config.internal_batch_size)  # fmt: skip
+            surrogate[end] = float((live_weights * values).sum() / len(problems))
+    scoring_seconds = time.perf_counter() - scoring_started
+    delta = float(per_prompt.sum(1).mean() - (surrogate[1.0] - surrogate[0.0]))
+    return {
+        "per_prompt": per_prompt,
+        "reward_name": _reward_name(reward, rollouts),
+        "delta": delta,
+        "delta_of": "surrogate S(1) - S(0), S = mean over prompts of sum_rows A/N log pi",
+        "surrogate": {"S(0)": surrogate[0.0], "S(1)": surrogate[1.0]},
+        "frac_reward_zero_std": rollouts.frac_reward_zero_std,
+        "mean_reward": float(rollouts.rewards.mean()),
+        "rows_scored": len(rows),
+        "sampling_seconds": sampling_seconds,
+        "scoring_seconds": scoring_seconds,
+    }
+
+
+def _on_path_mode(policy, problems, components, reward, config: IPGConfig, progress):
+    if reward is None:
+        raise IpgkitError("on-path IPG needs a reward function")
+    alphas, quadrature = integration_points(config.method, config.n_steps)
+    resolved = components.resolved(policy.model)
+    sampling_started = time.perf_counter()
+    points = [float(a) for a in alphas]
+    baseline, unmodified = None, None
+    if isinstance(config.baseline, str) and config.baseline == "mean":
+        # h' is a property of the unmodified model (alpha = 1 leaves h unchanged for any h')
+        unmodified = _sample(policy, problems, reward, config, config.seed + len(points), False)
+        baseline = _support_baseline(policy, components, config, unmodified)
+    elif isinstance(config.baseline, Tensor):
+        baseline = _support_baseline(policy, components, config, None)
+
+    def sample_at(alpha: float, seed: int) -> Rollouts:
+        hook = scaling_hook(resolved, alpha, config.positions, baseline)
+        with policy.model.hooks(fwd_hooks=[(components.hook_name, hook)]):
+            return _sample(policy, problems, reward, config, seed, False)
+
+    samples = [
+        sample_at(alpha, config.seed + k)
+        for k, alpha in enumerate(
+            tqdm(points, desc="ipg: on-path sampling", unit="alpha", disable=not progress)
+        )
+    ]
+    # J(1) - J(0) from samples at the end points: on the grid, or drawn for that purpose
+    on_grid = {end: next((s for a, s in zip(points, samples, strict=True)
+                          if math.isclose(a, end)), None) for end in (0.0, 1.0)}  # fmt: skip
+    at_start = on_grid[0.0]
+    if at_start is None:
+        at_start = sample_at(0.0, config.seed + len(points) + 1)
+    at_end = on_grid[1.0] if on_grid[1.0] is not None else unmodified
+    if at_end is None:
+        at_end = sample_at(1.0, config.seed + len(points))
+    sampling_seconds = time.perf_counter() - sampling_started
+    rows, row_prompts, row_completions, row_alphas, weights, keys = [], [], [], [], [], []
+    for k, rollouts in enumerate(samples):
+        advantages = rollouts.advantages(config.advantages)
+        prompt_ids, completion_ids = rollouts.row_prompt_ids(), rollouts.row_completion_ids()
+        for r in advantages.nonzero()[:, 0].tolist():
+            group = int(rollouts.group_ids[r])
+            rows.append(group)
+            keys.append((group, k))
+            row_prompts.append(prompt_ids[r])
+            row_completions.append(completion_ids[r])
+            row_alphas.append(points[k])
+            weights.append(float(quadrature[k] * advantages[r] / config.n_rollouts))
+    per_prompt = torch.zeros(len(problems), len(resolved), dtype=torch.float64)
+    scoring_started = time.perf_counter()
+    if rows:
+        lengths = [len(p) + len(c) for p, c in zip(row_prompts, row_completions, strict=True)]
+        grads = path_gradients(
+            policy, components, row_prompts, row_completions, alphas=torch.tensor(row_alphas),
+            weights=torch.tensor(weights), positions=config.positions, baseline=baseline,
+            chunks=_row_chunks(config, keys, lengths), progress=progress,
+        )  # fmt: skip
+        per_prompt.index_add_(0, torch.tensor(rows), grads.contributions)
+    scoring_seconds = time.perf_counter() - scoring_started
+    j_start, j_end = float(at_start.rewards.mean()), float(at_end.rewards.mean())
+    zero_std = [s.frac_reward_zero_std for s in samples]
+    return {
+        "per_prompt": per_prompt,
+        "reward_name": _reward_name(reward),
+        "delta": float(per_prompt.sum(1).mean() - (j_end - j_start)),
+        "delta_of": "J(1) - J(0), J = mean reward of rollouts sampled at that alpha",
+        "J(0)": j_start,
+        "J(1)": j_end,
+        "J_by_alpha": {
+            f"{a:.6g}": float(s.rewards.mean()) for a, s in zip(points, samples, strict=True)
+        },
+        "frac_reward_zero_std": float(np.mean(zero_std)),
+        "mean_reward": j_end,
+        "rows_scored": len(rows),
+        "sampling_seconds": sampling_seconds,
+        "scoring_seconds": scoring_seconds,
+    }
+
+
+__all__ = [
+    "INTEGRATION_RULES",
+    "IPGConfig",
+    "PathGradients",
+    "frozen_parameters",
+    "integration_points",
+    "ipg",
+    "packed_chunks",
+    "path_gradients",
+    "scaled_sequence_logprobs",
+]

@@ -1,0 +1,334 @@
+"""IPG checked against exact enumeration on a tiny-vocabulary model, plus its invariants and errors.
+
+The enumerable world: a random float64 model with a 6-token vocabulary, one fixed prompt, and
+completions of at most 3 tokens (EOS = id 2 stops early). Every trajectory is listed, so
+J(alpha) = sum_tau pi_alpha(tau) R(tau) is exact, and so is its derivative by finite differences.
+"""
+
+import math
+
+import pytest
+import torch
+from transformer_lens import HookedTransformer
+
+from ipgkit.attribution import integration_points, ipg, path_gradients, scaled_sequence_logprobs
+from ipgkit.components import mlp_neurons, resid_neurons
+from ipgkit.errors import HookNameError, IpgkitError, RewardError
+from ipgkit.models.arith import arith_config
+from ipgkit.models.policy import Policy
+from ipgkit.models.tokenizer import build_char_tokenizer
+from ipgkit.rollouts import score_completions
+from ipgkit.tasks.base import Problem
+
+VOCAB, HORIZON, EOS = 6, 3, 2
+PROMPT = "\n "  # token ids 4, 5 after BOS (1): inside the 6-token vocabulary
+
+
+def tiny_vocab_policy(seed: int = 0) -> Policy:
+    config = arith_config(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=16,
+                          rotary_dim=8, d_vocab=VOCAB, seed=seed, dtype=torch.float64)  # fmt: skip
+    model = HookedTransformer(config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # larger weights than TL's init, so pi is far from uniform
+        for parameter in model.parameters():
+            if parameter.ndim >= 2:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.4)
+    model.eval()
+    return Policy(model, build_char_tokenizer(), "tiny-vocab", prompt_format=lambda q: q)
+
+
+def all_completions() -> list[list[int]]:
+    completions = []
+
+    def extend(prefix):
+        for token in range(VOCAB):
+            sequence = [*prefix, token]
+            if token == EOS or len(sequence) == HORIZON:
+                completions.append(sequence)
+            else:
+                extend(sequence)
+
+    extend([])
+    return completions
+
+
+def reward_of(ids) -> float:
+    """Counts token 5, plus a bonus for ending with EOS: a reward with some structure."""
+    return float(ids.count(5)) + 0.5 * float(ids[-1] == EOS)
+
+
+def token_reward(prompts, completions, completion_ids, **_):
+    return [reward_of(ids) for ids in completion_ids]
+
+
+@pytest.fixture(scope="module")
+def world():
+    policy = tiny_vocab_policy()
+    completions = all_completions()
+    prompt = policy.encode([PROMPT])[0]
+    rewards = torch.tensor([reward_of(c) for c in completions], dtype=torch.float64)
+    return policy, prompt, completions, rewards
+
+
+def exact_value(policy, prompt, completions, rewards, hook=None, components=None) -> float:
+    """J = sum_tau pi(tau) R(tau), with an optional forward hook on ``components``."""
+    hooks = [] if hook is None else [(components.hook_name, hook)]
+    with torch.no_grad(), policy.model.hooks(fwd_hooks=hooks):
+        scores = score_completions(policy, [prompt] * len(completions), completions)
+    return float((scores.sequence_logprobs().double().exp() * rewards).sum())
+
+
+def per_unit_scaling(components, factors):
+    index = torch.tensor(components.indices)
+
+    def hook(activation, hook):
+        activation = activation.clone()
+        activation[..., index] = activation[..., index] * factors.to(activation.dtype)
+        return activation
+
+    return hook
+
+
+def exact_ipg(policy, prompt, completions, rewards, components, method, n_steps):
+    """Exact-expectation IPG through ipgkit's engine: rows = every trajectory at every alpha,
+    weighted by w_k pi_alpha(tau) R(tau), so their sum is w_k dJ/dalpha_i."""
+    alphas, weights = integration_points(method, n_steps)
+    row_alphas, row_weights = [], []
+    for alpha, weight in zip(alphas.tolist(), weights.tolist(), strict=True):
+        logprobs = scaled_sequence_logprobs(policy, components, [prompt] * len(completions),
+                                            completions, alpha)  # fmt: skip
+        row_alphas += [alpha] * len(completions)
+        row_weights += (weight * logprobs.exp() * rewards).tolist()
+    grads = path_gradients(policy, components, [prompt] * len(row_alphas),
+                           completions * len(alphas), torch.tensor(row_alphas),
+                           torch.tensor(row_weights, dtype=torch.float64),
+                           internal_batch_size=200)  # fmt: skip
+    return grads.contributions.sum(0)
+
+
+def finite_difference_ipg(policy, prompt, completions, rewards, components, method, n_steps):
+    """sum_k w_k dJ/dalpha_i(alpha_k), each partial derivative by central differences."""
+    alphas, weights = integration_points(method, n_steps)
+    units, step = len(components.indices), 1e-5
+    total = torch.zeros(units, dtype=torch.float64)
+    for alpha, weight in zip(alphas.tolist(), weights.tolist(), strict=True):
+        for unit in range(units):
+            values = []
+            for sign in (1, -1):
+                factors = torch.full((units,), alpha, dtype=torch.float64)
+                factors[unit] += sign * step
+                hook = per_unit_scaling(components, factors)
+                values.append(exact_value(policy, prompt, completions, rewards, hook, components))
+            total[unit] += weight * (values[0] - values[1]) / (2 * step)
+    return total
+
+
+def test_trajectories_are_a_distribution(world):
+    policy, prompt, completions, rewards = world
+    assert len(completions) == 1 + 5 + 5 * 5 * 6
+    ones = torch.ones_like(rewards)
+    assert exact_value(policy, prompt, completions, ones) == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "components",
+    [resid_neurons(0, range(8)), mlp_neurons(0, range(0, 32, 3))],
+    ids=["resid-subset", "mlp"],
+)
+def test_exact_ipg_equals_finite_difference_integral(world, components):
+    policy, prompt, completions, rewards = world
+    components = components.resolved(policy.model)
+    exact = exact_ipg(policy, prompt, completions, rewards, components, "riemann_right", 5)
+    numeric = finite_difference_ipg(policy, prompt, completions, rewards, components,
+                                    "riemann_right", 5)  # fmt: skip
+    assert exact.abs().max() > 1e-3  # the test is not vacuous
+    torch.testing.assert_close(exact, numeric, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("components", [resid_neurons(0, range(8)), mlp_neurons(0)])
+def test_completeness_up_to_the_quadrature_error(world, components):
+    policy, prompt, completions, rewards = world
+    components = components.resolved(policy.model)
+    scale = policy.model.cfg.dtype
+    assert scale == torch.float64
+    at_zero = exact_value(policy, prompt, completions, rewards,
+                          per_unit_scaling(components, torch.zeros(len(components))), components)  # fmt: skip
+    change = exact_value(policy, prompt, completions, rewards) - at_zero
+    gauss = exact_ipg(policy, prompt, completions, rewards, components, "gausslegendre", 24)
+    assert float(gauss.sum()) == pytest.approx(change, abs=1e-7)
+    # the right Riemann sum converges at rate 1/q: its error shrinks about fourfold from q=10 to 40
+    errors = []
+    for q in (10, 40):
+        riemann = exact_ipg(policy, prompt, completions, rewards, components, "riemann_right", q)
+        errors.append(abs(float(riemann.sum()) - change))
+    assert errors[1] < errors[0] / 3
+    assert errors[0] < 0.2 * abs(change)
+
+
+def test_monte_carlo_on_path_converges_to_the_exact_value(world):
+    policy, prompt, completions, rewards = world
+    components = resid_neurons(0, range(8)).resolved(policy.model)
+    exact = exact_ipg(policy, prompt, completions, rewards, components, "riemann_right", 4)
+    problems = [Problem(f"copy/{i}", PROMPT, "", "") for i in range(8)]
+
+    def estimate(n):
+        return ipg(policy, problems, components, token_reward, mode="on_path", n_rollouts=n,
+                   n_steps=4, temperature=1.0, top_p=1.0, max_new_tokens=HORIZON,
+                   internal_batch_size=512, sampling_batch_size=512, progress=False)  # fmt: skip
+
+    small, large = estimate(16), estimate(512)
+    z = (large.scores - exact) / large.stderr
+    assert z.abs().max() < 4.5, z
+    assert float((z**2).mean()) < 3.0
+    rms = [float((r.scores - exact).pow(2).mean().sqrt()) for r in (small, large)]
+    assert rms[1] < rms[0] / 2.5, rms  # 32x the samples: about 5.7x smaller error expected
+
+
+def test_on_path_completeness_delta_is_reported(world):
+    policy, *_ = world
+    problems = [Problem(f"copy/{i}", PROMPT, "", "") for i in range(4)]
+    result = ipg(policy, problems, mlp_neurons(0), token_reward, mode="on_path", n_rollouts=64,
+                 n_steps=4, temperature=1.0, top_p=1.0, max_new_tokens=HORIZON,
+                 sampling_batch_size=256, progress=False)  # fmt: skip
+    info = result.info
+    assert info["delta"] == pytest.approx(
+        float(result.scores.sum()) - (info["J(1)"] - info["J(0)"])
+    )
+    assert set(info["J_by_alpha"]) == {"0.25", "0.5", "0.75", "1"}
+    assert info["config"]["advantage"] == "rloo"
+
+
+# --- the same answers by different routes ---------------------------------------------------------
+
+
+def digit_count(prompts, completions, **_):
+    return [float(sum(ch.isdigit() for ch in text)) for text in completions]
+
+
+def test_packed_and_one_row_per_pass_agree(policy):
+    problems = [Problem(f"p{i}", f"{i}+{i}", "", "") for i in range(3)]
+    from ipgkit.rollouts import sample
+
+    rollouts = sample(policy, problems, n=4, temperature=1.0, max_new_tokens=12, seed=3,
+                      reward=digit_count)  # fmt: skip
+    rows = len(rollouts)
+    prompts, completions = rollouts.row_prompt_ids(), rollouts.row_completion_ids()
+    assert len({len(c) for c in completions}) > 1  # ragged, so padding differs between paths
+    alphas = torch.linspace(0.1, 1.0, rows)
+    weights = torch.randn(rows, generator=torch.Generator().manual_seed(0))
+    components = resid_neurons(1)
+    packed = path_gradients(policy, components, prompts, completions, alphas, weights,
+                            internal_batch_size=5)  # fmt: skip
+    single = path_gradients(policy, components, prompts, completions, alphas, weights,
+                            chunks=[[r] for r in range(rows)])  # fmt: skip
+    assert packed.contributions.abs().max() > 1e-4
+    torch.testing.assert_close(packed.contributions, single.contributions, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed.sequence_logprobs, single.sequence_logprobs, atol=1e-5,
+                               rtol=1e-6)  # fmt: skip
+
+
+def test_ipg_packed_equals_sequential(policy):
+    problems = [Problem(f"p{i}", f"{i}*{i}", "", "") for i in range(3)]
+    settings = dict(n_rollouts=3, n_steps=4, temperature=1.0, top_p=1.0, max_new_tokens=10,
+                    internal_batch_size=7, progress=False)  # fmt: skip
+    packed = ipg(policy, problems, mlp_neurons(0), digit_count, **settings)
+    sequential = ipg(policy, problems, mlp_neurons(0), digit_count, pack=False, **settings)
+    assert packed.info["rows_scored"] > 0
+    torch.testing.assert_close(packed.per_prompt, sequential.per_prompt, atol=1e-5, rtol=1e-5)
+
+
+def test_paper_mode_completeness_of_the_surrogate(policy):
+    problems = [Problem(f"p{i}", f"{i}-{i}", "", "") for i in range(3)]
+    result = ipg(policy, problems, mlp_neurons(1), digit_count, n_rollouts=4, n_steps=24,
+                 method="gausslegendre", temperature=1.0, top_p=1.0, max_new_tokens=10,
+                 progress=False)  # fmt: skip
+    surrogate = result.info["surrogate"]
+    change = surrogate["S(1)"] - surrogate["S(0)"]
+    assert abs(change) > 1e-3
+    assert abs(result.delta) < 1e-4 * max(1.0, abs(change))
+
+
+# --- invariants -----------------------------------------------------------------------------------
+
+
+def test_constant_reward_gives_zero_scores_and_full_zero_signal(policy):
+    problems = [Problem(f"p{i}", str(i), "", "") for i in range(3)]
+    result = ipg(policy, problems, resid_neurons(0), lambda p, c, **_: [1.0] * len(c),
+                 n_rollouts=3, n_steps=2, max_new_tokens=6, progress=False)  # fmt: skip
+    assert torch.equal(result.scores, torch.zeros(policy.model.cfg.d_model, dtype=torch.float64))
+    assert result.frac_reward_zero_std == 1.0
+    assert result.info["rows_scored"] == 0 and result.delta == 0.0
+
+
+def constant_unit_policy(unit: int, value: float) -> Policy:
+    """A tiny policy whose residual unit ``unit`` after block 0 equals ``value`` everywhere."""
+    from tests.conftest import tiny_policy
+
+    policy = tiny_policy(seed=1)
+    model = policy.model
+    with torch.no_grad():
+        model.embed.W_E[:, unit] = value
+        block = model.blocks[0]
+        block.attn.W_O[:, :, unit] = 0.0
+        block.attn.b_O[unit] = 0.0
+        block.mlp.W_out[:, unit] = 0.0
+        block.mlp.b_out[unit] = 0.0
+    return policy
+
+
+def test_baseline_equal_to_the_activation_gives_zero(policy):
+    unit, other, value = 3, 7, 0.8
+    constant = constant_unit_policy(unit, value)
+    problems = [Problem(f"p{i}", f"{i}+1", "", "") for i in range(3)]
+    components = resid_neurons(0, [unit, other])
+    settings = dict(n_rollouts=3, n_steps=3, temperature=1.0, max_new_tokens=8, progress=False)
+    zero = ipg(constant, problems, components, digit_count, **settings)
+    matched = ipg(constant, problems, components, digit_count,
+                  baseline=torch.tensor([value, 0.0]), **settings)  # fmt: skip
+    assert zero.info["rows_scored"] > 0
+    assert zero.scores[0] != 0.0  # with h' = 0 the constant unit does get attribution
+    assert matched.scores[0] == 0.0  # h' = h: the path is constant, nothing to attribute
+    assert matched.scores[1] != 0.0
+
+
+def test_mean_baseline_is_the_support_set_mean(policy):
+    problems = [Problem(f"p{i}", f"{i}+2", "", "") for i in range(2)]
+    settings = dict(n_rollouts=2, n_steps=2, temperature=1.0, max_new_tokens=6, progress=False)
+    result = ipg(policy, problems, resid_neurons(1, [0, 1]), digit_count, baseline="mean",
+                 **settings)  # fmt: skip
+    assert result.info["config"]["baseline"] == "mean"
+    assert torch.isfinite(result.scores).all()
+
+
+def test_integration_rules_integrate_polynomials():
+    for method, degree in [("riemann_middle", 1), ("riemann_trapezoid", 1), ("gausslegendre", 7)]:
+        alphas, weights = integration_points(method, 4)
+        assert float(weights.sum()) == pytest.approx(1.0)
+        for power in range(degree + 1):
+            assert float((weights * alphas**power).sum()) == pytest.approx(1 / (power + 1))
+    alphas, weights = integration_points("riemann_right", 10)
+    assert alphas[-1] == 1.0 and alphas[0] == pytest.approx(0.1) and math.isclose(weights[0], 0.1)
+    assert integration_points("riemann_left", 2)[0].tolist() == [0.0, 0.5]
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+
+def test_bad_input_gets_a_clear_error(policy):
+    problems = [Problem("p0", "1+1", "", "")]
+    with pytest.raises(HookNameError, match=r"blocks\.7\.hook_resid_post"):
+        ipg(policy, problems, resid_neurons(7), digit_count, progress=False)
+    with pytest.raises(IpgkitError, match="n_rollouts >= 2"):
+        ipg(policy, problems, resid_neurons(0), digit_count, n_rollouts=1, progress=False)
+    with pytest.raises(RewardError, match="non-finite"):
+        ipg(policy, problems, resid_neurons(0), lambda p, c, **_: [math.nan] * len(c),
+            n_rollouts=2, max_new_tokens=4, progress=False)  # fmt: skip
+    with pytest.raises(IpgkitError, match="empty"):
+        ipg(policy, [], resid_neurons(0), digit_count, progress=False)
+    with pytest.raises(IpgkitError, match="unknown integration method"):
+        ipg(policy, problems, resid_neurons(0), digit_count, method="simpson", progress=False)
+    with pytest.raises(IpgkitError, match="one value per unit"):
+        ipg(policy, problems, resid_neurons(0, [1, 2]), digit_count, baseline=torch.zeros(3),
+            max_new_tokens=4, progress=False)  # fmt: skip
+    with pytest.raises(IpgkitError, match="out of range"):
+        ipg(policy, problems, resid_neurons(0, [999]), digit_count, progress=False)
