@@ -8,7 +8,8 @@ Example:
     ...                          reward=task.correctness)                     # doctest: +SKIP
 """
 
-from ipgkit import tasks
+from ipgkit import attribution, tasks
+from ipgkit.attribution import AttributionResult, IPGConfig, ipg
 from ipgkit.components import ComponentSet, mlp_neurons, resid_neurons, scaling_hook
 from ipgkit.errors import IpgkitError
 from ipgkit.evaluation import evaluate, evaluation_rollouts, evaluation_table, pass_at_k
@@ -28,16 +29,20 @@ from ipgkit.steering import steer
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttributionResult",
     "ComponentSet",
+    "IPGConfig",
     "IpgkitError",
     "Policy",
     "Rollouts",
     "SamplingConfig",
     "TokenScores",
+    "attribution",
     "evaluate",
     "evaluation_rollouts",
     "evaluation_table",
     "group_advantages",
+    "ipg",
     "iter_scores",
     "load_model",
     "mlp_neurons",

@@ -108,3 +108,25 @@ def test_steer_removes_only_its_own_hooks(policy):
 def test_steer_rejects_bad_gamma(policy, gamma):
     with pytest.raises(IpgkitError, match="gamma"), ipgkit.steer(policy, resid_neurons(0), gamma):
         pass
+
+
+def test_direction_components_scale_one_coordinate():
+    torch.manual_seed(0)
+    basis, _ = torch.linalg.qr(torch.randn(6, 2))
+    directions = basis.T  # two orthonormal rows in a 6-dimensional space
+    components = ComponentSet("blocks.0.hook_resid_post", (1,), "direction", directions)
+    activation = torch.randn(2, 3, 6)
+    assert torch.equal(scaling_hook(components, 1.0)(activation, None), activation)
+    doubled = scaling_hook(components, 2.0)(activation, None)
+    torch.testing.assert_close(doubled @ directions[1], 2 * (activation @ directions[1]))
+    torch.testing.assert_close(doubled @ directions[0], activation @ directions[0])
+    removed = scaling_hook(components, 0.0)(activation, None)
+    torch.testing.assert_close(removed @ directions[1], torch.zeros(2, 3), atol=1e-6, rtol=0)
+    torch.testing.assert_close(components.coordinates(activation), activation @ directions[1:].T)
+
+
+def test_direction_components_must_be_orthonormal():
+    with pytest.raises(IpgkitError, match="orthonormal"):
+        ComponentSet("blocks.0.hook_resid_post", None, "direction", torch.ones(2, 4))
+    with pytest.raises(IpgkitError, match="go together"):
+        ComponentSet("blocks.0.hook_resid_post", None, "direction")

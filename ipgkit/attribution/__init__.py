@@ -1,5 +1,21 @@
-"""Attribution of reasoning outcomes to units: IPG and the IPG paper's baselines, one result type."""
+"""Attribution of reasoning outcomes to units: IPG and the IPG paper's baselines, one result type.
 
+Example:
+    >>> result = ipgkit.ipg(policy, task.problems[:50], ipgkit.resid_neurons(2),
+    ...                     task.correctness, n_rollouts=5, n_steps=10)        # doctest: +SKIP
+    >>> activation = baselines.activation_magnitude(policy, rollouts, ipgkit.resid_neurons(2))
+"""
+
+from ipgkit.attribution import baselines
+from ipgkit.attribution.baselines import (
+    activation_magnitude,
+    control_vector,
+    integrated_gradients,
+    policy_gradient,
+    random_baseline,
+    random_baselines,
+    reasoning_neurons,
+)
 from ipgkit.attribution.ipg import (
     INTEGRATION_RULES,
     IPGConfig,
@@ -16,8 +32,16 @@ __all__ = [
     "AttributionResult",
     "IPGConfig",
     "PathGradients",
+    "activation_magnitude",
+    "baselines",
+    "control_vector",
+    "integrated_gradients",
     "integration_points",
     "ipg",
     "path_gradients",
+    "policy_gradient",
+    "random_baseline",
+    "random_baselines",
+    "reasoning_neurons",
     "scaled_sequence_logprobs",
 ]

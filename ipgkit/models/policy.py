@@ -61,6 +61,15 @@ class Policy:
             ids = [[int(self.tokenizer.bos_token_id), *row] for row in ids]
         return [list(map(int, row)) for row in ids]
 
+    def encode_completions(self, texts: Sequence[str], add_eos: bool = True) -> list[list[int]]:
+        """Token ids of completion texts (no BOS), ending with the first stop token when
+        ``add_eos``, as a sampled completion that finished would. For teacher forcing references."""
+        if not texts:
+            return []
+        ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        stop = [self.stop_token_ids[0]] if add_eos and self.stop_token_ids else []
+        return [[*map(int, row), *stop] for row in ids]
+
     def decode(self, ids: Sequence[int]) -> str:
         """Text of completion ids, without special tokens."""
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)

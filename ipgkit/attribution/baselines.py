@@ -1,0 +1,297 @@
+"""The IPG paper's baselines (its Table 1 set) plus Integrated Gradients, as AttributionResults.
+
+Every baseline returns the same :class:`AttributionResult` as :func:`ipgkit.ipg`, so
+``result.top(p)`` feeds :func:`ipgkit.steer` and the evaluation code whatever the method:
+
+- :func:`random_baseline` / :func:`random_baselines`: seeded random scores (several seeds);
+- :func:`activation_magnitude`: mean |h| over the support set's generated tokens;
+- :func:`reasoning_neurons`: how much more a unit fires on concept tokens (digits and operators,
+  or words like "add" and "total") than on other tokens;
+- :func:`control_vector`: the top principal direction of (reasoning - contrast) activations, a
+  direction component that steering scales like a unit;
+- :func:`policy_gradient`: IPG's integrand at alpha = 1 only, times h (no path integral);
+- :func:`integrated_gradients`: Integrated Gradients of the reference solution's log-likelihood,
+  what a Captum user would try first (not in the paper).
+
+Activation statistics stream through :func:`ipgkit.rollouts.iter_activations`, the same
+teacher-forced pass that scoring uses; the gradient baselines use IPG's own engine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+import torch
+from torch import Tensor
+
+from ipgkit.components import ComponentSet, Positions
+from ipgkit.errors import IpgkitError
+from ipgkit.models.policy import Policy
+from ipgkit.rollouts import Rollouts, iter_activations
+from ipgkit.tasks.base import Problem, RewardFunction
+
+from .ipg import (
+    IntegrationRule,
+    IPGConfig,
+    PathPositions,
+    integration_points,
+    ipg,
+    path_gradients,
+    scaled_sequence_logprobs,
+)
+from .result import AttributionResult
+
+#: concept tokens for arithmetic chains of thought (single characters or whole tokens)
+ARITHMETIC_CONCEPTS = tuple("0123456789+-*/=")
+#: concept words for GSM8K-style word problems
+WORD_PROBLEM_CONCEPTS = (
+    "add", "added", "plus", "sum", "total", "altogether", "subtract", "minus", "left", "remaining",
+    "difference", "times", "multiply", "product", "each", "per", "divide", "divided", "half",
+    "twice", "double", "more", "less", "fewer",
+)  # fmt: skip
+
+
+def random_baseline(policy: Policy, components: ComponentSet, seed: int = 0) -> AttributionResult:
+    """Seeded standard-normal scores: ``top(p)`` is a uniformly random p-subset.
+
+    Example:
+        >>> results = random_baselines(policy, resid_neurons(2), seeds=range(5))  # doctest: +SKIP
+    """
+    components = components.resolved(policy.model)
+    generator = torch.Generator().manual_seed(int(seed))
+    scores = torch.randn(len(components), generator=generator, dtype=torch.float64)
+    return AttributionResult(components, scores, method="random", info={"seed": int(seed)})
+
+
+def random_baselines(
+    policy: Policy, components: ComponentSet, seeds: Sequence[int] = (0, 1, 2, 3, 4)
+) -> list[AttributionResult]:
+    """One :func:`random_baseline` per seed (the paper averages random controls over seeds)."""
+    return [random_baseline(policy, components, seed) for seed in seeds]
+
+
+def activation_magnitude(
+    policy: Policy,
+    rollouts: Rollouts,
+    components: ComponentSet,
+    positions: Positions = "generated",
+    internal_batch_size: int = 64,
+) -> AttributionResult:
+    """Mean |h| per unit over the support set's tokens, averaged within then across prompts.
+
+    Args:
+        policy: the policy.
+        rollouts: the support set (e.g. the rollouts IPG used), teacher-forced again.
+        components: the units.
+        positions: which tokens count (``"generated"``: the completions, as in the paper).
+        internal_batch_size: rows per forward pass.
+
+    Example:
+        >>> rollouts = ipgkit.sample(policy, task.problems[:50], n=5, temperature=0.6, top_p=0.8)
+        >>> activation_magnitude(policy, rollouts, resid_neurons(2)).top(20)   # doctest: +SKIP
+    """
+    components = components.resolved(policy.model)
+    groups = rollouts.group_ids
+    sums = torch.zeros(len(rollouts.problems), len(components), dtype=torch.float64)
+    counts = torch.zeros(len(rollouts.problems), dtype=torch.float64)
+    for chunk in iter_activations(policy, components.hook_name, rollouts.row_prompt_ids(),
+                                  rollouts.row_completion_ids(), positions,
+                                  internal_batch_size):  # fmt: skip
+        values = components.coordinates(chunk.activations.double()).abs()
+        token_groups = groups[chunk.row_index]
+        sums.index_add_(0, token_groups, values)
+        counts.index_add_(0, token_groups, torch.ones(len(values), dtype=torch.float64))
+    if (counts == 0).any():
+        raise IpgkitError("some prompts have no tokens at the chosen positions")
+    info = {"positions": positions, "policy": policy.name,
+            "problem_ids": [p.id for p in rollouts.problems]}  # fmt: skip
+    return AttributionResult.from_per_prompt(components, sums / counts[:, None], "activation", info)
+
+
+def concept_token_ids(policy: Policy, concepts: Sequence[str]) -> list[int]:
+    """Vocabulary ids whose text (stripped, lower-cased, word-piece markers removed) is a concept."""
+    wanted = {c.strip().lower() for c in concepts}
+    ids = []
+    for token_id in range(policy.model.cfg.d_vocab):
+        text = policy.tokenizer.decode([token_id]).strip().lower().lstrip("Ġ▁")
+        if text and text in wanted:
+            ids.append(token_id)
+    if not ids:
+        raise IpgkitError(f"no token of {policy.name!r} matches the concepts {list(concepts)[:8]}")
+    return ids
+
+
+def reasoning_neurons(
+    policy: Policy,
+    rollouts: Rollouts,
+    components: ComponentSet,
+    concepts: Sequence[str] = ARITHMETIC_CONCEPTS,
+    positions: Positions = "generated",
+    internal_batch_size: int = 64,
+) -> AttributionResult:
+    """Units that fire more on concept tokens than elsewhere: a standardised mean difference
+    ``(mean on concept tokens - mean on other tokens) / pooled std`` over the support set.
+
+    Args:
+        concepts: concept token texts: :data:`ARITHMETIC_CONCEPTS` (digits and operators) or
+            :data:`WORD_PROBLEM_CONCEPTS` (``"add"``, ``"total"``, ...), or your own.
+    """
+    components = components.resolved(policy.model)
+    concept_ids = torch.tensor(concept_token_ids(policy, concepts))
+    moments = torch.zeros(2, 3, len(components), dtype=torch.float64)  # [other/concept, n/sum/sq]
+    for chunk in iter_activations(policy, components.hook_name, rollouts.row_prompt_ids(),
+                                  rollouts.row_completion_ids(), positions,
+                                  internal_batch_size):  # fmt: skip
+        values = components.coordinates(chunk.activations.double())
+        is_concept = torch.isin(chunk.token_ids, concept_ids)
+        for which in (0, 1):
+            selected = values[is_concept == bool(which)]
+            moments[which, 0] += len(selected)
+            moments[which, 1] += selected.sum(0)
+            moments[which, 2] += (selected**2).sum(0)
+    counts = moments[:, 0, 0]
+    if (counts < 2).any():
+        raise IpgkitError(
+            f"need at least 2 concept and 2 other tokens, got {int(counts[1])} and {int(counts[0])}"
+        )
+    means = moments[:, 1] / counts[:, None]
+    variances = (moments[:, 2] - counts[:, None] * means**2) / (counts[:, None] - 1)
+    pooled = ((counts[:, None] - 1) * variances).sum(0) / (counts.sum() - 2)
+    scores = (means[1] - means[0]) / pooled.clamp_min(1e-12).sqrt()
+    info = {"concepts": list(concepts), "concept_tokens": int(counts[1]),
+            "other_tokens": int(counts[0]), "positions": positions, "policy": policy.name}  # fmt: skip
+    return AttributionResult(components, scores, method="reasoning_neuron", info=info)
+
+
+def _reference_rows(policy: Policy, problems: Sequence[Problem], text: Callable[[Problem], str]):
+    prompts = policy.encode([policy.prompt_format(p.question) for p in problems])
+    return prompts, policy.encode_completions([text(p) for p in problems])
+
+
+def control_vector(
+    policy: Policy,
+    problems: Sequence[Problem],
+    components: ComponentSet,
+    reasoning: Callable[[Problem], str] = lambda p: p.reference,
+    contrast: Callable[[Problem], str] = lambda p: f"#### {p.answer}",
+    internal_batch_size: int = 64,
+) -> AttributionResult:
+    """A control vector: the top principal direction of paired (reasoning - contrast) activations.
+
+    For each problem, the mean activation over the completion tokens of a reasoned answer (the
+    reference solution) minus that over a contrast answer (the bare final answer) gives one
+    difference; the top right-singular vector of the stacked, uncentred differences (so the
+    shared direction is kept, as in representation engineering with pair sign flips) is the
+    direction, oriented so that reasoning projects higher. The result is a one-direction
+    ComponentSet: steering by gamma scales the activation's coordinate along it.
+
+    Example:
+        >>> vector = control_vector(policy, task.problems[:50], resid_neurons(2))  # doctest: +SKIP
+        >>> with ipgkit.steer(policy, vector.top(1), gamma=2.0): ...           # doctest: +SKIP
+    """
+    if not problems:
+        raise IpgkitError("control_vector needs at least one problem")
+    components.validate(policy.model)
+    means = []
+    for text in (reasoning, contrast):
+        prompts, completions = _reference_rows(policy, problems, text)
+        total = torch.zeros(len(problems), components.hook_width(policy.model), dtype=torch.float64)
+        counts = torch.zeros(len(problems), dtype=torch.float64)
+        for chunk in iter_activations(policy, components.hook_name, prompts, completions,
+                                      "generated", internal_batch_size):  # fmt: skip
+            total.index_add_(0, chunk.row_index, chunk.activations.double())
+            counts.index_add_(0, chunk.row_index, torch.ones(len(chunk.row_index), dtype=torch.float64))  # fmt: skip
+        means.append(total / counts[:, None])
+    differences = means[0] - means[1]
+    _, singular_values, right = torch.linalg.svd(differences, full_matrices=False)
+    direction = right[0]
+    if float(differences.mean(0) @ direction) < 0:
+        direction = -direction
+    explained = float(singular_values[0] ** 2 / (singular_values**2).sum())
+    vector = ComponentSet(components.hook_name, (0,), "direction", direction[None].float())
+    projections = differences @ direction
+    info = {"explained_second_moment": explained, "policy": policy.name,
+            "mean_projection_gap": float(projections.mean()),
+            "problem_ids": [p.id for p in problems]}  # fmt: skip
+    return AttributionResult(vector, torch.tensor([explained]), per_prompt=projections[:, None],
+                             method="control_vector", info=info)  # fmt: skip
+
+
+def policy_gradient(
+    policy: Policy,
+    problems: Sequence[Problem] | None,
+    components: ComponentSet,
+    reward: RewardFunction | None = None,
+    config: IPGConfig | None = None,
+    rollouts: Rollouts | None = None,
+    progress: bool = True,
+    **settings,
+) -> AttributionResult:
+    """The raw policy gradient times h: IPG's integrand at alpha = 1 only (no path integral).
+
+    Same arguments as :func:`ipgkit.ipg` (``n_steps`` and ``method`` are fixed).
+    """
+    settings.update(n_steps=1, method="riemann_right")
+    result = ipg(policy, problems, components, reward, config, rollouts, progress, **settings)
+    return replace(result, method="policy_gradient")
+
+
+def integrated_gradients(
+    policy: Policy,
+    problems: Sequence[Problem],
+    components: ComponentSet,
+    n_steps: int = 10,
+    method: IntegrationRule = "riemann_right",
+    positions: PathPositions = "all",
+    baseline: Tensor | None = None,
+    internal_batch_size: int = 64,
+    progress: bool = True,
+) -> AttributionResult:
+    """Integrated Gradients of ``log pi(reference solution | prompt)`` along the same path as IPG.
+
+    No sampling and no reward: the objective is the likelihood of the worked reference (plus EOS),
+    so this asks "which units make the model produce the textbook solution". ``delta`` is the
+    completeness gap against the log-likelihood change from alpha = 0 to 1 (mean over prompts).
+    """
+    if not problems:
+        raise IpgkitError("integrated_gradients needs at least one problem")
+    started = time.perf_counter()
+    components = components.resolved(policy.model)
+    alphas, weights = integration_points(method, n_steps)
+    prompts, completions = _reference_rows(policy, problems, lambda p: p.reference)
+    rows = [(g, k) for g in range(len(problems)) for k in range(n_steps)]
+    grads = path_gradients(
+        policy, components, [prompts[g] for g, _ in rows], [completions[g] for g, _ in rows],
+        alphas=torch.tensor([float(alphas[k]) for _, k in rows]),
+        weights=torch.tensor([float(weights[k]) for _, k in rows]), positions=positions,
+        baseline=baseline, internal_batch_size=internal_batch_size, progress=progress,
+    )  # fmt: skip
+    per_prompt = torch.zeros(len(problems), len(components), dtype=torch.float64)
+    per_prompt.index_add_(0, torch.tensor([g for g, _ in rows]), grads.contributions)
+    ends = [scaled_sequence_logprobs(policy, components, prompts, completions, end, positions,
+                                     baseline, internal_batch_size).mean() for end in (0.0, 1.0)]  # fmt: skip
+    info = {
+        "n_steps": n_steps, "method": method, "positions": positions, "policy": policy.name,
+        "baseline": "zero" if baseline is None else "tensor",
+        "delta": float(per_prompt.sum(1).mean() - (ends[1] - ends[0])),
+        "delta_of": "mean over prompts of log pi(reference) at alpha = 1 minus at alpha = 0",
+        "logprob(0)": float(ends[0]), "logprob(1)": float(ends[1]),
+        "problem_ids": [p.id for p in problems], "seconds": time.perf_counter() - started,
+    }  # fmt: skip
+    return AttributionResult.from_per_prompt(components, per_prompt, "integrated_gradients", info)
+
+
+__all__ = [
+    "ARITHMETIC_CONCEPTS",
+    "WORD_PROBLEM_CONCEPTS",
+    "activation_magnitude",
+    "concept_token_ids",
+    "control_vector",
+    "integrated_gradients",
+    "policy_gradient",
+    "random_baseline",
+    "random_baselines",
+    "reasoning_neurons",
+]
