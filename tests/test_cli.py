@@ -22,3 +22,25 @@ def test_bad_input_is_a_one_line_error(capsys):
     assert (
         err.startswith("ipgkit evaluate: error: gsm8k is read from disk") and err.count("\n") == 1
     )
+
+
+def test_attribute_writes_a_table_a_result_and_a_plot(tmp_path, capsys):
+    import pandas as pd
+
+    from ipgkit.attribution import AttributionResult
+
+    out = tmp_path / "scores.csv"
+    code = main(["attribute", "--n-problems", "3", "--n-rollouts", "2", "--n-steps", "2",
+                 "--layer", "1", "--site", "mlp", "--top", "5", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    table = pd.read_csv(out)
+    assert len(table) == 512 and set(table["rank"]) == set(range(1, 513))
+    result = AttributionResult.load(out.with_suffix(".safetensors"))
+    assert result.components.hook_name == "blocks.1.mlp.hook_post"
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert "completeness delta" in capsys.readouterr().out
+
+
+def test_attribute_rejects_a_missing_layer(capsys):
+    assert main(["attribute", "--layer", "9", "--out", "x.csv"]) == 2
+    assert "--layer 9 is out of range" in capsys.readouterr().err
