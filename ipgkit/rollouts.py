@@ -214,24 +214,43 @@ def group_advantages(
 # --- sampling -----------------------------------------------------------------------------------
 
 
-def _final_logits(model, tokens, attention_mask, past_kv_cache=None, positions=None):
+def _final_logits(model, tokens, attention_mask, past_kv_cache=None, positions=None,
+                  shared_prefix_layer=None, layout=None):  # fmt: skip
     """Run the hooked model to the last residual stream, then unembed only where needed.
 
     Unembedding every position would cost [batch, pos, vocab] memory (2.5 GB for a 49k vocabulary
     at 64 x 200): we apply ``ln_final`` and ``unembed`` to the last position (sampling) or to the
-    gathered completion positions (scoring) only.
+    gathered completion positions (scoring) only. With ``shared_prefix_layer``, rows that are the
+    same sequence run blocks below that layer once (see :func:`iter_scores`).
     """
-    resid = model(
-        tokens,
-        attention_mask=attention_mask,
-        past_kv_cache=past_kv_cache,
-        stop_at_layer=model.cfg.n_layers,
-    )
+    if shared_prefix_layer is None:
+        resid = model(tokens, attention_mask=attention_mask, past_kv_cache=past_kv_cache,
+                      stop_at_layer=model.cfg.n_layers)  # fmt: skip
+    else:
+        resid = _run_with_shared_prefix(model, tokens, attention_mask, shared_prefix_layer, layout)
     if positions is None:
         resid = resid[:, -1:]
     else:
         resid = resid.gather(1, positions[..., None].expand(-1, -1, resid.shape[-1]))
     return model.unembed(model.ln_final(resid))
+
+
+def _run_with_shared_prefix(model, tokens, attention_mask, layer: int, layout: SequenceLayout):
+    """Blocks below ``layer`` once per distinct row, then every row from ``layer`` on.
+
+    Rows count as the same when tokens, attention mask and generation start all agree, so hooks in
+    the shared part (which see the distinct rows, under their own layout) act as they would on
+    each row.
+    """
+    start = layout.generated_start.to(tokens.device)
+    key = torch.cat([tokens, attention_mask, start[:, None]], dim=1)
+    distinct, inverse = torch.unique(key, dim=0, return_inverse=True)
+    width = tokens.shape[1]
+    with sequence_layout(SequenceLayout(distinct[:, -1].cpu())):
+        shared = model(distinct[:, :width], attention_mask=distinct[:, width : 2 * width],
+                       stop_at_layer=layer)  # fmt: skip
+    return model(shared.index_select(0, inverse), start_at_layer=layer,
+                 attention_mask=attention_mask, stop_at_layer=model.cfg.n_layers)  # fmt: skip
 
 
 class _PreallocatedEntry(TransformerLensKeyValueCacheEntry):
@@ -518,12 +537,18 @@ def iter_scores(
     completion_ids: Sequence[Sequence[int]],
     chunk_size: int | None = None,
     with_entropy: bool = True,
+    shared_prefix_layer: int | None = None,
 ) -> Iterator[tuple[slice, TokenScores]]:
     """Teacher-forced scores chunk by chunk (``chunk_size`` rows each), so callers can backward per
     chunk and keep memory bounded. Yields ``(rows, scores)`` with ``rows`` a slice of the inputs.
 
     Gradient flows when grad mode is on; active hooks apply. Completion positions are those after
     each row's prompt; a scaling hook with ``positions="generated"`` touches exactly those.
+
+    ``shared_prefix_layer=L`` computes blocks ``0..L-1`` once for rows of a chunk that are the same
+    sequence and copies the residual stream before block L to each of them: IPG scores each rollout
+    at q alpha points whose hooks differ only from block L on. Gradients then reach activations at
+    block L and above, not parameters or activations below it.
     """
     if len(prompt_ids) != len(completion_ids):
         raise IpgkitError(f"{len(prompt_ids)} prompts but {len(completion_ids)} completions")
@@ -555,7 +580,8 @@ def iter_scores(
         layout = SequenceLayout(generated_start=prompt_lengths)
         with sequence_layout(layout):
             logits = _final_logits(model, tokens.to(device), attention.to(device),
-                                   positions=positions.to(device))  # fmt: skip
+                                   positions=positions.to(device),
+                                   shared_prefix_layer=shared_prefix_layer, layout=layout)  # fmt: skip
         # at least float32 (half-precision models), float64 models keep their precision
         log_probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
         mask = mask.to(log_probs.device)

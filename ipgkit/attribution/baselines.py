@@ -77,7 +77,7 @@ def activation_magnitude(
     rollouts: Rollouts,
     components: ComponentSet,
     positions: Positions = "generated",
-    internal_batch_size: int = 64,
+    internal_batch_size: int = 32,
 ) -> AttributionResult:
     """Mean |h| per unit over the support set's tokens, averaged within then across prompts.
 
@@ -129,7 +129,7 @@ def reasoning_neurons(
     components: ComponentSet,
     concepts: Sequence[str] = ARITHMETIC_CONCEPTS,
     positions: Positions = "generated",
-    internal_batch_size: int = 64,
+    internal_batch_size: int = 32,
 ) -> AttributionResult:
     """Units that fire more on concept tokens than elsewhere: a standardised mean difference
     ``(mean on concept tokens - mean on other tokens) / pooled std`` over the support set.
@@ -176,7 +176,7 @@ def control_vector(
     components: ComponentSet,
     reasoning: Callable[[Problem], str] = lambda p: p.reference,
     contrast: Callable[[Problem], str] = lambda p: f"#### {p.answer}",
-    internal_batch_size: int = 64,
+    internal_batch_size: int = 32,
 ) -> AttributionResult:
     """A control vector: the top principal direction of paired (reasoning - contrast) activations.
 
@@ -246,7 +246,7 @@ def integrated_gradients(
     method: IntegrationRule = "riemann_right",
     positions: PathPositions = "all",
     baseline: Tensor | None = None,
-    internal_batch_size: int = 64,
+    internal_batch_size: int = 32,
     progress: bool = True,
 ) -> AttributionResult:
     """Integrated Gradients of ``log pi(reference solution | prompt)`` along the same path as IPG.

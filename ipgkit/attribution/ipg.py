@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -132,6 +133,26 @@ def packed_chunks(lengths: Sequence[int], internal_batch_size: int) -> list[list
     return [order[i : i + internal_batch_size] for i in range(0, len(order), internal_batch_size)]
 
 
+_RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
+_IN_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+
+def path_site(model, hook_name: str) -> tuple[str, int | None]:
+    """Where to hook the path and from which block rows must run separately.
+
+    Everything below the hook is the same at every alpha, so rows of the same rollout share it.
+    ``blocks.L.hook_resid_post`` is the very tensor that enters block L+1 (``hook_resid_pre``), so
+    it is hooked there and blocks 0..L are shared; any other hook inside block L shares blocks
+    0..L-1. Hooks outside the blocks share nothing.
+    """
+    resid_post = _RESID_POST.match(hook_name)
+    if resid_post and int(resid_post.group(1)) + 1 < model.cfg.n_layers:
+        following = int(resid_post.group(1)) + 1
+        return f"blocks.{following}.hook_resid_pre", following
+    in_block = _IN_BLOCK.match(hook_name)
+    return hook_name, (int(in_block.group(1)) if in_block else None)
+
+
 def path_gradients(
     policy: Policy,
     components: ComponentSet,
@@ -141,9 +162,10 @@ def path_gradients(
     weights: Float[Tensor, " rows"],
     positions: PathPositions = "all",
     baseline: Float[Tensor, " units"] | float | None = None,
-    internal_batch_size: int = 64,
+    internal_batch_size: int = 32,
     chunks: Sequence[Sequence[int]] | None = None,
     progress: bool = False,
+    share_prefix: bool = True,
 ) -> PathGradients:
     """Per-row gradient contributions along the scaled-activation path (the IPG engine).
 
@@ -165,6 +187,8 @@ def path_gradients(
         internal_batch_size: rows per forward/backward.
         chunks: explicit row chunks (overrides ``internal_batch_size``); each is one pass.
         progress: show a tqdm bar over rows.
+        share_prefix: run the blocks below the hook once for rows of a chunk that are the same
+            sequence (the q alpha points of a rollout); the result is the same either way.
 
     Returns:
         :class:`PathGradients` with [rows, units] contributions.
@@ -190,6 +214,9 @@ def path_gradients(
         raise IpgkitError("row weights must be finite (check the rewards and advantages)")
     components = components.resolved(policy.model)
     model = policy.model
+    hook_name, shared_layer = path_site(model, components.hook_name)
+    if not share_prefix:
+        hook_name, shared_layer = components.hook_name, None
     if chunks is None:
         lengths = [len(p) + len(c) for p, c in zip(prompt_ids, completion_ids, strict=True)]
         chunks = packed_chunks(lengths, internal_batch_size)
@@ -214,11 +241,12 @@ def path_gradients(
                 _store["original"], _store["scaled"] = original, scaled
                 return scaled
 
-            with model.hooks(fwd_hooks=[(components.hook_name, scale_and_capture)]):
+            with model.hooks(fwd_hooks=[(hook_name, scale_and_capture)]):
                 ((_, scores),) = iter_scores(policy, chunk_prompts, chunk_completions,
-                                             with_entropy=False)  # fmt: skip
+                                             with_entropy=False,
+                                             shared_prefix_layer=shared_layer)  # fmt: skip
             if "scaled" not in captured:
-                raise IpgkitError(f"hook {components.hook_name} did not run in the forward pass")
+                raise IpgkitError(f"hook {hook_name} did not run in the forward pass")
             sequence = scores.logprobs.sum(-1)
             objective = (weights[chunk].to(sequence.device, sequence.dtype) * sequence).sum()
             (gradient,) = torch.autograd.grad(objective, captured["scaled"])
@@ -251,7 +279,7 @@ def scaled_sequence_logprobs(
     alpha: float,
     positions: PathPositions = "all",
     baseline: Float[Tensor, " units"] | float | None = None,
-    internal_batch_size: int = 64,
+    internal_batch_size: int = 32,
 ) -> Float[Tensor, " rows"]:
     """``sum_s log pi(a_s | s_s)`` per row with the components at path point ``alpha`` (no grad)."""
     hook = scaling_hook(components.resolved(policy.model), float(alpha), positions, baseline)
@@ -287,7 +315,8 @@ class IPGConfig:
         temperature, top_p: sampling settings (paper: 0.6 and 0.8).
         max_new_tokens: longest completion.
         seed: sampling seed (on-path mode uses ``seed + k`` at alpha point k).
-        internal_batch_size: (rollout, alpha) rows per forward/backward pass.
+        internal_batch_size: (rollout, alpha) rows per forward/backward pass. On a 2-core CPU,
+            16 to 32 rows run fastest (larger batches spill the caches); raise it on a GPU.
         sampling_batch_size: rollouts per sampling batch.
         pack: put all alpha points of all prompts in the batch dimension (chunked by length); with
             False, one pass per (prompt, alpha), the slow reference path.
@@ -304,7 +333,7 @@ class IPGConfig:
     top_p: float = 0.8
     max_new_tokens: int = 256
     seed: int = 0
-    internal_batch_size: int = 64
+    internal_batch_size: int = 32
     sampling_batch_size: int = 64
     pack: bool = True
 

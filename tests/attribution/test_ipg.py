@@ -17,7 +17,7 @@ from ipgkit.errors import HookNameError, IpgkitError, RewardError
 from ipgkit.models.arith import arith_config
 from ipgkit.models.policy import Policy
 from ipgkit.models.tokenizer import build_char_tokenizer
-from ipgkit.rollouts import score_completions
+from ipgkit.rollouts import sample, score_completions
 from ipgkit.tasks.base import Problem
 
 VOCAB, HORIZON, EOS = 6, 3, 2
@@ -207,8 +207,6 @@ def digit_count(prompts, completions, **_):
 
 def test_packed_and_one_row_per_pass_agree(policy):
     problems = [Problem(f"p{i}", f"{i}+{i}", "", "") for i in range(3)]
-    from ipgkit.rollouts import sample
-
     rollouts = sample(policy, problems, n=4, temperature=1.0, max_new_tokens=12, seed=3,
                       reward=digit_count)  # fmt: skip
     rows = len(rollouts)
@@ -225,6 +223,29 @@ def test_packed_and_one_row_per_pass_agree(policy):
     torch.testing.assert_close(packed.contributions, single.contributions, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(packed.sequence_logprobs, single.sequence_logprobs, atol=1e-5,
                                rtol=1e-6)  # fmt: skip
+
+
+@pytest.mark.parametrize("components", [resid_neurons(0), mlp_neurons(1, [2, 5])])
+def test_sharing_the_prefix_changes_nothing(policy, components):
+    from ipgkit.attribution.ipg import path_site
+
+    problems = [Problem(f"p{i}", f"{i}+{i}", "", "") for i in range(2)]
+    rollouts = sample(policy, problems, n=3, temperature=1.0, max_new_tokens=9, seed=4)
+    prompts, completions = rollouts.row_prompt_ids(), rollouts.row_completion_ids()
+    rows = [r for r in range(len(rollouts)) for _ in range(3)]  # each rollout at 3 alphas
+    alphas = torch.tensor([0.2, 0.6, 1.0] * len(rollouts))
+    weights = torch.linspace(-1, 1, len(rows))
+    results = []
+    row_prompts, row_completions = [prompts[r] for r in rows], [completions[r] for r in rows]
+    for share in (True, False):
+        results.append(path_gradients(policy, components, row_prompts, row_completions, alphas,
+                                      weights, internal_batch_size=8, share_prefix=share))  # fmt: skip
+    torch.testing.assert_close(results[0].contributions, results[1].contributions, atol=1e-5,
+                               rtol=1e-5)  # fmt: skip
+    torch.testing.assert_close(results[0].sequence_logprobs, results[1].sequence_logprobs)
+    site = path_site(policy.model, components.hook_name)
+    assert site == (("blocks.1.hook_resid_pre", 1) if components.kind == "resid" else
+                    ("blocks.1.mlp.hook_post", 1))  # fmt: skip
 
 
 def test_ipg_packed_equals_sequential(policy):
