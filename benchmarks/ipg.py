@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--layer", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--internal-batch-size", type=int, default=64)
+    parser.add_argument("--internal-batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

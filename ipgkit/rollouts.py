@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import pandas as pd
@@ -145,6 +145,25 @@ class Rollouts:
     def frac_reward_zero_std(self) -> float:
         """Fraction of problems whose n completions all earned the same reward (no signal)."""
         return float(zero_std_groups(self.rewards_by_group()).float().mean())
+
+    def state_dict(self) -> dict:
+        """Plain tensors, lists and strings (loadable with ``torch.load(weights_only=True)``), so an
+        interrupted attribution or experiment can resume without resampling."""
+        return {
+            "problems": [asdict(p) for p in self.problems],
+            "prompts": self.prompts, "prompt_ids": self.prompt_ids, "group_ids": self.group_ids,
+            "completion_ids": self.completion_ids, "completion_mask": self.completion_mask,
+            "sample_logprobs": self.sample_logprobs, "texts": self.texts,
+            "config": asdict(self.config), "rewards": self.rewards, "reward_name": self.reward_name,
+        }  # fmt: skip
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> Rollouts:
+        """Inverse of :meth:`state_dict`."""
+        fields = dict(state)
+        fields["problems"] = [Problem(**p) for p in state["problems"]]
+        fields["config"] = SamplingConfig(**state["config"])
+        return cls(**fields)
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per completion: problem id, sample index, text, length, reward."""

@@ -23,20 +23,24 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from ipgkit.components import ComponentSet, scaling_hook
 from ipgkit.errors import IpgkitError
+from ipgkit.io import atomic_torch_save
 from ipgkit.models.policy import Policy
 from ipgkit.rollouts import (
     AdvantageMode,
@@ -104,12 +108,14 @@ class PathGradients:
     Attributes:
         contributions: [rows, units] ``sum_t (h - h')_ti * d(weight * sum_s log pi)/dh~_ti``.
         sequence_logprobs: [rows] ``sum_s log pi(a_s | s_s)`` under the row's scaled model.
-        rows_per_second: scoring throughput, for logs and benchmarks.
+        done: [rows] which rows are computed (all of them unless the run was interrupted).
+        rows_per_second: scoring throughput of this call, for logs and benchmarks.
     """
 
     contributions: Float[Tensor, "rows units"]
     sequence_logprobs: Float[Tensor, " rows"]
-    rows_per_second: float
+    done: Bool[Tensor, " rows"]
+    rows_per_second: float = 0.0
 
 
 @contextlib.contextmanager
@@ -166,6 +172,9 @@ def path_gradients(
     chunks: Sequence[Sequence[int]] | None = None,
     progress: bool = False,
     share_prefix: bool = True,
+    resume_from: PathGradients | None = None,
+    on_progress: Callable[[PathGradients], None] | None = None,
+    save_every: float = 30.0,
 ) -> PathGradients:
     """Per-row gradient contributions along the scaled-activation path (the IPG engine).
 
@@ -189,6 +198,10 @@ def path_gradients(
         progress: show a tqdm bar over rows.
         share_prefix: run the blocks below the hook once for rows of a chunk that are the same
             sequence (the q alpha points of a rollout); the result is the same either way.
+        resume_from: a partial result of the same rows (e.g. from a checkpoint): rows it marks
+            done are not computed again.
+        on_progress: called with the partial result at most every ``save_every`` seconds (and
+            after the last chunk), e.g. to write a checkpoint.
 
     Returns:
         :class:`PathGradients` with [rows, units] contributions.
@@ -220,15 +233,30 @@ def path_gradients(
     if chunks is None:
         lengths = [len(p) + len(c) for p, c in zip(prompt_ids, completion_ids, strict=True)]
         chunks = packed_chunks(lengths, internal_batch_size)
-    contributions = torch.zeros(rows, len(components), dtype=torch.float64)
-    sequence_logprobs = torch.zeros(rows, dtype=torch.float64)
+    if resume_from is not None:
+        if resume_from.contributions.shape != (rows, len(components)):
+            raise IpgkitError(
+                f"cannot resume: the saved rows {tuple(resume_from.contributions.shape)} do not "
+                f"match this run's {(rows, len(components))}"
+            )
+        contributions = resume_from.contributions.clone()
+        sequence_logprobs = resume_from.sequence_logprobs.clone()
+        done = resume_from.done.clone()
+    else:
+        contributions = torch.zeros(rows, len(components), dtype=torch.float64)
+        sequence_logprobs = torch.zeros(rows, dtype=torch.float64)
+        done = torch.zeros(rows, dtype=torch.bool)
     alphas = torch.as_tensor(alphas, dtype=torch.float64)
     weights = torch.as_tensor(weights, dtype=torch.float64)
     baseline_tensor = None if baseline is None else torch.as_tensor(baseline, dtype=torch.float64)
-    started = time.perf_counter()
-    bar = tqdm(total=rows, desc="ipg: scoring", unit="row", disable=not progress)
+    started = last_saved = time.perf_counter()
+    computed = 0
+    bar = tqdm(total=rows, initial=int(done.sum()), desc="ipg: scoring", unit="row",
+               disable=not progress)  # fmt: skip
     with torch.enable_grad(), frozen_parameters(model):
         for chunk in chunks:
+            if bool(done[chunk].all()):
+                continue
             chunk_prompts = [prompt_ids[r] for r in chunk]
             chunk_completions = [completion_ids[r] for r in chunk]
             scale = scaling_hook(components, alphas[chunk], positions, baseline_tensor)
@@ -265,10 +293,18 @@ def path_gradients(
             )
             contributions[chunk] = per_row.detach().double().cpu()
             sequence_logprobs[chunk] = sequence.detach().double().cpu()
+            done[chunk] = True
+            computed += len(chunk)
             bar.update(len(chunk))
+            if on_progress is not None and time.perf_counter() - last_saved > save_every:
+                on_progress(PathGradients(contributions, sequence_logprobs, done))
+                last_saved = time.perf_counter()
     bar.close()
-    elapsed = time.perf_counter() - started
-    return PathGradients(contributions, sequence_logprobs, rows / max(elapsed, 1e-9))
+    rate = computed / max(time.perf_counter() - started, 1e-9)
+    result = PathGradients(contributions, sequence_logprobs, done, rate)
+    if on_progress is not None:
+        on_progress(result)
+    return result
 
 
 def scaled_sequence_logprobs(
@@ -382,6 +418,7 @@ def ipg(
     config: IPGConfig | None = None,
     rollouts: Rollouts | None = None,
     progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
     **settings,
 ) -> AttributionResult:
     """Integrated Policy Gradient scores for every unit in ``components``.
@@ -397,6 +434,9 @@ def ipg(
         rollouts: paper mode only: rollouts already sampled from the unmodified model (e.g. shared
             with the baselines), ``n_rollouts`` per problem.
         progress: tqdm bars for sampling and scoring.
+        checkpoint: a file that keeps the sampled rollouts and the scored rows (written atomically
+            every 30 s); rerunning the same call after an interruption resumes from it. A file
+            from a different run (settings, problems, policy, units or reward) is refused.
 
     Returns:
         :class:`AttributionResult` with ``score`` (signed, averaged over prompts), ``stderr``
@@ -422,10 +462,18 @@ def ipg(
         raise IpgkitError("IPG needs at least one problem (the problem list is empty)")
     problems = list(problems)
     started = time.perf_counter()
+    store = None
+    if checkpoint is not None:
+        identity = {"config": config.describe(), "policy": policy.name,
+                    "problem_ids": [p.id for p in problems], "hook": components.hook_name,
+                    "indices": components.resolved(policy.model).indices,
+                    "reward": _reward_name(reward, rollouts)}  # fmt: skip
+        store = _Checkpoint(Path(checkpoint), identity)
     if config.mode == "paper":
-        estimate = _paper_mode(policy, problems, components, reward, config, rollouts, progress)
+        estimate = _paper_mode(policy, problems, components, reward, config, rollouts, progress,
+                               store)  # fmt: skip
     else:
-        estimate = _on_path_mode(policy, problems, components, reward, config, progress)
+        estimate = _on_path_mode(policy, problems, components, reward, config, progress, store)
     per_prompt = estimate.pop("per_prompt")
     info = {
         "config": config.describe(),
@@ -438,6 +486,59 @@ def ipg(
     return AttributionResult.from_per_prompt(
         components.resolved(policy.model), per_prompt, method="ipg", info=info
     )
+
+
+class _Checkpoint:
+    """One file holding a run's sampled rollouts and scored rows, rewritten atomically."""
+
+    def __init__(self, path: Path, identity: dict) -> None:
+        self.path, self.identity, self.state = path, identity, {}
+        if path.exists():
+            saved = torch.load(path, weights_only=True)
+            if saved.get("identity") != identity:
+                differing = sorted(
+                    key for key in identity if saved.get("identity", {}).get(key) != identity[key]
+                )
+                raise IpgkitError(
+                    f"checkpoint {path} belongs to a different IPG run (differs in {differing}); "
+                    "pass another checkpoint path or delete the file"
+                )
+            self.state = saved["state"]
+
+    def sampled(self, name: str, draw: Callable[[], Rollouts]) -> Rollouts:
+        """Rollouts saved under ``name``, or drawn now and saved."""
+        samples = self.state.setdefault("samples", {})
+        if name in samples:
+            return Rollouts.from_state_dict(samples[name])
+        rollouts = draw()
+        samples[name] = rollouts.state_dict()
+        self.write()
+        return rollouts
+
+    def scoring(self) -> PathGradients | None:
+        saved = self.state.get("scoring")
+        return None if saved is None else PathGradients(**saved)
+
+    def save_scoring(self, partial: PathGradients) -> None:
+        self.state["scoring"] = asdict(partial)
+        self.write()
+
+    def write(self) -> None:
+        atomic_torch_save({"identity": self.identity, "state": self.state}, self.path)
+
+
+def _sampled(store: _Checkpoint | None, name: str, draw: Callable[[], Rollouts]) -> Rollouts:
+    return draw() if store is None else store.sampled(name, draw)
+
+
+CHECKPOINT_EVERY_SECONDS = 30.0
+
+
+def _scoring_hooks(store: _Checkpoint | None) -> dict:
+    if store is None:
+        return {}
+    return {"resume_from": store.scoring(), "on_progress": store.save_scoring,
+            "save_every": CHECKPOINT_EVERY_SECONDS}  # fmt: skip
 
 
 def _reward_name(reward, rollouts: Rollouts | None = None) -> str:
@@ -485,13 +586,15 @@ def _row_chunks(config: IPGConfig, keys: Sequence[tuple[int, int]], lengths: Seq
     return list(groups.values())
 
 
-def _paper_mode(policy, problems, components, reward, config: IPGConfig, rollouts, progress):
+def _paper_mode(policy, problems, components, reward, config: IPGConfig, rollouts, progress,
+                store: _Checkpoint | None):  # fmt: skip
     alphas, quadrature = integration_points(config.method, config.n_steps)
     sampling_started = time.perf_counter()
     if rollouts is None:
         if reward is None:
             raise IpgkitError("IPG needs a reward function (or rollouts that carry rewards)")
-        rollouts = _sample(policy, problems, reward, config, config.seed, progress)
+        rollouts = _sampled(store, "unmodified", lambda: _sample(policy, problems, reward, config,
+                                                                 config.seed, progress))  # fmt: skip
     elif reward is not None:
         rollouts = rollouts.with_rewards(reward)
     sampling_seconds = time.perf_counter() - sampling_started
@@ -518,6 +621,7 @@ def _paper_mode(policy, problems, components, reward, config: IPGConfig, rollout
             policy, components, row_prompts, row_completions,
             alphas=torch.tensor([float(alphas[k]) for _, k in rows]), weights=weights,
             positions=config.positions, baseline=baseline, chunks=chunks, progress=progress,
+            **_scoring_hooks(store),
         )  # fmt: skip
         per_prompt.index_add_(0, torch.tensor([groups[r] for r, _ in rows]), grads.contributions)
         # completeness of the surrogate S(alpha) = mean_prompts sum_rows A/N sum_s log pi_alpha
@@ -530,7 +634,17 @@ def _paper_mode(policy, problems, components, reward, config: IPGConfig, rollout
                                               config.internal_batch_size)  # fmt: skip
             surrogate[end] = float((live_weights * values).sum() / len(problems))
     scoring_seconds = time.perf_counter() - scoring_started
-    delta = float(per_prompt.sum(1).mean() - (surrogate[1.0] - surrogate[0.0]))
+    change = surrogate[1.0] - surrogate[0.0]
+    delta = float(per_prompt.sum(1).mean() - change)
+    if abs(delta) > 0.1 * abs(change) + 1e-6:
+        warnings.warn(
+            f"IPG completeness gap: the scores sum to {delta + change:+.4g} but the surrogate "
+            f"changes by {change:+.4g} from alpha = 0 to 1 (delta {delta:+.4g}). The integrand "
+            f"varies faster than {config.n_steps} {config.method} points resolve; with a zero "
+            "baseline on a normalised residual stream most of the change happens at alpha < 0.01. "
+            "Rankings may still be useful; for completeness try baseline='mean' or more n_steps.",
+            stacklevel=3,
+        )
     return {
         "per_prompt": per_prompt,
         "reward_name": _reward_name(reward, rollouts),
@@ -545,7 +659,8 @@ def _paper_mode(policy, problems, components, reward, config: IPGConfig, rollout
     }
 
 
-def _on_path_mode(policy, problems, components, reward, config: IPGConfig, progress):
+def _on_path_mode(policy, problems, components, reward, config: IPGConfig, progress,
+                  store: _Checkpoint | None):  # fmt: skip
     if reward is None:
         raise IpgkitError("on-path IPG needs a reward function")
     alphas, quadrature = integration_points(config.method, config.n_steps)
@@ -555,15 +670,19 @@ def _on_path_mode(policy, problems, components, reward, config: IPGConfig, progr
     baseline, unmodified = None, None
     if isinstance(config.baseline, str) and config.baseline == "mean":
         # h' is a property of the unmodified model (alpha = 1 leaves h unchanged for any h')
-        unmodified = _sample(policy, problems, reward, config, config.seed + len(points), False)
+        unmodified = _sampled(store, "unmodified", lambda: _sample(
+            policy, problems, reward, config, config.seed + len(points), False))  # fmt: skip
         baseline = _support_baseline(policy, components, config, unmodified)
     elif isinstance(config.baseline, Tensor):
         baseline = _support_baseline(policy, components, config, None)
 
     def sample_at(alpha: float, seed: int) -> Rollouts:
-        hook = scaling_hook(resolved, alpha, config.positions, baseline)
-        with policy.model.hooks(fwd_hooks=[(components.hook_name, hook)]):
-            return _sample(policy, problems, reward, config, seed, False)
+        def draw() -> Rollouts:
+            hook = scaling_hook(resolved, alpha, config.positions, baseline)
+            with policy.model.hooks(fwd_hooks=[(components.hook_name, hook)]):
+                return _sample(policy, problems, reward, config, seed, False)
+
+        return _sampled(store, f"alpha={alpha!r}, seed={seed}", draw)
 
     samples = [
         sample_at(alpha, config.seed + k)
@@ -600,7 +719,7 @@ def _on_path_mode(policy, problems, components, reward, config: IPGConfig, progr
         grads = path_gradients(
             policy, components, row_prompts, row_completions, alphas=torch.tensor(row_alphas),
             weights=torch.tensor(weights), positions=config.positions, baseline=baseline,
-            chunks=_row_chunks(config, keys, lengths), progress=progress,
+            chunks=_row_chunks(config, keys, lengths), progress=progress, **_scoring_hooks(store),
         )  # fmt: skip
         per_prompt.index_add_(0, torch.tensor(rows), grads.contributions)
     scoring_seconds = time.perf_counter() - scoring_started

@@ -353,3 +353,56 @@ def test_bad_input_gets_a_clear_error(policy):
             max_new_tokens=4, progress=False)  # fmt: skip
     with pytest.raises(IpgkitError, match="out of range"):
         ipg(policy, problems, resid_neurons(0, [999]), digit_count, progress=False)
+
+
+# --- interruption and resume ----------------------------------------------------------------------
+
+
+def test_an_interrupted_run_resumes_without_resampling(policy, tmp_path, monkeypatch):
+    import importlib
+
+    ipg_module = importlib.import_module("ipgkit.attribution.ipg")  # the package re-exports ipg()
+    problems = [Problem(f"p{i}", f"{i}+{i}", "", "") for i in range(4)]
+    settings = dict(n_rollouts=3, n_steps=3, temperature=1.0, max_new_tokens=10,
+                    internal_batch_size=4, progress=False)  # fmt: skip
+    reference = ipg(policy, problems, resid_neurons(1), digit_count, **settings)
+    checkpoint = tmp_path / "ipg.ckpt"
+    monkeypatch.setattr(ipg_module, "CHECKPOINT_EVERY_SECONDS", 0.0)
+    original_save = ipg_module._Checkpoint.save_scoring
+    saves = []
+
+    def save_then_crash(self, partial):
+        original_save(self, partial)
+        saves.append(int(partial.done.sum()))
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ipg_module._Checkpoint, "save_scoring", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        ipg(policy, problems, resid_neurons(1), digit_count, checkpoint=checkpoint, **settings)
+    assert 0 < saves[-1] < reference.info["rows_scored"]
+    monkeypatch.setattr(ipg_module._Checkpoint, "save_scoring", original_save)
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("resumed run sampled again")
+
+    monkeypatch.setattr(ipg_module, "sample", no_sampling)
+    resumed = ipg(policy, problems, resid_neurons(1), digit_count, checkpoint=checkpoint,
+                  **settings)  # fmt: skip
+    torch.testing.assert_close(resumed.per_prompt, reference.per_prompt, atol=1e-6, rtol=1e-6)
+    with pytest.raises(IpgkitError, match=r"different IPG run \(differs in \['config'\]\)"):
+        ipg(policy, problems, resid_neurons(1), digit_count, checkpoint=checkpoint,
+            **{**settings, "n_steps": 4})  # fmt: skip
+
+
+def test_a_large_completeness_gap_is_flagged(policy):
+    import warnings
+
+    problems = [Problem(f"p{i}", f"{i}+{i}", "", "") for i in range(4)]
+    settings = dict(n_rollouts=3, n_steps=2, temperature=1.0, max_new_tokens=10, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = ipg(policy, problems, resid_neurons(1), digit_count, **settings)
+    surrogate = result.info["surrogate"]
+    assert abs(result.delta) > 0.1 * abs(surrogate["S(1)"] - surrogate["S(0)"])
+    assert any("completeness gap" in str(w.message) for w in caught)
