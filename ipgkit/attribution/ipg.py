@@ -629,9 +629,14 @@ def _paper_mode(policy, problems, components, reward, config: IPGConfig, rollout
         live_completions = [completion_ids[r] for r in live]
         live_weights = advantages[live].double() / config.n_rollouts
         for end in (0.0, 1.0):
-            values = scaled_sequence_logprobs(policy, components, live_prompts, live_completions,
-                                              end, config.positions, baseline,
-                                              config.internal_batch_size)  # fmt: skip
+            on_grid = [k for k, a in enumerate(alphas.tolist()) if math.isclose(a, end)]
+            if on_grid:  # the scoring pass already has log pi at this alpha
+                rows_at_end = [i for i, (_, k) in enumerate(rows) if k == on_grid[0]]
+                values = grads.sequence_logprobs[rows_at_end]
+            else:
+                values = scaled_sequence_logprobs(policy, components, live_prompts,
+                                                  live_completions, end, config.positions,
+                                                  baseline, config.internal_batch_size)  # fmt: skip
             surrogate[end] = float((live_weights * values).sum() / len(problems))
     scoring_seconds = time.perf_counter() - scoring_started
     change = surrogate[1.0] - surrogate[0.0]

@@ -267,6 +267,12 @@ def test_paper_mode_completeness_of_the_surrogate(policy):
     change = surrogate["S(1)"] - surrogate["S(0)"]
     assert abs(change) > 1e-3
     assert abs(result.delta) < 1e-4 * max(1.0, abs(change))
+    # with both end points on the grid, S(0) and S(1) come from the scoring pass itself
+    trapezoid = ipg(policy, problems, mlp_neurons(1), digit_count, n_rollouts=4, n_steps=48,
+                    method="riemann_trapezoid", temperature=1.0, top_p=1.0, max_new_tokens=10,
+                    progress=False)  # fmt: skip
+    assert trapezoid.info["surrogate"] == pytest.approx(surrogate, rel=1e-5)
+    assert abs(trapezoid.delta) < 1e-3 * max(1.0, abs(change))
 
 
 # --- invariants -----------------------------------------------------------------------------------
