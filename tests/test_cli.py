@@ -3,7 +3,7 @@ import pytest
 from ipgkit.cli import build_parser, main
 
 
-@pytest.mark.parametrize("command", [[], ["train-model"], ["evaluate"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["train-model"], ["evaluate"], ["attribute"], ["demo"]])
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
@@ -44,3 +44,13 @@ def test_attribute_writes_a_table_a_result_and_a_plot(tmp_path, capsys):
 def test_attribute_rejects_a_missing_layer(capsys):
     assert main(["attribute", "--layer", "9", "--out", "x.csv"]) == 2
     assert "--layer 9 is out of range" in capsys.readouterr().err
+
+
+def test_rewards_by_name():
+    from ipgkit.cli import _reward
+    from ipgkit.errors import IpgkitError
+
+    assert _reward("length", None)(["q"], ["abc"]) == [3.0]
+    assert _reward("keywords:wait, check", None)(["q"], ["Wait, check it. wait"]) == [3.0]
+    with pytest.raises(IpgkitError, match="unknown reward 'keywords:'"):
+        _reward("keywords:", None)
