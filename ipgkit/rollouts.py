@@ -22,6 +22,7 @@ from typing import Literal
 
 import pandas as pd
 import torch
+import torch.utils.checkpoint
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -233,25 +234,54 @@ def group_advantages(
 # --- sampling -----------------------------------------------------------------------------------
 
 
-def _final_logits(model, tokens, attention_mask, past_kv_cache=None, positions=None,
-                  shared_prefix_layer=None, layout=None):  # fmt: skip
-    """Run the hooked model to the last residual stream, then unembed only where needed.
+def _final_logits(model, tokens, attention_mask, past_kv_cache=None):
+    """Logits of the last position only (sampling).
 
     Unembedding every position would cost [batch, pos, vocab] memory (2.5 GB for a 49k vocabulary
-    at 64 x 200): we apply ``ln_final`` and ``unembed`` to the last position (sampling) or to the
-    gathered completion positions (scoring) only. With ``shared_prefix_layer``, rows that are the
-    same sequence run blocks below that layer once (see :func:`iter_scores`).
+    at 64 x 200): sampling unembeds the last position, scoring the completion positions in blocks
+    (:func:`_token_scores`).
     """
+    resid = model(tokens, attention_mask=attention_mask, past_kv_cache=past_kv_cache,
+                  stop_at_layer=model.cfg.n_layers)  # fmt: skip
+    return model.unembed(model.ln_final(resid[:, -1:]))
+
+
+def _final_residual(model, tokens, attention_mask, shared_prefix_layer=None, layout=None):
+    """The residual stream after the last block, for every position (teacher forcing)."""
     if shared_prefix_layer is None:
-        resid = model(tokens, attention_mask=attention_mask, past_kv_cache=past_kv_cache,
-                      stop_at_layer=model.cfg.n_layers)  # fmt: skip
-    else:
-        resid = _run_with_shared_prefix(model, tokens, attention_mask, shared_prefix_layer, layout)
-    if positions is None:
-        resid = resid[:, -1:]
-    else:
-        resid = resid.gather(1, positions[..., None].expand(-1, -1, resid.shape[-1]))
-    return model.unembed(model.ln_final(resid))
+        return model(tokens, attention_mask=attention_mask, stop_at_layer=model.cfg.n_layers)
+    return _run_with_shared_prefix(model, tokens, attention_mask, shared_prefix_layer, layout)
+
+
+def _token_scores(model, resid, targets, with_entropy: bool, position_chunk_size: int):
+    """log pi of ``targets`` (and entropy) from final residuals [batch, width, d_model].
+
+    Logits exist for ``position_chunk_size`` positions at a time; with gradient on, each block is
+    checkpointed (its logits are recomputed in the backward pass), so memory for a long
+    completion is bounded by batch x block x vocab, not batch x completion x vocab.
+    """
+
+    def scores_of(resid_block, targets_block):
+        logits = model.unembed(model.ln_final(resid_block))
+        # at least float32 (half-precision models), float64 models keep their precision
+        log_probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
+        chosen = log_probs.gather(-1, targets_block[..., None])[..., 0]
+        if not with_entropy:
+            return chosen, torch.zeros_like(chosen)
+        return chosen, -(log_probs.exp() * log_probs).sum(-1)
+
+    width = resid.shape[1]
+    if width <= position_chunk_size:
+        return scores_of(resid, targets)
+    pieces = []
+    for start in range(0, width, position_chunk_size):
+        block = (resid[:, start : start + position_chunk_size],
+                 targets[:, start : start + position_chunk_size])  # fmt: skip
+        if torch.is_grad_enabled() and resid.requires_grad:
+            pieces.append(torch.utils.checkpoint.checkpoint(scores_of, *block, use_reentrant=False))
+        else:
+            pieces.append(scores_of(*block))
+    return tuple(torch.cat(parts, dim=1) for parts in zip(*pieces, strict=True))
 
 
 def _run_with_shared_prefix(model, tokens, attention_mask, layer: int, layout: SequenceLayout):
@@ -557,6 +587,7 @@ def iter_scores(
     chunk_size: int | None = None,
     with_entropy: bool = True,
     shared_prefix_layer: int | None = None,
+    position_chunk_size: int = 256,
 ) -> Iterator[tuple[slice, TokenScores]]:
     """Teacher-forced scores chunk by chunk (``chunk_size`` rows each), so callers can backward per
     chunk and keep memory bounded. Yields ``(rows, scores)`` with ``rows`` a slice of the inputs.
@@ -568,6 +599,10 @@ def iter_scores(
     sequence and copies the residual stream before block L to each of them: IPG scores each rollout
     at q alpha points whose hooks differ only from block L on. Gradients then reach activations at
     block L and above, not parameters or activations below it.
+
+    Logits are computed ``position_chunk_size`` completion positions at a time (checkpointed under
+    gradient), so long completions do not hold [rows, completion, vocab] in memory; hooks on
+    ``ln_final``/``unembed`` then also run again in the backward pass.
     """
     if len(prompt_ids) != len(completion_ids):
         raise IpgkitError(f"{len(prompt_ids)} prompts but {len(completion_ids)} completions")
@@ -598,17 +633,14 @@ def iter_scores(
         targets = tokens.gather(1, (positions + 1).clamp(max=total - 1))
         layout = SequenceLayout(generated_start=prompt_lengths)
         with sequence_layout(layout):
-            logits = _final_logits(model, tokens.to(device), attention.to(device),
-                                   positions=positions.to(device),
-                                   shared_prefix_layer=shared_prefix_layer, layout=layout)  # fmt: skip
-        # at least float32 (half-precision models), float64 models keep their precision
-        log_probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
-        mask = mask.to(log_probs.device)
-        token_logprobs = log_probs.gather(-1, targets.to(log_probs.device)[..., None])[..., 0]
+            resid = _final_residual(model, tokens.to(device), attention.to(device),
+                                    shared_prefix_layer, layout)  # fmt: skip
+            resid = resid.gather(1, positions.to(device)[..., None].expand(-1, -1, resid.shape[-1]))
+            token_logprobs, entropy = _token_scores(model, resid, targets.to(device), with_entropy,
+                                                    position_chunk_size)  # fmt: skip
+        mask = mask.to(token_logprobs.device)
         token_logprobs = token_logprobs.masked_fill(~mask, 0.0)
-        entropy = None
-        if with_entropy:
-            entropy = -(log_probs.exp() * log_probs).sum(-1).masked_fill(~mask, 0.0)
+        entropy = entropy.masked_fill(~mask, 0.0) if with_entropy else None
         yield rows, TokenScores(token_logprobs, entropy, mask)
 
 

@@ -187,3 +187,21 @@ def test_bad_inputs(policy):
         ipgkit.sample(policy, PROMPTS, temperature=-1.0)
     with pytest.raises(IpgkitError, match="no rewards yet"):
         ipgkit.sample(policy, PROMPTS, max_new_tokens=2).advantages()
+
+
+def test_scoring_long_completions_in_position_blocks_changes_nothing(policy):
+    from ipgkit.rollouts import iter_scores
+
+    prompts = policy.encode(["Q: 1+2\nA:\n", "Q: 30*4\nA:\n"])
+    completions = [policy.encode_completions(["1+2=3\n#### 3"])[0],
+                   policy.encode_completions(["30*4=120\n#### 120"])[0]]  # fmt: skip
+    unembed = policy.model.unembed.W_U
+    results = []
+    for block in (256, 3):
+        unembed.grad = None
+        ((_, scores),) = iter_scores(policy, prompts, completions, position_chunk_size=block)
+        (scores.logprobs.sum() + scores.entropy.sum()).backward()
+        results.append((scores.logprobs.detach(), scores.entropy.detach(), unembed.grad.clone()))
+    unembed.grad = None
+    for whole, blocked in zip(*results, strict=True):
+        torch.testing.assert_close(whole, blocked, atol=1e-5, rtol=1e-5)
