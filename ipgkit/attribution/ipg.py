@@ -28,7 +28,7 @@ import re
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -257,42 +257,12 @@ def path_gradients(
         for chunk in chunks:
             if bool(done[chunk].all()):
                 continue
-            chunk_prompts = [prompt_ids[r] for r in chunk]
-            chunk_completions = [completion_ids[r] for r in chunk]
-            scale = scaling_hook(components, alphas[chunk], positions, baseline_tensor)
-            captured: dict[str, Tensor] = {}
-
-            def scale_and_capture(activation: Tensor, hook, _scale=scale, _store=captured):
-                original = activation.detach()
-                scaled = _scale(original, hook)
-                scaled = (scaled.clone() if scaled is original else scaled).requires_grad_(True)
-                _store["original"], _store["scaled"] = original, scaled
-                return scaled
-
-            with model.hooks(fwd_hooks=[(hook_name, scale_and_capture)]):
-                ((_, scores),) = iter_scores(policy, chunk_prompts, chunk_completions,
-                                             with_entropy=False,
-                                             shared_prefix_layer=shared_layer)  # fmt: skip
-            if "scaled" not in captured:
-                raise IpgkitError(f"hook {hook_name} did not run in the forward pass")
-            sequence = scores.logprobs.sum(-1)
-            objective = (weights[chunk].to(sequence.device, sequence.dtype) * sequence).sum()
-            (gradient,) = torch.autograd.grad(objective, captured["scaled"])
-            original = captured["original"]
-            difference = components.coordinates(original)
-            if baseline_tensor is not None:
-                difference = difference - baseline_tensor.to(difference.device, difference.dtype)
-            mask = position_mask(
-                torch.tensor([len(p) for p in chunk_prompts]),
-                torch.tensor([len(c) for c in chunk_completions]),
-                original.shape[1],
-                positions,
-            ).to(original.device, original.dtype)
-            per_row = torch.einsum(
-                "bpu,bpu,bp->bu", difference, components.coordinates(gradient), mask
-            )
-            contributions[chunk] = per_row.detach().double().cpu()
-            sequence_logprobs[chunk] = sequence.detach().double().cpu()
+            per_row, sequence = _chunk_contributions(
+                policy, components, hook_name, shared_layer, [prompt_ids[r] for r in chunk],
+                [completion_ids[r] for r in chunk], alphas[chunk], weights[chunk], positions,
+                baseline_tensor,
+            )  # fmt: skip
+            contributions[chunk], sequence_logprobs[chunk] = per_row, sequence
             done[chunk] = True
             computed += len(chunk)
             bar.update(len(chunk))
@@ -305,6 +275,41 @@ def path_gradients(
     if on_progress is not None:
         on_progress(result)
     return result
+
+
+def _chunk_contributions(policy, components, hook_name, shared_layer, prompts, completions,
+                         alphas, weights, positions, baseline):  # fmt: skip
+    """One forward/backward: per-row contributions [rows, units] and sum log pi [rows]."""
+    scale = scaling_hook(components, alphas, positions, baseline)
+    captured: dict[str, Tensor] = {}
+
+    def scale_and_capture(activation: Tensor, hook) -> Tensor:
+        original = activation.detach()
+        scaled = scale(original, hook)
+        # a fresh leaf: the backward stops here, and its .grad is d objective / d h~
+        scaled = (scaled.clone() if scaled is original else scaled).requires_grad_(True)
+        captured["original"], captured["scaled"] = original, scaled
+        return scaled
+
+    with policy.model.hooks(fwd_hooks=[(hook_name, scale_and_capture)]):
+        ((_, scores),) = iter_scores(policy, prompts, completions, with_entropy=False,
+                                     shared_prefix_layer=shared_layer)  # fmt: skip
+    if "scaled" not in captured:
+        raise IpgkitError(f"hook {hook_name} did not run in the forward pass")
+    sequence = scores.logprobs.sum(-1)
+    objective = (weights.to(sequence.device, sequence.dtype) * sequence).sum()
+    (gradient,) = torch.autograd.grad(objective, captured["scaled"])
+    # reduce in at least float32, whatever the model's dtype
+    precision = torch.promote_types(gradient.dtype, torch.float32)
+    difference = components.coordinates(captured["original"].to(precision))
+    if baseline is not None:
+        difference = difference - baseline.to(difference.device, precision)
+    mask = position_mask(torch.tensor([len(p) for p in prompts]),
+                         torch.tensor([len(c) for c in completions]), difference.shape[1],
+                         positions).to(difference.device, precision)  # fmt: skip
+    gradient = components.coordinates(gradient.to(precision))
+    per_row = torch.einsum("bpu,bpu,bp->bu", difference, gradient, mask)
+    return per_row.detach().double().cpu(), sequence.detach().double().cpu()
 
 
 def scaled_sequence_logprobs(
@@ -441,7 +446,9 @@ def ipg(
     Returns:
         :class:`AttributionResult` with ``score`` (signed, averaged over prompts), ``stderr``
         across prompts, ``per_prompt`` values, the completeness ``delta`` and
-        ``frac_reward_zero_std``.
+        ``frac_reward_zero_std`` (on-path: averaged over the alpha points' samples). ``info``
+        holds the settings, J(0) and J(1) (on-path) or S(0) and S(1) (paper), rows scored and
+        timings.
 
     Example:
         >>> result = ipg(policy, task.problems[:50], resid_neurons(2), task.correctness,
@@ -586,6 +593,43 @@ def _row_chunks(config: IPGConfig, keys: Sequence[tuple[int, int]], lengths: Seq
     return list(groups.values())
 
 
+@dataclass
+class _Rows:
+    """The (rollout, alpha) rows an IPG run scores, and which prompt each belongs to."""
+
+    groups: list[int] = field(default_factory=list)
+    keys: list[tuple[int, int]] = field(default_factory=list)  # (prompt, alpha point)
+    prompts: list[list[int]] = field(default_factory=list)
+    completions: list[list[int]] = field(default_factory=list)
+    alphas: list[float] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+
+    def add(self, group, k, prompt, completion, alpha, weight) -> None:
+        self.groups.append(group)
+        self.keys.append((group, k))
+        self.prompts.append(prompt)
+        self.completions.append(completion)
+        self.alphas.append(alpha)
+        self.weights.append(weight)
+
+    def score(self, policy, components, config: IPGConfig, n_problems: int, baseline, progress,
+              store):  # fmt: skip
+        """Per-prompt sums of the rows' contributions [prompts, units], and the engine's output."""
+        units = len(components.resolved(policy.model))
+        per_prompt = torch.zeros(n_problems, units, dtype=torch.float64)
+        if not self.groups:
+            return per_prompt, None
+        lengths = [len(p) + len(c) for p, c in zip(self.prompts, self.completions, strict=True)]
+        grads = path_gradients(
+            policy, components, self.prompts, self.completions, torch.tensor(self.alphas),
+            torch.tensor(self.weights, dtype=torch.float64), positions=config.positions,
+            baseline=baseline, chunks=_row_chunks(config, self.keys, lengths), progress=progress,
+            **_scoring_hooks(store),
+        )  # fmt: skip
+        per_prompt.index_add_(0, torch.tensor(self.groups), grads.contributions)
+        return per_prompt, grads
+
+
 def _paper_mode(policy, problems, components, reward, config: IPGConfig, rollouts, progress,
                 store: _Checkpoint | None):  # fmt: skip
     alphas, quadrature = integration_points(config.method, config.n_steps)
@@ -602,28 +646,17 @@ def _paper_mode(policy, problems, components, reward, config: IPGConfig, rollout
     baseline = _support_baseline(policy, components, config, rollouts)
     # rows with zero advantage contribute exactly zero: score only the others
     live = advantages.nonzero()[:, 0].tolist()
-    groups = rollouts.group_ids.tolist()
     prompt_ids, completion_ids = rollouts.row_prompt_ids(), rollouts.row_completion_ids()
-    rows = [(r, k) for r in live for k in range(len(alphas))]
-    units = len(components.resolved(policy.model))
-    per_prompt = torch.zeros(len(problems), units, dtype=torch.float64)
+    rows = _Rows()
+    for r in live:
+        for k, alpha in enumerate(alphas.tolist()):
+            rows.add(int(rollouts.group_ids[r]), k, prompt_ids[r], completion_ids[r], alpha,
+                     float(quadrature[k] * advantages[r] / config.n_rollouts))  # fmt: skip
     surrogate = {0.0: 0.0, 1.0: 0.0}  # with no live rows S is identically zero
     scoring_started = time.perf_counter()
-    if rows:
-        row_prompts = [prompt_ids[r] for r, _ in rows]
-        row_completions = [completion_ids[r] for r, _ in rows]
-        lengths = [len(p) + len(c) for p, c in zip(row_prompts, row_completions, strict=True)]
-        chunks = _row_chunks(config, [(groups[r], k) for r, k in rows], lengths)
-        weights = torch.tensor(
-            [float(quadrature[k] * advantages[r] / config.n_rollouts) for r, k in rows]
-        )
-        grads = path_gradients(
-            policy, components, row_prompts, row_completions,
-            alphas=torch.tensor([float(alphas[k]) for _, k in rows]), weights=weights,
-            positions=config.positions, baseline=baseline, chunks=chunks, progress=progress,
-            **_scoring_hooks(store),
-        )  # fmt: skip
-        per_prompt.index_add_(0, torch.tensor([groups[r] for r, _ in rows]), grads.contributions)
+    per_prompt, grads = rows.score(policy, components, config, len(problems), baseline, progress,
+                                   store)  # fmt: skip
+    if grads is not None:
         # completeness of the surrogate S(alpha) = mean_prompts sum_rows A/N sum_s log pi_alpha
         live_prompts = [prompt_ids[r] for r in live]
         live_completions = [completion_ids[r] for r in live]
@@ -631,7 +664,7 @@ def _paper_mode(policy, problems, components, reward, config: IPGConfig, rollout
         for end in (0.0, 1.0):
             on_grid = [k for k, a in enumerate(alphas.tolist()) if math.isclose(a, end)]
             if on_grid:  # the scoring pass already has log pi at this alpha
-                rows_at_end = [i for i, (_, k) in enumerate(rows) if k == on_grid[0]]
+                rows_at_end = [i for i, (_, k) in enumerate(rows.keys) if k == on_grid[0]]
                 values = grads.sequence_logprobs[rows_at_end]
             else:
                 values = scaled_sequence_logprobs(policy, components, live_prompts,
@@ -658,7 +691,7 @@ def _paper_mode(policy, problems, components, reward, config: IPGConfig, rollout
         "surrogate": {"S(0)": surrogate[0.0], "S(1)": surrogate[1.0]},
         "frac_reward_zero_std": rollouts.frac_reward_zero_std,
         "mean_reward": float(rollouts.rewards.mean()),
-        "rows_scored": len(rows),
+        "rows_scored": len(rows.groups),
         "sampling_seconds": sampling_seconds,
         "scoring_seconds": scoring_seconds,
     }
@@ -705,28 +738,16 @@ def _on_path_mode(policy, problems, components, reward, config: IPGConfig, progr
     if at_end is None:
         at_end = sample_at(1.0, config.seed + len(points))
     sampling_seconds = time.perf_counter() - sampling_started
-    rows, row_prompts, row_completions, row_alphas, weights, keys = [], [], [], [], [], []
+    rows = _Rows()
     for k, rollouts in enumerate(samples):
         advantages = rollouts.advantages(config.advantages)
         prompt_ids, completion_ids = rollouts.row_prompt_ids(), rollouts.row_completion_ids()
         for r in advantages.nonzero()[:, 0].tolist():
-            group = int(rollouts.group_ids[r])
-            rows.append(group)
-            keys.append((group, k))
-            row_prompts.append(prompt_ids[r])
-            row_completions.append(completion_ids[r])
-            row_alphas.append(points[k])
-            weights.append(float(quadrature[k] * advantages[r] / config.n_rollouts))
-    per_prompt = torch.zeros(len(problems), len(resolved), dtype=torch.float64)
+            rows.add(int(rollouts.group_ids[r]), k, prompt_ids[r], completion_ids[r], points[k],
+                     float(quadrature[k] * advantages[r] / config.n_rollouts))  # fmt: skip
     scoring_started = time.perf_counter()
-    if rows:
-        lengths = [len(p) + len(c) for p, c in zip(row_prompts, row_completions, strict=True)]
-        grads = path_gradients(
-            policy, components, row_prompts, row_completions, alphas=torch.tensor(row_alphas),
-            weights=torch.tensor(weights), positions=config.positions, baseline=baseline,
-            chunks=_row_chunks(config, keys, lengths), progress=progress, **_scoring_hooks(store),
-        )  # fmt: skip
-        per_prompt.index_add_(0, torch.tensor(rows), grads.contributions)
+    per_prompt, _ = rows.score(policy, components, config, len(problems), baseline, progress,
+                               store)  # fmt: skip
     scoring_seconds = time.perf_counter() - scoring_started
     j_start, j_end = float(at_start.rewards.mean()), float(at_end.rewards.mean())
     zero_std = [s.frac_reward_zero_std for s in samples]
@@ -742,7 +763,7 @@ def _on_path_mode(policy, problems, components, reward, config: IPGConfig, progr
         },
         "frac_reward_zero_std": float(np.mean(zero_std)),
         "mean_reward": j_end,
-        "rows_scored": len(rows),
+        "rows_scored": len(rows.groups),
         "sampling_seconds": sampling_seconds,
         "scoring_seconds": scoring_seconds,
     }
