@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
@@ -768,3 +768,39 @@ def iter_activations(
             yield ActivationChunk(
                 rows, activation[mask.to(activation.device)].cpu(), tokens[mask], row_index[mask]
             )
+
+
+def mean_activations(
+    policy: Policy,
+    hook_name: str,
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[int]],
+    row_groups: Int[Tensor, " rows"],
+    positions: Literal["all", "prompt", "generated"] = "generated",
+    transform: Callable[[Tensor], Tensor] | None = None,
+    chunk_size: int = 64,
+) -> Float[Tensor, "groups width"]:
+    """Mean of ``transform(activation)`` over the selected tokens of each group of rows (float64).
+
+    ``row_groups[r]`` names row r's group (groups are ``0 .. max``); ``transform`` maps
+    [tokens, width] activations to the values averaged (default: the activations themselves).
+
+    Example:
+        >>> per_prompt = mean_activations(policy, "blocks.2.hook_resid_post",
+        ...                               rollouts.row_prompt_ids(), rollouts.row_completion_ids(),
+        ...                               rollouts.group_ids, transform=torch.abs)  # doctest: +SKIP
+    """
+    row_groups = torch.as_tensor(row_groups, dtype=torch.long)
+    sums, counts = None, torch.zeros(int(row_groups.max()) + 1, dtype=torch.float64)
+    for chunk in iter_activations(policy, hook_name, prompt_ids, completion_ids, positions,
+                                  chunk_size):  # fmt: skip
+        values = chunk.activations.double()
+        values = transform(values) if transform is not None else values
+        if sums is None:
+            sums = torch.zeros(len(counts), values.shape[-1], dtype=torch.float64)
+        token_groups = row_groups[chunk.row_index]
+        sums.index_add_(0, token_groups, values)
+        counts.index_add_(0, token_groups, torch.ones(len(values), dtype=torch.float64))
+    if sums is None or (counts == 0).any():
+        raise IpgkitError(f"some groups have no tokens at positions={positions!r}")
+    return sums / counts[:, None]

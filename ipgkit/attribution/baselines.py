@@ -29,7 +29,7 @@ from torch import Tensor
 from ipgkit.components import ComponentSet, Positions
 from ipgkit.errors import IpgkitError
 from ipgkit.models.policy import Policy
-from ipgkit.rollouts import Rollouts, iter_activations
+from ipgkit.rollouts import Rollouts, iter_activations, mean_activations
 from ipgkit.tasks.base import Problem, RewardFunction
 
 from .ipg import (
@@ -93,21 +93,13 @@ def activation_magnitude(
         >>> activation_magnitude(policy, rollouts, resid_neurons(2)).top(20)   # doctest: +SKIP
     """
     components = components.resolved(policy.model)
-    groups = rollouts.group_ids
-    sums = torch.zeros(len(rollouts.problems), len(components), dtype=torch.float64)
-    counts = torch.zeros(len(rollouts.problems), dtype=torch.float64)
-    for chunk in iter_activations(policy, components.hook_name, rollouts.row_prompt_ids(),
-                                  rollouts.row_completion_ids(), positions,
-                                  internal_batch_size):  # fmt: skip
-        values = components.coordinates(chunk.activations.double()).abs()
-        token_groups = groups[chunk.row_index]
-        sums.index_add_(0, token_groups, values)
-        counts.index_add_(0, token_groups, torch.ones(len(values), dtype=torch.float64))
-    if (counts == 0).any():
-        raise IpgkitError("some prompts have no tokens at the chosen positions")
+    per_prompt = mean_activations(policy, components.hook_name, rollouts.row_prompt_ids(),
+                                  rollouts.row_completion_ids(), rollouts.group_ids, positions,
+                                  lambda values: components.coordinates(values).abs(),
+                                  internal_batch_size)  # fmt: skip
     info = {"positions": positions, "policy": policy.name,
             "problem_ids": [p.id for p in rollouts.problems]}  # fmt: skip
-    return AttributionResult.from_per_prompt(components, sums / counts[:, None], "activation", info)
+    return AttributionResult.from_per_prompt(components, per_prompt, "activation", info)
 
 
 def concept_token_ids(policy: Policy, concepts: Sequence[str]) -> list[int]:
@@ -197,13 +189,9 @@ def control_vector(
     means = []
     for text in (reasoning, contrast):
         prompts, completions = _reference_rows(policy, problems, text)
-        total = torch.zeros(len(problems), components.hook_width(policy.model), dtype=torch.float64)
-        counts = torch.zeros(len(problems), dtype=torch.float64)
-        for chunk in iter_activations(policy, components.hook_name, prompts, completions,
-                                      "generated", internal_batch_size):  # fmt: skip
-            total.index_add_(0, chunk.row_index, chunk.activations.double())
-            counts.index_add_(0, chunk.row_index, torch.ones(len(chunk.row_index), dtype=torch.float64))  # fmt: skip
-        means.append(total / counts[:, None])
+        means.append(mean_activations(policy, components.hook_name, prompts, completions,
+                                      torch.arange(len(problems)), "generated",
+                                      chunk_size=internal_batch_size))  # fmt: skip
     differences = means[0] - means[1]
     _, singular_values, right = torch.linalg.svd(differences, full_matrices=False)
     direction = right[0]

@@ -45,8 +45,8 @@ from ipgkit.models.policy import Policy
 from ipgkit.rollouts import (
     AdvantageMode,
     Rollouts,
-    iter_activations,
     iter_scores,
+    mean_activations,
     position_mask,
     sample,
 )
@@ -566,14 +566,11 @@ def _support_baseline(policy, components, config: IPGConfig, rollouts: Rollouts)
         return baseline
     if config.baseline == "zero":
         return None
-    total, count = 0.0, 0
-    resolved = components.resolved(policy.model)
-    for chunk in iter_activations(policy, components.hook_name, rollouts.row_prompt_ids(),
-                                  rollouts.row_completion_ids(), config.positions,
-                                  config.internal_batch_size):  # fmt: skip
-        total = total + resolved.coordinates(chunk.activations.float()).sum(0)
-        count += len(chunk.activations)
-    return total / max(count, 1)
+    mean = mean_activations(policy, components.hook_name, rollouts.row_prompt_ids(),
+                            rollouts.row_completion_ids(), torch.zeros(len(rollouts), dtype=torch.long),
+                            config.positions, components.resolved(policy.model).coordinates,
+                            config.internal_batch_size)  # fmt: skip
+    return mean[0].float()
 
 
 def _sample(policy, problems, reward, config: IPGConfig, seed: int, progress: bool) -> Rollouts:
