@@ -36,10 +36,9 @@ from .ipg import (
     IntegrationRule,
     IPGConfig,
     PathPositions,
+    PathRows,
     integration_points,
     ipg,
-    path_gradients,
-    scaled_sequence_logprobs,
 )
 from .result import AttributionResult
 
@@ -249,17 +248,14 @@ def integrated_gradients(
     components = components.resolved(policy.model)
     alphas, weights = integration_points(method, n_steps)
     prompts, completions = _reference_rows(policy, problems, lambda p: p.reference)
-    rows = [(g, k) for g in range(len(problems)) for k in range(n_steps)]
-    grads = path_gradients(
-        policy, components, [prompts[g] for g, _ in rows], [completions[g] for g, _ in rows],
-        alphas=torch.tensor([float(alphas[k]) for _, k in rows]),
-        weights=torch.tensor([float(weights[k]) for _, k in rows]), positions=positions,
-        baseline=baseline, internal_batch_size=internal_batch_size, progress=progress,
-    )  # fmt: skip
-    per_prompt = torch.zeros(len(problems), len(components), dtype=torch.float64)
-    per_prompt.index_add_(0, torch.tensor([g for g, _ in rows]), grads.contributions)
-    ends = [scaled_sequence_logprobs(policy, components, prompts, completions, end, positions,
-                                     baseline, internal_batch_size).mean() for end in (0.0, 1.0)]  # fmt: skip
+    rows = PathRows()
+    for g in range(len(problems)):
+        for k in range(n_steps):
+            rows.add(g, k, prompts[g], completions[g], float(alphas[k]), float(weights[k]))
+    per_prompt, grads = rows.score(policy, components, len(problems), positions, baseline,
+                                   internal_batch_size, progress=progress)  # fmt: skip
+    ends = [rows.logprobs_at(end, alphas, grads, policy, components, positions, baseline,
+                             internal_batch_size).mean() for end in (0.0, 1.0)]  # fmt: skip
     info = {
         "n_steps": n_steps, "method": method, "positions": positions, "policy": policy.name,
         "baseline": "zero" if baseline is None else "tensor",

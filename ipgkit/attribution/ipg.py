@@ -580,19 +580,14 @@ def _sample(policy, problems, reward, config: IPGConfig, seed: int, progress: bo
                   progress=progress)  # fmt: skip
 
 
-def _row_chunks(config: IPGConfig, keys: Sequence[tuple[int, int]], lengths: Sequence[int]):
-    """Packed chunks, or one chunk per (prompt, alpha) key for the sequential reference path."""
-    if config.pack:
-        return packed_chunks(lengths, config.internal_batch_size)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for row, key in enumerate(keys):
-        groups.setdefault(key, []).append(row)
-    return list(groups.values())
-
-
 @dataclass
-class _Rows:
-    """The (rollout, alpha) rows an IPG run scores, and which prompt each belongs to."""
+class PathRows:
+    """The (trajectory, alpha point) rows of a path-integral run and the prompt each belongs to.
+
+    Every trajectory is added once per alpha point; :meth:`score` runs them through
+    :func:`path_gradients` and sums contributions per prompt. IPG, the raw policy gradient and
+    Integrated Gradients build their rows here.
+    """
 
     groups: list[int] = field(default_factory=list)
     keys: list[tuple[int, int]] = field(default_factory=list)  # (prompt, alpha point)
@@ -609,22 +604,41 @@ class _Rows:
         self.alphas.append(alpha)
         self.weights.append(weight)
 
-    def score(self, policy, components, config: IPGConfig, n_problems: int, baseline, progress,
-              store):  # fmt: skip
-        """Per-prompt sums of the rows' contributions [prompts, units], and the engine's output."""
+    def score(self, policy, components, n_groups: int, positions, baseline,
+              internal_batch_size: int, pack: bool = True, progress: bool = False, store=None):  # fmt: skip
+        """Per-prompt sums of the rows' contributions [prompts, units], and the engine's output
+        (None when there are no rows). ``pack=False`` runs one pass per (prompt, alpha point)."""
         units = len(components.resolved(policy.model))
-        per_prompt = torch.zeros(n_problems, units, dtype=torch.float64)
+        per_prompt = torch.zeros(n_groups, units, dtype=torch.float64)
         if not self.groups:
             return per_prompt, None
-        lengths = [len(p) + len(c) for p, c in zip(self.prompts, self.completions, strict=True)]
+        if pack:
+            lengths = [len(p) + len(c) for p, c in zip(self.prompts, self.completions, strict=True)]
+            chunks = packed_chunks(lengths, internal_batch_size)
+        else:
+            by_key: dict[tuple[int, int], list[int]] = {}
+            for row, key in enumerate(self.keys):
+                by_key.setdefault(key, []).append(row)
+            chunks = list(by_key.values())
         grads = path_gradients(
             policy, components, self.prompts, self.completions, torch.tensor(self.alphas),
-            torch.tensor(self.weights, dtype=torch.float64), positions=config.positions,
-            baseline=baseline, chunks=_row_chunks(config, self.keys, lengths), progress=progress,
-            **_scoring_hooks(store),
+            torch.tensor(self.weights, dtype=torch.float64), positions=positions,
+            baseline=baseline, chunks=chunks, progress=progress, **_scoring_hooks(store),
         )  # fmt: skip
         per_prompt.index_add_(0, torch.tensor(self.groups), grads.contributions)
         return per_prompt, grads
+
+    def logprobs_at(self, end: float, alphas: Tensor, grads: PathGradients, policy, components,
+                    positions, baseline, internal_batch_size: int) -> Tensor:  # fmt: skip
+        """``sum_s log pi`` of each trajectory (in the order added) at path point ``end``: taken
+        from the scoring pass when ``end`` is one of ``alphas``, else one forward pass."""
+        on_grid = next((k for k, a in enumerate(alphas.tolist()) if math.isclose(a, end)), None)
+        index = [i for i, (_, k) in enumerate(self.keys) if k == (on_grid or 0)]
+        if on_grid is not None:
+            return grads.sequence_logprobs[index]
+        return scaled_sequence_logprobs(policy, components, [self.prompts[i] for i in index],
+                                        [self.completions[i] for i in index], end, positions,
+                                        baseline, internal_batch_size)  # fmt: skip
 
 
 def _paper_mode(policy, problems, components, reward, config: IPGConfig, rollouts, progress,
@@ -644,29 +658,21 @@ def _paper_mode(policy, problems, components, reward, config: IPGConfig, rollout
     # rows with zero advantage contribute exactly zero: score only the others
     live = advantages.nonzero()[:, 0].tolist()
     prompt_ids, completion_ids = rollouts.row_prompt_ids(), rollouts.row_completion_ids()
-    rows = _Rows()
+    rows = PathRows()
     for r in live:
         for k, alpha in enumerate(alphas.tolist()):
             rows.add(int(rollouts.group_ids[r]), k, prompt_ids[r], completion_ids[r], alpha,
                      float(quadrature[k] * advantages[r] / config.n_rollouts))  # fmt: skip
     surrogate = {0.0: 0.0, 1.0: 0.0}  # with no live rows S is identically zero
     scoring_started = time.perf_counter()
-    per_prompt, grads = rows.score(policy, components, config, len(problems), baseline, progress,
-                                   store)  # fmt: skip
+    per_prompt, grads = rows.score(policy, components, len(problems), config.positions, baseline,
+                                   config.internal_batch_size, config.pack, progress, store)  # fmt: skip
     if grads is not None:
         # completeness of the surrogate S(alpha) = mean_prompts sum_rows A/N sum_s log pi_alpha
-        live_prompts = [prompt_ids[r] for r in live]
-        live_completions = [completion_ids[r] for r in live]
         live_weights = advantages[live].double() / config.n_rollouts
         for end in (0.0, 1.0):
-            on_grid = [k for k, a in enumerate(alphas.tolist()) if math.isclose(a, end)]
-            if on_grid:  # the scoring pass already has log pi at this alpha
-                rows_at_end = [i for i, (_, k) in enumerate(rows.keys) if k == on_grid[0]]
-                values = grads.sequence_logprobs[rows_at_end]
-            else:
-                values = scaled_sequence_logprobs(policy, components, live_prompts,
-                                                  live_completions, end, config.positions,
-                                                  baseline, config.internal_batch_size)  # fmt: skip
+            values = rows.logprobs_at(end, alphas, grads, policy, components, config.positions,
+                                      baseline, config.internal_batch_size)  # fmt: skip
             surrogate[end] = float((live_weights * values).sum() / len(problems))
     scoring_seconds = time.perf_counter() - scoring_started
     change = surrogate[1.0] - surrogate[0.0]
@@ -735,7 +741,7 @@ def _on_path_mode(policy, problems, components, reward, config: IPGConfig, progr
     if at_end is None:
         at_end = sample_at(1.0, config.seed + len(points))
     sampling_seconds = time.perf_counter() - sampling_started
-    rows = _Rows()
+    rows = PathRows()
     for k, rollouts in enumerate(samples):
         advantages = rollouts.advantages(config.advantages)
         prompt_ids, completion_ids = rollouts.row_prompt_ids(), rollouts.row_completion_ids()
@@ -743,8 +749,8 @@ def _on_path_mode(policy, problems, components, reward, config: IPGConfig, progr
             rows.add(int(rollouts.group_ids[r]), k, prompt_ids[r], completion_ids[r], points[k],
                      float(quadrature[k] * advantages[r] / config.n_rollouts))  # fmt: skip
     scoring_started = time.perf_counter()
-    per_prompt, _ = rows.score(policy, components, config, len(problems), baseline, progress,
-                               store)  # fmt: skip
+    per_prompt, _ = rows.score(policy, components, len(problems), config.positions, baseline,
+                               config.internal_batch_size, config.pack, progress, store)  # fmt: skip
     scoring_seconds = time.perf_counter() - scoring_started
     j_start, j_end = float(at_start.rewards.mean()), float(at_end.rewards.mean())
     zero_std = [s.frac_reward_zero_std for s in samples]
@@ -770,6 +776,7 @@ __all__ = [
     "INTEGRATION_RULES",
     "IPGConfig",
     "PathGradients",
+    "PathRows",
     "frozen_parameters",
     "integration_points",
     "ipg",
