@@ -580,6 +580,17 @@ class TokenScores:
         return self.logprobs.sum(-1)
 
 
+def _right_padded(prompts, completions, pad_id: int) -> tuple[Tensor, Tensor]:
+    """Prompt + completion rows, right-padded: token ids and attention mask [rows, longest]."""
+    total = max(len(p) + len(c) for p, c in zip(prompts, completions, strict=True))
+    tokens = torch.full((len(prompts), total), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(prompts), total), dtype=torch.long)
+    for row, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        tokens[row, : len(p) + len(c)] = torch.tensor([*p, *c], dtype=torch.long)
+        attention[row, : len(p) + len(c)] = 1
+    return tokens, attention
+
+
 def iter_scores(
     policy: Policy,
     prompt_ids: Sequence[Sequence[int]],
@@ -619,12 +630,7 @@ def iter_scores(
             raise IpgkitError("cannot score an empty completion")
         total = int((prompt_lengths + completion_lengths).max())
         check_context(policy, total, 0)
-        batch = len(prompts)
-        tokens = torch.full((batch, total), policy.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((batch, total), dtype=torch.long)
-        for row, (p, c) in enumerate(zip(prompts, completions, strict=True)):
-            tokens[row, : len(p) + len(c)] = torch.tensor([*p, *c], dtype=torch.long)
-            attention[row, : len(p) + len(c)] = 1
+        tokens, attention = _right_padded(prompts, completions, policy.pad_token_id)
         width = int(completion_lengths.max())
         steps = torch.arange(width)
         mask = steps[None, :] < completion_lengths[:, None]
@@ -761,9 +767,7 @@ def iter_activations(
             completion_lengths = torch.tensor([len(c) for c in completion_ids[rows]])
             width = activation.shape[1]
             mask = position_mask(prompt_lengths, completion_lengths, width, positions)
-            tokens = torch.zeros(mask.shape, dtype=torch.long)
-            for row, (p, c) in enumerate(zip(prompt_ids[rows], completion_ids[rows], strict=True)):
-                tokens[row, : len(p) + len(c)] = torch.tensor([*p, *c])
+            tokens, _ = _right_padded(prompt_ids[rows], completion_ids[rows], policy.pad_token_id)
             row_index = torch.arange(rows.start, rows.stop)[:, None].expand_as(mask)
             yield ActivationChunk(
                 rows, activation[mask.to(activation.device)].cpu(), tokens[mask], row_index[mask]
