@@ -467,6 +467,8 @@ def ipg(
             raise IpgkitError("rollouts were sampled for different problems than those given")
     if not problems:
         raise IpgkitError("IPG needs at least one problem (the problem list is empty)")
+    if reward is None and (rollouts is None or rollouts.rewards is None):
+        raise IpgkitError("IPG needs a reward function (or, in paper mode, rollouts with rewards)")
     problems = list(problems)
     started = time.perf_counter()
     store = None
@@ -646,8 +648,6 @@ def _paper_mode(policy, problems, components, reward, config: IPGConfig, rollout
     alphas, quadrature = integration_points(config.method, config.n_steps)
     sampling_started = time.perf_counter()
     if rollouts is None:
-        if reward is None:
-            raise IpgkitError("IPG needs a reward function (or rollouts that carry rewards)")
         rollouts = _sampled(store, "unmodified", lambda: _sample(policy, problems, reward, config,
                                                                  config.seed, progress))  # fmt: skip
     elif reward is not None:
@@ -702,8 +702,6 @@ def _paper_mode(policy, problems, components, reward, config: IPGConfig, rollout
 
 def _on_path_mode(policy, problems, components, reward, config: IPGConfig, progress,
                   store: _Checkpoint | None):  # fmt: skip
-    if reward is None:
-        raise IpgkitError("on-path IPG needs a reward function")
     alphas, quadrature = integration_points(config.method, config.n_steps)
     resolved = components.resolved(policy.model)
     sampling_started = time.perf_counter()

@@ -352,6 +352,8 @@ def test_bad_input_gets_a_clear_error(policy):
             n_rollouts=2, max_new_tokens=4, progress=False)  # fmt: skip
     with pytest.raises(IpgkitError, match="empty"):
         ipg(policy, [], resid_neurons(0), digit_count, progress=False)
+    with pytest.raises(IpgkitError, match="needs a reward function"):
+        ipg(policy, problems, resid_neurons(0), None, checkpoint="unused.ckpt", progress=False)
     with pytest.raises(IpgkitError, match="unknown integration method"):
         ipg(policy, problems, resid_neurons(0), digit_count, method="simpson", progress=False)
     with pytest.raises(IpgkitError, match="one value per unit"):
