@@ -50,6 +50,7 @@ from ipgkit.rollouts import (
     position_mask,
     sample,
 )
+from ipgkit.saes import hooks_upstream_of_saes
 from ipgkit.tasks.base import Problem, RewardFunction
 
 from .result import AttributionResult
@@ -227,6 +228,7 @@ def path_gradients(
         raise IpgkitError("row weights must be finite (check the rewards and advantages)")
     components = components.resolved(policy.model)
     model = policy.model
+    _warn_about_error_terms(policy, components.hook_name)
     hook_name, shared_layer = path_site(model, components.hook_name)
     if not share_prefix:
         hook_name, shared_layer = components.hook_name, None
@@ -275,6 +277,18 @@ def path_gradients(
     if on_progress is not None:
         on_progress(result)
     return result
+
+
+def _warn_about_error_terms(policy: Policy, hook_name: str) -> None:
+    upstream = hooks_upstream_of_saes(policy, hook_name)
+    if upstream:
+        warnings.warn(
+            f"{hook_name} feeds the SAE(s) spliced at {upstream}, whose error term carries no "
+            "gradient (sae-lens computes it under no_grad): the gradient follows the SAE "
+            "reconstruction, not the model. Attribute on the plain model, or splice SAEs only at "
+            "or below this hook's layer.",
+            stacklevel=3,
+        )
 
 
 def _chunk_contributions(policy, components, hook_name, shared_layer, prompts, completions,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from ipgkit.errors import IpgkitError
@@ -11,19 +12,33 @@ from ipgkit.models.policy import Policy
 EMBEDDED = ("arith",)
 
 
-def load_model(name: str = "arith", device: str = "cpu") -> Policy:
+def load_model(name: str = "arith", device: str = "cpu", saes: Sequence | None = None) -> Policy:
     """Load a policy by name.
 
     Args:
         name: ``"arith"`` for the embedded reasoning model shipped with ipgkit (no network), or a
             directory written by ``ipgkit train-model`` (``config.json`` + ``model.safetensors``).
         device: torch device for the weights.
+        saes: SAEs to splice in, error term kept (see :mod:`ipgkit.saes`): layer numbers of the
+            SAEs shipped in ``saes/``, SAE directories, or SAE objects. The model is then a
+            ``HookedSAETransformer`` that computes what the plain model does.
 
     Example:
         >>> policy = load_model("arith")
         >>> policy.model.cfg.n_layers
         4
+        >>> load_model("arith", saes=[2]).model.acts_to_saes.keys()        # doctest: +SKIP
+        dict_keys(['blocks.2.hook_resid_post'])
     """
+    policy = _load_policy(name, device)
+    if saes:
+        from ipgkit.saes import attach_saes
+
+        policy = attach_saes(policy, saes)
+    return policy
+
+
+def _load_policy(name: str, device: str) -> Policy:
     if name == "arith":
         return load_arith(WEIGHTS_DIR, device=device)
     path = Path(name)

@@ -1,0 +1,274 @@
+"""SAE splicing, feature components and SAE training, on tiny random models and SAEs."""
+
+import json
+import warnings
+
+import pytest
+import torch
+from sae_lens import TopKSAE, TopKSAEConfig
+from sae_lens.saes.sae import SAEMetadata
+
+import ipgkit
+from ipgkit.attribution import path_gradients
+from ipgkit.components import mlp_neurons
+from ipgkit.errors import HookNameError, IpgkitError
+from ipgkit.rollouts import sample
+from ipgkit.saes import (
+    SAETrainingConfig,
+    attach_saes,
+    feature_hook,
+    load_sae,
+    metrics_markdown,
+    reconstruction_metrics,
+    sae_features,
+    save_sae,
+    shipped_sae_dir,
+    spliced_saes,
+    train_sae,
+)
+from ipgkit.steering import steer
+from ipgkit.tasks.base import Problem
+from tests.attribution.test_ipg import (
+    PROMPT,
+    all_completions,
+    exact_ipg,
+    finite_difference_ipg,
+    reward_of,
+    tiny_vocab_policy,
+)
+from tests.conftest import tiny_policy
+
+
+def random_sae(d_in: int, layer: int, d_sae: int = 64, k: int = 8, seed: int = 0,
+               dtype: str = "float32", model_name: str | None = None) -> TopKSAE:  # fmt: skip
+    """A TopK SAE with random weights (and biases, so latents fire and b_dec matters)."""
+    hook_name = f"blocks.{layer}.hook_resid_post"
+    config = TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, dtype=dtype,
+                           metadata=SAEMetadata(hook_name=hook_name, model_name=model_name))  # fmt: skip
+    sae = TopKSAE(config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in sae.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    return sae
+
+
+@pytest.fixture(scope="module")
+def spliced():
+    policy = tiny_policy(seed=1)
+    return policy, attach_saes(policy, [random_sae(32, 0), random_sae(32, 1, seed=1)])
+
+
+def tokens_of(policy, text="Q: 12+30*2?\nA:\n12+30=42"):
+    return torch.tensor(policy.encode([text]))
+
+
+def test_the_error_term_keeps_the_model_identical(spliced):
+    plain, with_saes = spliced
+    assert sorted(spliced_saes(with_saes)) == [
+        "blocks.0.hook_resid_post",
+        "blocks.1.hook_resid_post",
+    ]
+    tokens = tokens_of(plain)
+    with torch.no_grad():
+        expected, actual = plain.model(tokens), with_saes.model(tokens)
+        # without the error term the same SAEs change the model: the identity is not vacuous
+        replaced = attach_saes(plain, [random_sae(32, 0)], use_error_term=False).model(tokens)
+    # decode(f) + (x - decode(f)) is x up to one float rounding
+    torch.testing.assert_close(actual, expected, atol=2e-5, rtol=1e-5)
+    assert (replaced - expected).abs().max() > 1e-2
+
+
+def test_float64_identity_is_exact_to_rounding():
+    plain = tiny_vocab_policy()
+    with_sae = attach_saes(plain, [random_sae(16, 0, d_sae=32, k=4, dtype="float64")])
+    tokens = torch.tensor([plain.encode([PROMPT])[0] + [3, 5, 2]])
+    with torch.no_grad():
+        torch.testing.assert_close(with_sae.model(tokens), plain.model(tokens), atol=1e-12, rtol=0)
+
+
+def test_steering_with_gamma_one_changes_nothing(spliced):
+    _, policy = spliced
+    tokens = tokens_of(policy)
+    with torch.no_grad():
+        base = policy.model(tokens)
+        with steer(policy, sae_features(policy, layer=1), gamma=1.0):
+            steered = policy.model(tokens)
+    assert torch.equal(base, steered)
+
+
+def test_steering_a_feature_adds_its_scaled_decoder_row(spliced):
+    _, policy = spliced
+    tokens = tokens_of(policy)
+    sae = spliced_saes(policy)["blocks.1.hook_resid_post"]
+    names = ["blocks.1.hook_resid_post.hook_sae_output", feature_hook(1)]
+    with torch.no_grad():
+        _, base = policy.model.run_with_cache(tokens, names_filter=names)
+        latents = base[feature_hook(1)][0]
+        chosen = latents.sum(0).topk(2).indices.tolist()  # two latents that fire on this text
+        features, gamma = sae_features(policy, layer=1, indices=chosen), 2.5
+        with steer(policy, features, gamma):
+            _, steered = policy.model.run_with_cache(tokens, names_filter=names)
+    change = steered[names[0]][0] - base[names[0]][0]
+    expected = (gamma - 1) * latents[:, chosen] @ sae.W_dec[chosen]
+    assert expected.abs().max() > 1e-3
+    torch.testing.assert_close(change, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_an_sae_for_another_model_or_hook_is_refused():
+    policy = tiny_policy(seed=1)
+    with pytest.raises(IpgkitError, match=r"d_in = 64.*width 32"):
+        attach_saes(policy, [random_sae(64, 0)])
+    with pytest.raises(HookNameError, match=r"blocks.7.hook_resid_post.*closest"):
+        attach_saes(policy, [random_sae(32, 7)])
+    with pytest.raises(IpgkitError, match="two SAEs for the same hook"):
+        attach_saes(policy, [random_sae(32, 0), random_sae(32, 0, seed=2)])
+    other = random_sae(32, 0, model_name="someone-else")
+    with pytest.warns(UserWarning, match="trained on 'someone-else'"):
+        attach_saes(policy, [other])
+
+
+def test_feature_components_name_the_spliced_sae(spliced):
+    plain, policy = spliced
+    features = sae_features(policy, layer=0, indices=[3, 9])
+    assert features.hook_name == "blocks.0.hook_resid_post.hook_sae_acts_post"
+    assert features.kind == "sae" and features.hook_width(policy.model) == 64
+    with pytest.raises(IpgkitError, match=r"no SAE is spliced at blocks.2.*spliced: \['blocks.0"):
+        sae_features(policy, layer=2)
+    with pytest.raises(IpgkitError, match="no SAE is spliced"):
+        sae_features(plain, layer=0)
+    with pytest.raises(IpgkitError, match="out of range"):
+        sae_features(policy, layer=0, indices=[64])
+
+
+def test_feature_ipg_matches_exact_enumeration():
+    """The IPG issue's enumeration test, with the units being the latents of a spliced SAE."""
+    plain = tiny_vocab_policy()
+    policy = attach_saes(plain, [random_sae(16, 0, d_sae=32, k=6, dtype="float64")])
+    prompt = policy.encode([PROMPT])[0]
+    completions = all_completions()
+    rewards = torch.tensor([reward_of(c) for c in completions], dtype=torch.float64)
+    with torch.no_grad():
+        _, cache = policy.model.run_with_cache(torch.tensor([prompt]), names_filter=feature_hook(0))
+    live = cache[feature_hook(0)][0].amax(0).nonzero().flatten()[:6].tolist()
+    features = sae_features(policy, layer=0, indices=live)
+    exact = exact_ipg(policy, prompt, completions, rewards, features, "riemann_right", 4)
+    numeric = finite_difference_ipg(policy, prompt, completions, rewards, features,
+                                    "riemann_right", 4)  # fmt: skip
+    assert exact.abs().max() > 1e-4
+    torch.testing.assert_close(exact, numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_feature_ipg_runs_through_ipg_and_flags_gradients_through_error_terms(spliced):
+    _, policy = spliced
+    problems = [Problem(f"p{i}", f"{i}+{i}", "", "") for i in range(2)]
+
+    def digits(prompts, completions, **_):
+        return [float(sum(ch.isdigit() for ch in text)) for text in completions]
+
+    with warnings.catch_warnings():
+        # features of the last SAE: no spliced SAE sits downstream of them
+        warnings.filterwarnings("error", message=".*error term carries no gradient")
+        result = ipgkit.ipg(policy, problems, sae_features(policy, layer=1), digits, n_rollouts=3,
+                            n_steps=3, temperature=1.0, top_p=1.0, max_new_tokens=8,
+                            progress=False)  # fmt: skip
+    table = result.to_dataframe()
+    assert set(table.kind) == {"sae"} and len(table) == 64
+    rollouts = sample(policy, problems, n=2, temperature=1.0, max_new_tokens=6)
+    rows = len(rollouts)
+    for upstream in (mlp_neurons(1), sae_features(policy, layer=0)):
+        with pytest.warns(UserWarning, match="error term carries no gradient"):
+            path_gradients(policy, upstream, rollouts.row_prompt_ids(),
+                           rollouts.row_completion_ids(), torch.ones(rows), torch.ones(rows))  # fmt: skip
+
+
+def test_reconstruction_metrics_of_a_perfect_sae_are_exact():
+    """W_enc = [I, -I], W_dec = [I; -I], k = d_in: decode(encode(x)) = relu(x) - relu(-x) = x."""
+    policy = tiny_policy(seed=2)
+    d = policy.model.cfg.d_model
+    config = TopKSAEConfig(d_in=d, d_sae=2 * d, k=d, apply_b_dec_to_input=False,
+                           metadata=SAEMetadata(hook_name="blocks.0.hook_resid_post"))  # fmt: skip
+    sae = TopKSAE(config)
+    with torch.no_grad():
+        eye = torch.eye(d)
+        sae.W_enc.copy_(torch.cat([eye, -eye], 1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], 0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    traces = policy.encode(["Q: 1+2?\nA:\n3", "Q: 40*2?\nA:\n80\n#### 80"])
+    metrics = reconstruction_metrics(policy, sae, traces)
+    bos_free_tokens = sum(len(t) - 1 for t in traces)
+    assert metrics["tokens"] == bos_free_tokens
+    assert metrics["fvu"] == pytest.approx(0.0, abs=1e-12)
+    assert metrics["l0"] == pytest.approx(d)  # every coordinate is non-zero: one of +x, -x fires
+    assert metrics["dead_fraction"] == pytest.approx(0.0, abs=0.1)
+
+
+def test_train_sae_writes_a_loadable_sae_lens_folder(tmp_path):
+    policy = tiny_policy(seed=3)
+    traces = policy.encode(
+        [f"Q: {i}+{2 * i}?\nA:\n{i}+{2 * i}={3 * i}\n#### {3 * i}" for i in range(40)]
+    )
+    config = SAETrainingConfig(layer=1, k=4, expansion=2, training_tokens=65536, lr=3e-3,
+                               train_batch_size_tokens=512, lr_warm_up_steps=5)  # fmt: skip
+    sae = train_sae(policy, config, traces=traces, out_dir=tmp_path / "tiny-L1", progress=False)
+    assert sorted(p.name for p in (tmp_path / "tiny-L1").iterdir()) == [
+        "cfg.json", "ipgkit_training.json", "sae_weights.safetensors"]  # fmt: skip
+    loaded = load_sae(tmp_path / "tiny-L1", policy)
+    assert loaded.cfg.metadata.hook_name == "blocks.1.hook_resid_post"
+    assert (loaded.cfg.d_sae, loaded.cfg.k, loaded.cfg.rescale_acts_by_decoder_norm) == (
+        64,
+        4,
+        False,
+    )
+    torch.testing.assert_close(loaded.W_dec.norm(dim=-1), torch.ones(64))
+    torch.testing.assert_close(loaded.W_enc, sae.W_enc)
+    saved = json.loads((tmp_path / "tiny-L1" / "ipgkit_training.json").read_text())
+    assert saved["config"]["k"] == 4 and saved["n_traces"] == 40
+    metrics = reconstruction_metrics(policy, loaded, traces)
+    assert metrics["fvu"] < 0.5 and metrics["l0"] <= 4  # it learned to reconstruct
+    with pytest.raises(IpgkitError, match="out of range"):
+        train_sae(policy, SAETrainingConfig(layer=5), traces=traces)
+
+
+def test_save_sae_replaces_a_folder_whole(tmp_path):
+    target = tmp_path / "x-L0"
+    save_sae(random_sae(32, 0), target, {"run": 1})
+    save_sae(random_sae(32, 0, seed=5), target, {"run": 2})
+    assert json.loads((target / "ipgkit_training.json").read_text()) == {"run": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["x-L0"]  # no staging folders left behind
+
+
+def test_missing_shipped_sae_and_bad_paths_get_clear_errors(tmp_path):
+    policy = tiny_policy()
+    with pytest.raises(IpgkitError, match="no shipped SAE for model 'tiny' at layer 1"):
+        load_sae(1, policy)
+    with pytest.raises(IpgkitError, match="not an SAE directory"):
+        load_sae(tmp_path, policy)
+    with pytest.raises(IpgkitError, match="needs the policy"):
+        load_sae(1)
+
+
+def test_metrics_markdown_formats_one_row_per_layer():
+    import pandas as pd
+
+    row = {"layer": 2, "d_sae": 2048, "k": 16, "fvu": 0.0312, "l0": 16.0, "dead_fraction": 0.05,
+           "accuracy": 0.6, "accuracy_spliced": 0.5, "accuracy_change": -0.1,
+           "change_ci": [-0.15, -0.05]}  # fmt: skip
+    text = metrics_markdown(pd.DataFrame([row]))
+    assert (
+        "| 2 | 2048 | 16 | 0.031 | 16.0 | 5.0% | 0.600 -> 0.500 (-0.100, [-0.150, -0.050]) |"
+        in text
+    )
+
+
+@pytest.mark.skipif(not (shipped_sae_dir("arith", 2) / "cfg.json").exists(),
+                    reason="the shipped SAEs are not trained yet")  # fmt: skip
+def test_load_model_splices_the_shipped_sae_without_changing_the_model():
+    plain = ipgkit.load_model("arith")
+    policy = ipgkit.load_model("arith", saes=[2])
+    assert list(spliced_saes(policy)) == ["blocks.2.hook_resid_post"]
+    tokens = tokens_of(plain, "Q: Compute (52*5)-42.\nA:\n52*5=260\n260-42=218\n#### 218")
+    with torch.no_grad():
+        torch.testing.assert_close(policy.model(tokens), plain.model(tokens), atol=1e-4, rtol=1e-5)
+    assert sae_features(policy, layer=2).hook_width(policy.model) == 16 * 128
