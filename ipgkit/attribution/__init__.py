@@ -14,6 +14,7 @@ from ipgkit.attribution.baselines import (
     policy_gradient,
     random_baseline,
     random_baselines,
+    reason_score,
     reasoning_neurons,
 )
 from ipgkit.attribution.ipg import (
@@ -44,6 +45,7 @@ __all__ = [
     "policy_gradient",
     "random_baseline",
     "random_baselines",
+    "reason_score",
     "reasoning_neurons",
     "scaled_sequence_logprobs",
 ]

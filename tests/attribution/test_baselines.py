@@ -120,3 +120,48 @@ def test_integrated_gradients_are_complete_for_a_smooth_path(policy, support):
     change = result.info["logprob(1)"] - result.info["logprob(0)"]
     assert abs(change) > 1e-3
     assert abs(result.delta) < 1e-4 * max(1.0, abs(change))
+
+
+def test_reason_score_matches_a_direct_computation(policy, support):
+    from ipgkit.saes import attach_saes, sae_features
+    from tests.test_saes import random_sae
+
+    _, rollouts = support
+    spliced = attach_saes(policy, [random_sae(32, 1, d_sae=48, k=6)])
+    features = sae_features(spliced, layer=1)
+    words, window, alpha = ("+", "\n", "A:"), (1, 2), 0.7
+    result = baselines.reason_score(spliced, rollouts, features, words=words, window=window,
+                                    alpha=alpha, positions="all")  # fmt: skip
+    # the same statistic by plain loops over unpadded rows
+    word_ids = [policy.tokenizer(w, add_special_tokens=False)["input_ids"] for w in words]
+    per_word = [[] for _ in words]
+    around, away = [], []
+    for prompt, completion in zip(rollouts.row_prompt_ids(), rollouts.row_completion_ids(),
+                                  strict=True):  # fmt: skip
+        sequence = [*prompt, *completion]
+        with torch.no_grad():
+            _, cache = spliced.model.run_with_cache(torch.tensor([sequence]),
+                                                    names_filter=features.hook_name)  # fmt: skip
+        acts = cache[features.hook_name][0].double()
+        near = [set() for _ in words]
+        for w, ids in enumerate(word_ids):
+            for start in range(len(sequence) - len(ids) + 1):
+                if sequence[start : start + len(ids)] == ids:
+                    near[w].update(range(start - window[0], start + len(ids) + window[1]))
+        for position in range(len(sequence)):
+            hits = [position in near[w] for w in range(len(words))]
+            for w, hit in enumerate(hits):
+                if hit:
+                    per_word[w].append(acts[position])
+            (around if any(hits) else away).append(acts[position])
+    mean_around, mean_away = torch.stack(around).mean(0), torch.stack(away).mean(0)
+    contrast = mean_around / mean_around.sum() - mean_away / mean_away.sum()
+    word_means = torch.stack([torch.stack(values).mean(0) for values in per_word])
+    shares = word_means / word_means.sum(0)
+    entropy = torch.nan_to_num(-(shares * shares.log())).sum(0) / torch.log(torch.tensor(3.0))
+    expected = contrast * entropy.double() ** alpha
+    assert all(per_word) and expected.abs().max() > 1e-4
+    torch.testing.assert_close(result.scores, expected, rtol=1e-4, atol=1e-7)
+    assert result.method == "reason_score" and result.info["words"] == list(words)
+    with pytest.raises(IpgkitError, match="around and away"):
+        baselines.reason_score(spliced, rollouts, features, words=("zzzz",), positions="all")
