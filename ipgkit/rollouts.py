@@ -725,12 +725,14 @@ class ActivationChunk:
         activations: [tokens, width] the hook's values at the selected positions (row-major order).
         token_ids: [tokens] the input token at each selected position.
         row_index: [tokens] the input row (absolute) each selected position belongs to.
+        position: [tokens] each token's index in its row's prompt + completion sequence.
     """
 
     rows: slice
     activations: Float[Tensor, "tokens width"]
     token_ids: Int[Tensor, " tokens"]
     row_index: Int[Tensor, " tokens"]
+    position: Int[Tensor, " tokens"]
 
 
 def iter_activations(
@@ -769,9 +771,9 @@ def iter_activations(
             mask = position_mask(prompt_lengths, completion_lengths, width, positions)
             tokens, _ = _right_padded(prompt_ids[rows], completion_ids[rows], policy.pad_token_id)
             row_index = torch.arange(rows.start, rows.stop)[:, None].expand_as(mask)
-            yield ActivationChunk(
-                rows, activation[mask.to(activation.device)].cpu(), tokens[mask], row_index[mask]
-            )
+            position = torch.arange(width)[None, :].expand_as(mask)
+            yield ActivationChunk(rows, activation[mask.to(activation.device)].cpu(),
+                                  tokens[mask], row_index[mask], position[mask])  # fmt: skip
 
 
 def mean_activations(
