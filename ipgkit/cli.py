@@ -102,14 +102,21 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     layers = policy.model.cfg.n_layers
     if not 0 <= args.layer < layers:
         raise IpgkitError(f"--layer {args.layer} is out of range: {policy.name!r} has layers 0..{layers - 1}")  # fmt: skip
-    site = ipgkit.resid_neurons if args.site == "resid" else ipgkit.mlp_neurons
+    if args.site == "sae":
+        from ipgkit.saes import attach_saes, sae_features
+
+        policy = attach_saes(policy, [args.sae or args.layer])
+        components = sae_features(policy, layer=args.layer)
+    else:
+        site = ipgkit.resid_neurons if args.site == "resid" else ipgkit.mlp_neurons
+        components = site(args.layer)
     config = ipgkit.IPGConfig(
         n_rollouts=args.n_rollouts, n_steps=args.n_steps, method=args.method, mode=args.mode,
         baseline=args.baseline, positions=args.positions, temperature=args.temperature,
         top_p=args.top_p, max_new_tokens=args.max_new_tokens or task.max_new_tokens, seed=args.seed,
         internal_batch_size=args.internal_batch_size,
     )  # fmt: skip
-    result = ipgkit.ipg(policy, task.problems, site(args.layer), _reward(args.reward, task), config)
+    result = ipgkit.ipg(policy, task.problems, components, _reward(args.reward, task), config)
     _write_table(result.to_dataframe(), out)
     saved = result.save(out.with_suffix(".safetensors"))
     ax = result.plot(top=args.top)
@@ -120,6 +127,21 @@ def cmd_attribute(args: argparse.Namespace) -> int:
           f"frac_reward_zero_std {result.frac_reward_zero_std:.2f}; "
           f"{info['rows_scored']} rows scored; {info['seconds']:.1f} s")  # fmt: skip
     print(f"wrote {out}, {saved} and {out.with_suffix('.png')}")
+    return 0
+
+
+def cmd_train_sae(args: argparse.Namespace) -> int:
+    import ipgkit
+    from ipgkit.saes import SAETrainingConfig, metrics_markdown, train_saes
+
+    policy = ipgkit.load_model(args.model)
+    n_layers = policy.model.cfg.n_layers
+    layers = range(n_layers) if args.layer == "all" else [int(args.layer)]
+    config = SAETrainingConfig(k=args.k, expansion=args.expansion, n_traces=args.n_traces,
+                               training_tokens=args.training_tokens, seed=args.seed)  # fmt: skip
+    table = train_saes(policy, layers, args.out, config, overwrite=args.overwrite)
+    print(metrics_markdown(table))
+    print(f"wrote {', '.join(f'{args.out}/{policy.name}-L{layer}' for layer in layers)}")
     return 0
 
 
@@ -207,15 +229,19 @@ def build_parser() -> argparse.ArgumentParser:
     card.set_defaults(run=cmd_model_card)
 
     attribute = commands.add_parser(
-        "attribute", help="IPG scores for the neurons of one layer (table, result file and plot)"
+        "attribute",
+        help="IPG scores for the neurons or SAE features of one layer (table, result file and plot)",
     )
     attribute.add_argument("--model", default="arith", help="'arith' or a trained model directory")
     attribute.add_argument("--task", default="arith-word", help="arith-word, arith-chain, gsm8k, math500")  # fmt: skip
     attribute.add_argument("--split", default="train", help="support-set split (default: train)")
     attribute.add_argument("--path", default=None, help="data file or directory (gsm8k, math500)")
     attribute.add_argument("--layer", type=int, default=2, help="block index")
-    attribute.add_argument("--site", choices=["resid", "mlp"], default="resid",
-                           help="residual-stream neurons (paper) or MLP neurons")  # fmt: skip
+    attribute.add_argument("--site", choices=["resid", "mlp", "sae"], default="resid",
+                           help="residual-stream neurons (paper), MLP neurons, or the latents of "
+                                "the SAE at --layer (error term kept)")  # fmt: skip
+    attribute.add_argument("--sae", default=None,
+                           help="SAE directory for --site sae (default: the one shipped in saes/)")  # fmt: skip
     attribute.add_argument("--reward", default="correctness",
                            help="correctness, length or keywords:word1,word2")  # fmt: skip
     attribute.add_argument("--n-problems", type=int, default=50, help="support-set size (prompts)")
@@ -235,6 +261,21 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.add_argument("--out", default="scores.parquet",
                            help="table (.parquet or .csv); the result file and plot go next to it")  # fmt: skip
     attribute.set_defaults(run=cmd_attribute)
+
+    train_sae = commands.add_parser(
+        "train-sae", help="train TopK SAEs on the model's own traces (what saes/ ships)"
+    )
+    train_sae.add_argument("--model", default="arith", help="'arith' or a trained model directory")
+    train_sae.add_argument("--layer", default="all", help="block index, or 'all' (default)")
+    train_sae.add_argument("--k", type=int, default=16, help="active latents per token")
+    train_sae.add_argument("--expansion", type=int, default=16, help="d_sae / d_model")
+    train_sae.add_argument("--n-traces", type=int, default=4000, help="sampled chains of thought")
+    train_sae.add_argument("--training-tokens", type=int, default=2_000_000)
+    train_sae.add_argument("--seed", type=int, default=0)
+    train_sae.add_argument("--out", default="saes", help="writes <out>/<model>-L<layer>/")
+    train_sae.add_argument("--overwrite", action="store_true",
+                           help="retrain layers that already have an SAE (default: skip them)")  # fmt: skip
+    train_sae.set_defaults(run=cmd_train_sae)
 
     demo = commands.add_parser(
         "demo", help="sample, score, evaluate and attribute the embedded model"

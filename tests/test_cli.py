@@ -3,7 +3,9 @@ import pytest
 from ipgkit.cli import build_parser, main
 
 
-@pytest.mark.parametrize("command", [[], ["train-model"], ["evaluate"], ["attribute"], ["demo"]])
+@pytest.mark.parametrize(
+    "command", [[], ["train-model"], ["evaluate"], ["attribute"], ["train-sae"], ["demo"]]
+)
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
@@ -39,6 +41,22 @@ def test_attribute_writes_a_table_a_result_and_a_plot(tmp_path, capsys):
     assert result.components.hook_name == "blocks.1.mlp.hook_post"
     assert out.with_suffix(".png").stat().st_size > 0
     assert "completeness delta" in capsys.readouterr().out
+
+
+def test_attribute_scores_sae_features(tmp_path, capsys):
+    import pandas as pd
+
+    from ipgkit.saes import save_sae
+    from tests.test_saes import random_sae
+
+    sae_dir = save_sae(random_sae(128, 1, d_sae=96, k=8), tmp_path / "arith-L1")
+    out = tmp_path / "features.csv"
+    code = main(["attribute", "--n-problems", "2", "--n-rollouts", "2", "--n-steps", "2",
+                 "--layer", "1", "--site", "sae", "--sae", str(sae_dir), "--out", str(out)])  # fmt: skip
+    assert code == 0
+    table = pd.read_csv(out)
+    assert len(table) == 96 and set(table.kind) == {"sae"}
+    assert set(table.hook) == {"blocks.1.hook_resid_post.hook_sae_acts_post"}
 
 
 def test_attribute_rejects_a_missing_layer(capsys):
