@@ -40,6 +40,9 @@ def top_activations(
 ) -> pd.DataFrame:
     """Each unit's ``n`` largest activations over the rollouts' tokens, with their contexts.
 
+    Rows of a group share their prompt (and often a completion prefix), and equal prefixes give
+    equal activations, so each context is reported once: the text up to the token identifies it.
+
     Returns:
         A tidy DataFrame: index (the unit), rank, activation, row, position, token (its text),
         before (up to ``context`` tokens of text before it) and after (a few tokens after).
@@ -51,6 +54,8 @@ def top_activations(
         raise IpgkitError(f"n must be >= 1, got {n}")
     components = components.resolved(policy.model)
     units = len(components)
+    # a prefix repeats at most once per row of its group: keep enough candidates to drop repeats
+    pool = n * (rollouts.n + 1)
     best = torch.full((units, 0), float("-inf"), dtype=torch.float64)
     where = torch.zeros((units, 0, 2), dtype=torch.long)
     prompts, completions = rollouts.row_prompt_ids(), rollouts.row_completion_ids()
@@ -60,21 +65,26 @@ def top_activations(
         located = torch.stack([chunk.row_index, chunk.position], -1)  # [tokens, 2]
         candidates = torch.cat([best, values], dim=1)
         places = torch.cat([where, located[None].expand(units, -1, -1)], dim=1)
-        keep = min(n, candidates.shape[1])
-        best, order = candidates.topk(keep, dim=1)
+        best, order = candidates.topk(min(pool, candidates.shape[1]), dim=1)
         where = places.gather(1, order[..., None].expand(-1, -1, 2))
     sequences = [[*p, *c] for p, c in zip(prompts, completions, strict=True)]
     records = []
     for u, index in enumerate(components.indices):
-        for rank in range(best.shape[1]):
-            row, position = where[u, rank].tolist()
+        seen: set[tuple[int, ...]] = set()
+        for value, (row, position) in zip(best[u].tolist(), where[u].tolist(), strict=True):
             sequence = sequences[row]
+            prefix = tuple(sequence[: position + 1])
+            if prefix in seen:
+                continue
+            seen.add(prefix)
             records.append({
-                "index": index, "rank": rank, "activation": float(best[u, rank]), "row": row,
+                "index": index, "rank": len(seen) - 1, "activation": value, "row": row,
                 "position": position, "token": policy.tokenizer.decode([sequence[position]]),
                 "before": policy.tokenizer.decode(sequence[max(0, position - context) : position]),
                 "after": policy.tokenizer.decode(sequence[position + 1 : position + 1 + context // 4]),
             })  # fmt: skip
+            if len(seen) == n:
+                break
     return pd.DataFrame.from_records(records)
 
 

@@ -267,10 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train_sae.add_argument("--model", default="arith", help="'arith' or a trained model directory")
     train_sae.add_argument("--layer", default="all", help="block index, or 'all' (default)")
-    train_sae.add_argument("--k", type=int, default=16, help="active latents per token")
+    train_sae.add_argument("--k", type=int, default=32, help="active latents per token")
     train_sae.add_argument("--expansion", type=int, default=16, help="d_sae / d_model")
-    train_sae.add_argument("--n-traces", type=int, default=4000, help="sampled chains of thought")
-    train_sae.add_argument("--training-tokens", type=int, default=2_000_000)
+    train_sae.add_argument("--n-traces", type=int, default=8000, help="sampled chains of thought")
+    train_sae.add_argument("--training-tokens", type=int, default=3_000_000)
     train_sae.add_argument("--seed", type=int, default=0)
     train_sae.add_argument("--out", default="saes", help="writes <out>/<model>-L<layer>/")
     train_sae.add_argument("--overwrite", action="store_true",

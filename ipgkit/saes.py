@@ -79,9 +79,10 @@ class SAETrainingConfig:
 
     Attributes:
         layer: residual stream after this block (``blocks.L.hook_resid_post``).
-        k: active latents per token. The IPG paper uses k = 32 on models with d_model 1536 to
-            4096; the embedded model's stream has 128 dimensions, where k = 32 would be a quarter
-            of the dimensionality, so 16 (see saes/README.md for the k sweep).
+        k: active latents per token: 32, the IPG paper's value. A 128-dimensional stream invites a
+            smaller k, but on the embedded model k = 8 and 16 reconstruct worse, leave more
+            latents dead, and the SAE alone keeps far less of the model's accuracy (saes/README.md
+            has the sweep).
         expansion: d_sae / d_model (16, as in the paper).
         training_tokens: activations seen in training (the traces are reused across epochs).
         n_traces: sampled chains of thought, spread evenly over ``sources``.
@@ -99,10 +100,10 @@ class SAETrainingConfig:
     """
 
     layer: int = 2
-    k: int = 16
+    k: int = 32
     expansion: int = 16
-    training_tokens: int = 2_000_000
-    n_traces: int = 4000
+    training_tokens: int = 3_000_000
+    n_traces: int = 8000
     sources: tuple[tuple[str, str], ...] = TRACE_SOURCES
     temperature: float = 0.6
     top_p: float = 0.8
@@ -128,7 +129,7 @@ class SAETrainingConfig:
 def reasoning_traces(
     policy: Policy,
     sources: Sequence[tuple[str, str]] = TRACE_SOURCES,
-    n_traces: int = 4000,
+    n_traces: int = 8000,
     temperature: float = 0.6,
     top_p: float = 0.8,
     max_new_tokens: int = 192,

@@ -40,18 +40,28 @@ def all_activations(policy, rollouts, components):
     return values
 
 
-def test_top_activations_are_the_largest_over_every_token(policy, support):
+def test_top_activations_are_the_largest_distinct_contexts(policy, support):
     components = mlp_neurons(1, [4, 11])
     table = top_activations(policy, components, support, n=3, context=5)
+    sequences = [[*p, *c] for p, c in zip(support.row_prompt_ids(), support.row_completion_ids(),
+                                          strict=True)]  # fmt: skip
     for u, index in enumerate(components.indices):
         everything = sorted(
             ((float(acts[p, u]), row, p) for row, acts in all_activations(policy, support, components)
              for p in range(len(acts))), reverse=True,
-        )[:3]  # fmt: skip
+        )  # fmt: skip
+        distinct, seen = [], set()
+        for value, row, p in everything:  # rows of a group repeat their prompt: count it once
+            if tuple(sequences[row][: p + 1]) not in seen:
+                seen.add(tuple(sequences[row][: p + 1]))
+                distinct.append((value, row, p))
         mine = table[table["index"] == index].sort_values("rank")
         assert list(mine["rank"]) == [0, 1, 2]
-        assert mine.activation.tolist() == pytest.approx([v for v, _, _ in everything], rel=1e-5)
-        assert list(zip(mine.row, mine.position, strict=True)) == [(r, p) for _, r, p in everything]
+        assert mine.activation.tolist() == pytest.approx([v for v, _, _ in distinct[:3]], rel=1e-5)
+        prefixes = {
+            tuple(sequences[r][: p + 1]) for r, p in zip(mine.row, mine.position, strict=True)
+        }
+        assert prefixes == {tuple(sequences[r][: p + 1]) for _, r, p in distinct[:3]}
     first = table.iloc[0]
     sequence = [*support.row_prompt_ids()[first.row], *support.row_completion_ids()[first.row]]
     assert first.token == policy.tokenizer.decode([sequence[first.position]])
