@@ -130,6 +130,16 @@ class ComponentSet:
             return self
         return replace(self, indices=tuple(range(self.width(model))))
 
+    def span(self) -> tuple[int, int] | None:
+        """``(start, stop)`` when the indices are consecutive and increasing (e.g. every unit of a
+        resolved set), so the units are a slice: a view instead of a gather."""
+        if self.indices is None or self.directions is not None or not self.indices:
+            return None
+        start = self.indices[0]
+        if self.indices != tuple(range(start, start + len(self.indices))):
+            return None
+        return start, start + len(self.indices)
+
     def index_tensor(self, device=None) -> Int[Tensor, " n"] | None:
         return None if self.indices is None else torch.tensor(self.indices, device=device)
 
@@ -150,6 +160,9 @@ class ComponentSet:
         basis = self.basis(values.device, values.dtype)
         if basis is not None:
             return values @ basis.T
+        span = self.span()
+        if span is not None:
+            return values[..., span[0] : span[1]]
         index = self.index_tensor(values.device)
         return values if index is None else values.index_select(-1, index)
 
@@ -257,7 +270,7 @@ def scaling_hook(
     """
     if positions not in ("all", "prompt", "generated"):
         raise IpgkitError(f"positions must be 'all', 'prompt' or 'generated', got {positions!r}")
-    index, basis = components.index_tensor(), components.basis()
+    index, basis, span = components.index_tensor(), components.basis(), components.span()
     factor_tensor = torch.as_tensor(factor, dtype=torch.float64)
     if not torch.isfinite(factor_tensor).all():
         raise IpgkitError(f"scaling factor must be finite, got {factor!r}")
@@ -281,8 +294,12 @@ def scaling_hook(
         if basis is not None:
             return _scaled_along(activation, basis.to(activation.device, activation.dtype), scale,
                                  baseline)  # fmt: skip
-        if index is None:
+        if index is None or span == (0, activation.shape[-1]):
             return _scaled(activation, scale, baseline)
+        if span is not None:  # a slice: no gather
+            start, stop = span
+            middle = _scaled(activation[..., start:stop], scale, baseline)
+            return torch.cat([activation[..., :start], middle, activation[..., stop:]], dim=-1)
         index_on_device = index.to(activation.device)
         selected = activation.index_select(-1, index_on_device)
         return activation.index_copy(-1, index_on_device, _scaled(selected, scale, baseline))

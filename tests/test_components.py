@@ -38,6 +38,22 @@ def test_scaling_multiplies_only_selected_units(policy):
     torch.testing.assert_close(seen[name], expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("indices", [(3, 4, 5, 6), tuple(range(32)), (0, 1), (30, 31), (7, 2, 9)])
+def test_slices_and_gathers_scale_the_same_units(policy, indices):
+    """Consecutive indices take a slicing fast path; it must agree with a plain gather."""
+    name = "blocks.0.hook_resid_post"
+    _, cache = policy.model.run_with_cache(tokens_for(policy, ["Q: 7*8"]), names_filter=name)
+    activation = cache[name]
+    components = ComponentSet(name, indices)
+    assert (components.span() is not None) == (indices != (7, 2, 9))
+    factors, baseline = torch.tensor([0.25]), torch.linspace(-1, 1, len(indices))
+    scaled = scaling_hook(components, factors, baseline=baseline)(activation, None)
+    expected = activation.clone()
+    expected[..., list(indices)] = baseline + 0.25 * (activation[..., list(indices)] - baseline)
+    torch.testing.assert_close(scaled, expected, rtol=0, atol=1e-7)
+    torch.testing.assert_close(components.coordinates(activation), activation[..., list(indices)])
+
+
 def test_per_row_factors_and_baseline(policy):
     tokens = tokens_for(policy, ["Q: 1+1", "Q: 1+1"])
     name = "blocks.1.hook_resid_post"
