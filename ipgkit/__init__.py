@@ -8,7 +8,7 @@ Example:
     ...                          reward=task.correctness)                     # doctest: +SKIP
 """
 
-from ipgkit import attribution, tasks
+from ipgkit import analysis, attribution, saes, tasks
 from ipgkit.attribution import AttributionResult, IPGConfig, ipg
 from ipgkit.components import ComponentSet, mlp_neurons, resid_neurons, scaling_hook
 from ipgkit.errors import IpgkitError
@@ -24,6 +24,7 @@ from ipgkit.rollouts import (
     score_completions,
     score_rollouts,
 )
+from ipgkit.saes import attach_saes, load_sae, sae_features
 from ipgkit.steering import steer
 
 __version__ = "0.1.0"
@@ -37,6 +38,8 @@ __all__ = [
     "Rollouts",
     "SamplingConfig",
     "TokenScores",
+    "analysis",
+    "attach_saes",
     "attribution",
     "evaluate",
     "evaluation_rollouts",
@@ -45,9 +48,12 @@ __all__ = [
     "ipg",
     "iter_scores",
     "load_model",
+    "load_sae",
     "mlp_neurons",
     "pass_at_k",
     "resid_neurons",
+    "sae_features",
+    "saes",
     "sample",
     "scaling_hook",
     "score_completions",
