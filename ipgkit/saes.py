@@ -403,6 +403,11 @@ def attach_saes(policy: Policy, saes: Sequence, use_error_term: bool = True) -> 
     sites = [sae.cfg.metadata.hook_name for sae in loaded]
     if len(set(sites)) != len(sites):
         raise IpgkitError(f"two SAEs for the same hook: {sites}")
+    taken = sorted(set(sites) & set(spliced_saes(policy)))
+    if taken:
+        raise IpgkitError(
+            f"an SAE is already spliced at {taken}; remove it first with policy.model.reset_saes()"
+        )
     for sae in loaded:
         sae.to(device=next(policy.model.parameters()).device, dtype=policy.model.cfg.dtype)
         policy.model.add_sae(sae, use_error_term=use_error_term)

@@ -123,6 +123,9 @@ def test_an_sae_for_another_model_or_hook_is_refused():
         attach_saes(policy, [random_sae(32, 7)])
     with pytest.raises(IpgkitError, match="two SAEs for the same hook"):
         attach_saes(policy, [random_sae(32, 0), random_sae(32, 0, seed=2)])
+    spliced = attach_saes(policy, [random_sae(32, 0)])
+    with pytest.raises(IpgkitError, match=r"already spliced at \['blocks.0.hook_resid_post'\]"):
+        attach_saes(spliced, [random_sae(32, 0, seed=3)])
     other = random_sae(32, 0, model_name="someone-else")
     with pytest.warns(UserWarning, match="trained on 'someone-else'"):
         attach_saes(policy, [other])
