@@ -262,6 +262,7 @@ def _plain_decoder(sae):
 def _quiet_sae_lens() -> Iterator[None]:
     with warnings.catch_warnings():
         for message in ("You just passed in", "All samples in the training dataset",
+                        "The training dataset contains fewer samples",
                         "pretokenized dataset has context_size", "To copy construct"):  # fmt: skip
             warnings.filterwarnings("ignore", message=message)
         yield
