@@ -42,26 +42,162 @@ def format_intervention(intervention: Intervention) -> str:
     return f"{OPEN}{payload}{CLOSE}"
 
 
-_BLOCK = re.compile(re.escape(OPEN) + r"(.*?)" + re.escape(CLOSE), re.DOTALL)
+_OPEN_TAG = re.compile(re.escape(OPEN))
+_CLOSE_TAG = re.compile(re.escape(CLOSE))
+_LOCATION = re.compile(r"""["']?location["']?\s*:\s*["']?(?:step\s*)?(-?\d+(?:\.0+)?)\b""", re.I)
+# LaTeX commands whose backslash JSON would read as an escape (\f, \b, \n, \r, \t)
+_LATEX = re.compile(
+    r"(?<!\\)\\(?=(?:frac|dfrac|tfrac|binom|boxed|bar|beta|bmod|times|text|textbf|theta|tan|tau"
+    r"|to|right|rangle|rfloor|rceil|rho|neq|ne|nu|nabla|not|infty)(?![a-zA-Z]))"
+)
+_CONTENT = re.compile(r"""["']?content["']?\s*:\s*(["'])(.*)\1\s*[,}]?\s*$""", re.S | re.I)
+
+
+@dataclass(frozen=True)
+class ParseOutcome:
+    """What :func:`parse_intervention_text` made of a proposer's answer.
+
+    Attributes:
+        intervention: the parsed fix, or None.
+        status: ``"ok"`` (well-formed), ``"repaired"`` (parsed after repairs), or why it failed:
+            ``"no_block"``, ``"bad_json"``, ``"bad_location"``, ``"empty_content"``.
+        repairs: the repairs that were needed (``"unclosed"``, ``"quotes"``, ``"escapes"``,
+            ``"trailing_comma"``, ``"fenced"``, ``"latex"``, ``"regex"``, ``"location_text"``).
+    """
+
+    intervention: Intervention | None
+    status: str
+    repairs: tuple[str, ...] = ()
+
+
+def _blocks(text: str) -> list[tuple[str, bool]]:
+    """Bodies of the intervention blocks in ``text`` (last one may be unclosed), in order."""
+    bodies = []
+    starts = [m.end() for m in _OPEN_TAG.finditer(text)]
+    for index, start in enumerate(starts):
+        stop = starts[index + 1] - len(OPEN) if index + 1 < len(starts) else len(text)
+        close = _CLOSE_TAG.search(text, start, stop)
+        bodies.append((text[start : close.start()], True) if close else (text[start:stop], False))
+    return bodies
+
+
+def _escape_inside_strings(body: str) -> str:
+    """Escape raw newlines, tabs and lone backslashes inside JSON string literals."""
+    out, inside, index = [], False, 0
+    while index < len(body):
+        char = body[index]
+        if inside and char == "\\":
+            following = body[index + 1 : index + 2]
+            if following and following in '"\\/bfnrtu':
+                out.append(body[index : index + 2])
+                index += 2
+                continue
+            out.append("\\\\")
+        elif inside and char == "\n":
+            out.append("\\n")
+        elif inside and char == "\t":
+            out.append("\\t")
+        else:
+            if char == '"':
+                inside = not inside
+            out.append(char)
+        index += 1
+    return "".join(out)
+
+
+def _load_payload(body: str) -> tuple[dict | None, list[str]]:
+    repairs: list[str] = []
+    text = body.strip()
+    if text.startswith("```"):
+        text = re.sub(r"^```[a-z]*\s*|\s*```$", "", text)
+        repairs.append("fenced")
+    latex = _LATEX.sub(r"\\\\", text)
+    attempts = [(latex, ["latex"]), (text, [])] if latex != text else [(text, [])]
+    if "'" in text and '"' not in text:
+        attempts.append((text.replace("'", '"'), ["quotes"]))
+    for candidate, extra in list(attempts):
+        escaped = _escape_inside_strings(candidate)
+        if escaped != candidate:
+            attempts.append((escaped, [*extra, "escapes"]))
+    for candidate, extra in list(attempts):
+        trimmed = re.sub(r",\s*([}\]])", r"\1", candidate)
+        if trimmed != candidate:
+            attempts.append((trimmed, [*extra, "trailing_comma"]))
+    for candidate, extra in attempts:
+        try:
+            payload = json.loads(candidate)
+        except ValueError:
+            continue
+        if isinstance(payload, dict):
+            return payload, repairs + extra
+    location, content = _LOCATION.search(text), _CONTENT.search(text)
+    if location and content:  # last resort: the two fields by pattern
+        return {"location": location.group(1), "content": content.group(2)}, [*repairs, "regex"]
+    return None, repairs
+
+
+def _location(value) -> tuple[int | None, bool]:
+    """An integer step number from an int, an integral float or text like ``"3"``/``"step 3"``."""
+    if isinstance(value, bool):
+        return None, False
+    if isinstance(value, int):
+        return value, False
+    if isinstance(value, float) and value.is_integer():
+        return int(value), True
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(?:step\s*)?(-?\d+)(?:\.0+)?\s*", value, re.I)
+        if match:
+            return int(match.group(1)), True
+    return None, False
+
+
+def parse_intervention_text(text: str) -> ParseOutcome:
+    """Parse a proposer's answer: the last intervention block that can be read, with repairs.
+
+    Repairs, in order: a missing closing tag, a code fence, LaTeX commands such as ``\\frac`` whose
+    backslash JSON would read as an escape, single quotes, raw newlines and lone backslashes inside
+    strings, trailing commas, and as a last resort the two fields by pattern.
+    The location must be a positive integer (``"3"``, ``3.0`` and ``"step 3"`` are read as 3), the
+    content a non-empty string.
+
+    Example:
+        >>> parse_intervention_text("<intervention>{'location': '2', 'content': '38-7=31'}")
+        ParseOutcome(intervention=Intervention(location=2, content='38-7=31'), status='repaired', repairs=('unclosed', 'quotes', 'location_text'))
+    """
+    blocks = _blocks(text)
+    if not blocks:
+        return ParseOutcome(None, "no_block")
+    failure = "bad_json"
+    for body, closed in reversed(blocks):
+        repairs = [] if closed else ["unclosed"]
+        payload, more = _load_payload(body)
+        if payload is None:
+            continue
+        repairs += more
+        location, converted = _location(payload.get("location"))
+        if converted:
+            repairs.append("location_text")
+        content = payload.get("content")
+        if location is None or location < 1:
+            failure = "bad_location"
+            continue
+        if not isinstance(content, str | int | float) or not str(content).strip():
+            failure = "empty_content"
+            continue
+        status = "repaired" if repairs else "ok"
+        return ParseOutcome(Intervention(location, str(content).strip()), status, tuple(repairs))
+    return ParseOutcome(None, failure)
 
 
 def parse_intervention(text: str) -> Intervention | None:
-    """The last well-formed intervention block in ``text``, or None if there is none.
+    """The last intervention block in ``text`` that can be read (see
+    :func:`parse_intervention_text` for the repairs), or None.
 
     Example:
         >>> parse_intervention('<intervention>{"location": 2, "content": "38-7=31"}</intervention>')
         Intervention(location=2, content='38-7=31')
     """
-    for body in reversed(_BLOCK.findall(text)):
-        try:
-            payload = json.loads(body)
-            location = int(payload["location"])
-            content = str(payload["content"]).strip()
-        except (ValueError, KeyError, TypeError):
-            continue
-        if location >= 1 and content:
-            return Intervention(location, content)
-    return None
+    return parse_intervention_text(text).intervention
 
 
 def first_divergence(reference_steps: Sequence[str], attempt_steps: Sequence[str]):
