@@ -1,0 +1,53 @@
+"""Training loops on ipgkit's hooks: SFT (completion-masked), GRPO (TRL names) and InT.
+
+Example:
+    >>> from ipgkit.training import GRPOConfig, grpo_train, hard_pool      # doctest: +SKIP
+"""
+
+from ipgkit.training.grpo import GRPOConfig, GRPORun, grpo_step, grpo_train, step_advantages
+from ipgkit.training.interventions import (
+    FailedAttempt,
+    HardPool,
+    InterventionSet,
+    ReferenceChecker,
+    SelfProposer,
+    continuation_table,
+    hard_pool,
+    int_examples,
+    intervention_logprob,
+    leaks_answer,
+    propose_interventions,
+)
+from ipgkit.training.sft import (
+    SFTConfig,
+    SFTExample,
+    completion_nll,
+    reference_examples,
+    sft_loss,
+    train_sft,
+)
+
+__all__ = [
+    "FailedAttempt",
+    "GRPOConfig",
+    "GRPORun",
+    "HardPool",
+    "InterventionSet",
+    "ReferenceChecker",
+    "SFTConfig",
+    "SFTExample",
+    "SelfProposer",
+    "completion_nll",
+    "continuation_table",
+    "grpo_step",
+    "grpo_train",
+    "hard_pool",
+    "int_examples",
+    "intervention_logprob",
+    "leaks_answer",
+    "propose_interventions",
+    "reference_examples",
+    "sft_loss",
+    "step_advantages",
+    "train_sft",
+]

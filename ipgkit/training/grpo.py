@@ -1,0 +1,392 @@
+"""GRPO (DeepSeekMath; TRL's ``GRPOTrainer``) as a thin loop over ipgkit's sampler and scorer.
+
+Each step samples ``num_generations`` completions for a few prompts (with whatever hooks are
+active on the model: steering stays on during rollouts and updates), rewards them, turns rewards
+into group-relative advantages, and takes a clipped-ratio policy-gradient step, optionally with a
+KL penalty to a reference model. Option and metric names follow TRL (``num_generations``, ``beta``,
+``epsilon``, ``loss_type``, ``scale_rewards``, ``max_completion_length``, ``temperature``;
+``reward``, ``reward_std``, ``frac_reward_zero_std``, ``entropy``, ``kl``,
+``completions/mean_length``, ``clip_ratio``).
+
+Runs checkpoint the model, the optimiser, the log and (with ``beta > 0``) the reference weights
+to ``output_dir``; sampling seeds and the prompt order are functions of the step, so a resumed
+run reproduces the uninterrupted one.
+
+Example:
+    >>> config = GRPOConfig(num_generations=8, max_steps=30)              # doctest: +SKIP
+    >>> run = grpo_train(policy, pool.problems, task.correctness, config,
+    ...                  eval_task=held_out, output_dir="runs/grpo")        # doctest: +SKIP
+    >>> run.log[["step", "reward", "frac_reward_zero_std"]]                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ipgkit.errors import IpgkitError
+from ipgkit.evaluation import evaluate
+from ipgkit.io import atomic_torch_save, atomic_write_text
+from ipgkit.models.policy import Policy
+from ipgkit.rollouts import Rollouts, group_advantages, iter_scores, sample, zero_std_groups
+from ipgkit.tasks.base import Problem, RewardFunction, Task
+
+LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    """GRPO settings; names follow TRL's ``GRPOConfig`` where TRL has the option.
+
+    Attributes:
+        num_generations: completions per prompt, the group (G in DeepSeekMath).
+        per_device_train_batch_size: completions per step; a multiple of ``num_generations``
+            (the step's prompts = this / num_generations).
+        max_steps: optimiser steps (each on freshly sampled completions).
+        learning_rate: Adam learning rate (constant).
+        beta: KL coefficient to the reference model (TRL's default 0.0: no reference needed).
+        epsilon: lower clipping bound of the ratio, 1 - epsilon.
+        epsilon_high: upper bound 1 + epsilon_high (DAPO's clip-higher); None uses ``epsilon``.
+        loss_type: token aggregation. ``"grpo"``: mean over each completion's tokens, then over
+            completions (DeepSeekMath); ``"bnpo"``/``"dapo"``: mean over all tokens of the step;
+            ``"dr_grpo"``: sum over tokens / (completions x max_completion_length) (Dr. GRPO).
+        scale_rewards: ``"group"`` divides centred rewards by the group std (GRPO), ``"batch"`` by
+            the step's std, ``"none"`` leaves them centred (Dr. GRPO).
+        num_iterations: updates per batch of samples (mu in the GRPO paper); the ratio is taken
+            against the log-probabilities before the first of them.
+        max_completion_length: longest sampled completion, in tokens.
+        temperature, top_p: sampling settings (the loss scores at temperature 1).
+        max_grad_norm: gradient clipping (0 disables it).
+        eval_every: steps between held-out evaluations (also at step 0 and at the end).
+        eval_samples: samples per held-out problem for pass@k (0: greedy accuracy only).
+        eval_ks: the k of pass@k.
+        save_steps: steps between checkpoints (also at the end).
+        chunk_size: completions per forward/backward (memory).
+        seed: sampling and prompt order.
+    """
+
+    num_generations: int = 8
+    per_device_train_batch_size: int = 64
+    max_steps: int = 30
+    learning_rate: float = 1e-4
+    beta: float = 0.0
+    epsilon: float = 0.2
+    epsilon_high: float | None = None
+    loss_type: LossType = "grpo"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    num_iterations: int = 1
+    max_completion_length: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_grad_norm: float = 1.0
+    eval_every: int = 10
+    eval_samples: int = 8
+    eval_ks: tuple[int, ...] = (1, 8)
+    save_steps: int = 5
+    chunk_size: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_generations < 2:
+            raise IpgkitError(f"num_generations must be >= 2 for group advantages, got {self.num_generations}")  # fmt: skip
+        if self.per_device_train_batch_size % self.num_generations:
+            raise IpgkitError(
+                f"per_device_train_batch_size ({self.per_device_train_batch_size}) must be a "
+                f"multiple of num_generations ({self.num_generations})"
+            )
+        if self.loss_type not in ("grpo", "bnpo", "dr_grpo", "dapo"):
+            raise IpgkitError(f"unknown loss_type {self.loss_type!r}; choose grpo, bnpo, dr_grpo or dapo")  # fmt: skip
+        if self.scale_rewards not in ("group", "batch", "none"):
+            raise IpgkitError(f"scale_rewards must be 'group', 'batch' or 'none', got {self.scale_rewards!r}")  # fmt: skip
+        for name in ("max_steps", "num_iterations", "max_completion_length", "eval_every",
+                     "save_steps", "chunk_size"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise IpgkitError(f"GRPOConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.beta < 0 or self.epsilon < 0 or not math.isfinite(self.learning_rate):
+            raise IpgkitError("beta and epsilon must be >= 0 and learning_rate finite")
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.per_device_train_batch_size // self.num_generations
+
+
+def step_advantages(rollouts: Rollouts, scale_rewards: str = "group") -> Float[Tensor, " rows"]:
+    """Group-relative advantages of a step's rollouts (rows grouped by prompt)."""
+    rewards = rollouts.rewards_by_group()
+    if scale_rewards == "group":
+        return group_advantages(rewards, "mean_std").flatten()
+    centred = group_advantages(rewards, "mean")
+    if scale_rewards == "batch":
+        centred = centred / (rewards.std() + 1e-4)
+    return centred.flatten()
+
+
+def grpo_objective(
+    policy: Policy,
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[int]],
+    advantages: Float[Tensor, " rows"],
+    old_logprobs: Float[Tensor, "rows completion"] | None,
+    config: GRPOConfig,
+    ref_logprobs: Float[Tensor, "rows completion"] | None = None,
+) -> dict[str, float]:
+    """Backpropagate the clipped-ratio GRPO loss of these rows into the model's ``.grad`` (chunk by
+    chunk) and return the loss and the step metrics (entropy, clip ratio, KL).
+
+    Per token: ``-min(r A, clip(r, 1 - eps, 1 + eps_high) A) + beta * KL`` with
+    ``r = pi / pi_old`` and the k3 estimator ``KL = exp(ref - logp) - (ref - logp) - 1``. Rows with
+    zero advantage contribute zero gradient (beta = 0).
+    """
+    rows = len(prompt_ids)
+    lengths = torch.tensor([len(c) for c in completion_ids], dtype=torch.float64)
+    if config.loss_type == "grpo":
+        row_weight = 1.0 / (lengths * rows)  # per-token weight of each row
+    elif config.loss_type in ("bnpo", "dapo"):
+        row_weight = torch.full((rows,), 1.0 / float(lengths.sum()), dtype=torch.float64)
+    else:
+        row_weight = torch.full((rows,), 1.0 / (rows * config.max_completion_length), dtype=torch.float64)  # fmt: skip
+    low, high = (
+        config.epsilon,
+        config.epsilon if config.epsilon_high is None else config.epsilon_high,
+    )
+    totals = {"loss": 0.0, "entropy": 0.0, "clipped": 0.0, "kl": 0.0, "tokens": 0.0}
+    for chunk, scores in iter_scores(policy, prompt_ids, completion_ids, config.chunk_size):
+        logprobs, mask = scores.logprobs, scores.mask.to(scores.logprobs.dtype)
+        device = logprobs.device
+        advantage = advantages[chunk].to(device, logprobs.dtype)[:, None]
+        old = logprobs.detach() if old_logprobs is None else _fit(old_logprobs[chunk], logprobs)
+        ratio = torch.exp(logprobs - old)
+        clipped_ratio = ratio.clamp(1 - low, 1 + high)
+        per_token = -torch.min(ratio * advantage, clipped_ratio * advantage)
+        if ref_logprobs is not None and config.beta > 0:
+            gap = _fit(ref_logprobs[chunk], logprobs) - logprobs
+            kl = torch.exp(gap) - gap - 1
+            per_token = per_token + config.beta * kl
+            totals["kl"] += float((kl.detach() * mask).sum())
+        weight = row_weight[chunk].to(device, logprobs.dtype)[:, None]
+        loss = (per_token * mask * weight).sum()
+        loss.backward()
+        totals["loss"] += float(loss.detach())
+        totals["entropy"] += float((scores.entropy.detach() * mask).sum())
+        totals["clipped"] += float(((ratio.detach() != clipped_ratio.detach()).to(mask.dtype) * mask).sum())  # fmt: skip
+        totals["tokens"] += float(mask.sum())
+    tokens = max(totals["tokens"], 1.0)
+    metrics = {"loss": totals["loss"], "entropy": totals["entropy"] / tokens,
+               "clip_ratio": totals["clipped"] / tokens}  # fmt: skip
+    if ref_logprobs is not None and config.beta > 0:
+        metrics["kl"] = totals["kl"] / tokens
+    return metrics
+
+
+def _fit(values: Tensor, like: Tensor) -> Tensor:
+    """``values`` [rows, >= width] cut to ``like``'s width, on its device and dtype."""
+    return values[:, : like.shape[1]].to(like.device, like.dtype)
+
+
+def sequence_token_logprobs(
+    policy: Policy, prompt_ids, completion_ids, chunk_size: int = 32
+) -> Tensor:
+    """[rows, longest completion] log pi of each completion token, without gradient."""
+    pieces, width = [], max(len(c) for c in completion_ids)
+    with torch.no_grad():
+        for _, scores in iter_scores(policy, prompt_ids, completion_ids, chunk_size, False):
+            padded = torch.zeros(scores.logprobs.shape[0], width, dtype=torch.float32)
+            padded[:, : scores.logprobs.shape[1]] = scores.logprobs.float().cpu()
+            pieces.append(padded)
+    return torch.cat(pieces)
+
+
+@dataclass
+class GRPORun:
+    """What :func:`grpo_train` returns (and keeps in ``output_dir``).
+
+    Attributes:
+        log: one row per step: step, reward, reward_std, frac_reward_zero_std, entropy, kl (beta
+            > 0), completions/mean_length, clip_ratio, loss, grad_norm, seconds.
+        evals: held-out evaluation rows (:func:`ipgkit.evaluate`'s table plus the step).
+    """
+
+    log: pd.DataFrame
+    evals: pd.DataFrame
+
+
+def grpo_train(
+    policy: Policy,
+    problems: Sequence[Problem],
+    reward: RewardFunction,
+    config: GRPOConfig | None = None,
+    eval_task: Task | None = None,
+    output_dir: str | Path | None = None,
+    ref_policy: Policy | None = None,
+    progress: bool = True,
+) -> GRPORun:
+    """Train ``policy.model`` in place with GRPO on ``problems``.
+
+    Args:
+        policy: the policy to train (active hooks apply to sampling and to the loss).
+        problems: the training prompts, cycled in a seeded order.
+        reward: TRL-style reward (e.g. ``task.correctness``).
+        config: the settings.
+        eval_task: held-out problems evaluated at step 0, every ``eval_every`` steps and at the end.
+        output_dir: checkpoint folder; a rerun with the same settings resumes from it, and one
+            holding a run of other settings is refused.
+        ref_policy: the KL reference (``beta > 0``); a frozen copy of the initial model if None.
+
+    Returns:
+        :class:`GRPORun` with the per-step log and the evaluations.
+    """
+    config = config or GRPOConfig()
+    if not problems:
+        raise IpgkitError("GRPO needs at least one training problem")
+    model = policy.model
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(parameters, lr=config.learning_rate)
+    identity = {"config": asdict(config), "problems": [p.id for p in problems],
+                "reward": getattr(reward, "__name__", type(reward).__name__), "policy": policy.name}  # fmt: skip
+    identity = json.loads(json.dumps(identity))  # as it reads back: tuples become lists
+    checkpoint = Path(output_dir) / "checkpoint.pt" if output_dir is not None else None
+    log: list[dict] = []
+    evals: list[pd.DataFrame] = []
+    start = 0
+    reference_state = None
+    if checkpoint is not None and checkpoint.exists():
+        saved = torch.load(checkpoint, weights_only=False)
+        if saved["identity"] != json.loads(json.dumps(identity)):
+            raise IpgkitError(
+                f"{checkpoint} holds a GRPO run with other settings; use another output_dir "
+                "or delete it"
+            )
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        start, log = saved["step"], saved["log"]
+        evals = [pd.DataFrame(saved["evals"])] if saved["evals"] else []
+        reference_state = saved.get("reference")
+    reference = None
+    if config.beta > 0:
+        reference = ref_policy
+        if reference is None:
+            reference = copy.copy(policy)
+            reference.model = copy.deepcopy(model)
+            if reference_state is not None:
+                reference.model.load_state_dict(reference_state)
+            reference.model.requires_grad_(False)
+
+    def save(step: int) -> None:
+        if checkpoint is None:
+            return
+        state = {"identity": identity, "step": step, "model": model.state_dict(),
+                 "optimizer": optimizer.state_dict(), "log": log,
+                 "evals": pd.concat(evals).to_dict("records") if evals else []}  # fmt: skip
+        if reference is not None and ref_policy is None:
+            state["reference"] = reference.model.state_dict()
+        atomic_torch_save(state, checkpoint)
+        atomic_write_text(checkpoint.with_name("log.csv"), pd.DataFrame(log).to_csv(index=False))
+
+    def evaluate_at(step: int) -> None:
+        if eval_task is None or any((frame["step"] == step).any() for frame in evals):
+            return
+        table = evaluate(policy, eval_task, n_samples=config.eval_samples, ks=config.eval_ks,
+                         temperature=config.temperature, top_p=config.top_p,
+                         max_new_tokens=config.max_completion_length, seed=config.seed)  # fmt: skip
+        evals.append(table.assign(step=step))
+
+    if start == 0:
+        evaluate_at(0)
+    bar = tqdm(total=config.max_steps, initial=start, desc="grpo", unit="step",
+               disable=not progress)  # fmt: skip
+    for step in range(start, config.max_steps):
+        started = time.perf_counter()
+        rollouts = sample(policy, _step_problems(problems, config, step), n=config.num_generations,
+                          temperature=config.temperature, top_p=config.top_p,
+                          max_new_tokens=config.max_completion_length,
+                          seed=config.seed * 100_003 + step, batch_size=config.per_device_train_batch_size,
+                          reward=reward)  # fmt: skip
+        row = grpo_step(policy, optimizer, rollouts, config, reference)
+        row.update(step=step + 1, seconds=time.perf_counter() - started)
+        log.append(row)
+        bar.update(1)
+        bar.set_postfix(
+            reward=f"{row['reward']:.3f}", zero_std=f"{row['frac_reward_zero_std']:.2f}"
+        )
+        if (step + 1) % config.eval_every == 0 or step + 1 == config.max_steps:
+            evaluate_at(step + 1)
+        if (step + 1) % config.save_steps == 0 or step + 1 == config.max_steps:
+            save(step + 1)
+    bar.close()
+    evaluate_at(config.max_steps)
+    frame = pd.concat(evals, ignore_index=True) if evals else pd.DataFrame()
+    return GRPORun(pd.DataFrame(log), frame)
+
+
+def _step_problems(problems: Sequence[Problem], config: GRPOConfig, step: int) -> list[Problem]:
+    """The prompts of ``step``: consecutive slices of a seeded permutation per pass over the data."""
+    count = config.prompts_per_step
+    chosen = []
+    for position in range(step * count, (step + 1) * count):
+        epoch, index = divmod(position, len(problems))
+        order = torch.randperm(len(problems), generator=torch.Generator().manual_seed(config.seed * 7919 + epoch))  # fmt: skip
+        chosen.append(problems[int(order[index])])
+    return chosen
+
+
+def grpo_step(
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    rollouts: Rollouts,
+    config: GRPOConfig,
+    reference: Policy | None = None,
+) -> dict[str, float]:
+    """One GRPO update on rewarded ``rollouts``: advantages, ``num_iterations`` clipped-ratio
+    updates, and the step's metrics under TRL's names."""
+    if rollouts.rewards is None:
+        raise IpgkitError("GRPO needs rewarded rollouts (sample(..., reward=...))")
+    prompts, completions = rollouts.row_prompt_ids(), rollouts.row_completion_ids()
+    advantages = step_advantages(rollouts, config.scale_rewards)
+    groups = rollouts.rewards_by_group()
+    old = None
+    if config.num_iterations > 1:
+        old = sequence_token_logprobs(policy, prompts, completions, config.chunk_size)
+    ref = None
+    if reference is not None and config.beta > 0:
+        ref = sequence_token_logprobs(reference, prompts, completions, config.chunk_size)
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    metrics: dict[str, float] = {}
+    for iteration in range(config.num_iterations):
+        optimizer.zero_grad(set_to_none=True)
+        result = grpo_objective(policy, prompts, completions, advantages, old, config, ref)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            parameters, config.max_grad_norm if config.max_grad_norm else float("inf")
+        )
+        optimizer.step()
+        if iteration == 0:
+            metrics = {**result, "grad_norm": float(grad_norm)}
+    return {
+        "reward": float(rollouts.rewards.mean()),
+        "reward_std": float(groups.std(-1).mean()),
+        "frac_reward_zero_std": float(zero_std_groups(groups).double().mean()),
+        "completions/mean_length": float(rollouts.completion_lengths.double().mean()),
+        **metrics,
+    }
+
+
+__all__ = [
+    "GRPOConfig",
+    "GRPORun",
+    "grpo_objective",
+    "grpo_step",
+    "grpo_train",
+    "sequence_token_logprobs",
+    "step_advantages",
+]

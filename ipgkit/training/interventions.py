@@ -1,0 +1,463 @@
+"""InT (arXiv 2601.14209): find hard problems, have a proposer locate the first error of a failed
+attempt against the reference solution and write a one-step fix, filter the fixes, and build the
+prefix + intervention SFT data.
+
+Pipeline, each stage a function over ipgkit's own sampler and scorer:
+
+1. :func:`hard_pool`: problems whose pass@k is zero under the current model, with a failed attempt
+   each (split into steps with the task's segmentation).
+2. Proposers: :class:`SelfProposer` (the model itself, with an InT verification prompt: the
+   embedded model's trained verifier format, or a real instruction through a chat model's prompt
+   format) and :class:`ReferenceChecker` (the exact first wrong step of step-aligned arithmetic,
+   an upper bound and ground truth for tests).
+3. :func:`propose_interventions`: parse (with repairs; unparsable answers are counted and
+   dropped), drop fixes that point outside the attempt or contain the final answer, keep one per
+   attempt, and keep it only if one of ``n_continuations`` samples from prefix + fix reaches the
+   correct answer. ``InterventionSet.yields`` reports what survives each filter.
+4. :func:`int_examples`: prompt -> prefix + intervention (no suffix, no EOS), and the ablations.
+5. :func:`continuation_table`: continuation accuracy and coverage from (prefix), (prefix +
+   original step) and (prefix + intervention).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import pandas as pd
+import torch
+
+from ipgkit.errors import IpgkitError
+from ipgkit.evaluation import mean_interval
+from ipgkit.models.arith import arith_prompt
+from ipgkit.models.policy import Policy
+from ipgkit.rollouts import sample
+from ipgkit.tasks.base import Problem, Task, split_lines
+from ipgkit.tasks.verification import (
+    Intervention,
+    first_divergence,
+    format_intervention,
+    number_steps,
+    parse_intervention_text,
+    verifier_prompt,
+)
+from ipgkit.training.sft import SFTExample, text_example
+
+#: InT's verification instruction for chat models (problem, reference, numbered attempt in; one
+#: replacement step out, in the attempt's voice, without the final answer)
+INT_INSTRUCTION = """You are checking a student's solution against a reference solution.
+
+Problem:
+{question}
+
+Reference solution:
+{reference}
+
+Student's attempt, one numbered step per line:
+{attempt}
+
+Find the first step of the attempt that contains a critical error. Write ONE replacement for that step, in the attempt's own style, so that the attempt can continue correctly from there. Do not reveal the final answer.
+Answer only with
+<intervention>{{"location": <number of the wrong step>, "content": "<the replacement step>"}}</intervention>"""
+
+
+@dataclass(frozen=True)
+class FailedAttempt:
+    """A wrong sampled solution of a problem, split into reasoning steps.
+
+    Attributes:
+        problem: the problem (with its reference solution and answer).
+        completion: the attempt's text.
+        steps: the attempt's steps (``task.split_steps``).
+    """
+
+    problem: Problem
+    completion: str
+    steps: tuple[str, ...]
+
+    def prefix(self, location: int) -> str:
+        """The attempt's text before step ``location`` (1-based), ending in a step break."""
+        return "".join(f"{step}\n" for step in self.steps[: location - 1])
+
+
+@dataclass
+class HardPool:
+    """Problems the model never solves in ``k`` samples, with one failed attempt each.
+
+    Attributes:
+        problems: the hard problems.
+        attempts: one failed attempt per hard problem (the first sampled one).
+        k: samples per problem.
+        candidates: how many problems were tried.
+    """
+
+    problems: list[Problem]
+    attempts: list[FailedAttempt]
+    k: int
+    candidates: int
+
+    @property
+    def fraction(self) -> float:
+        return len(self.problems) / self.candidates
+
+
+def hard_pool(
+    policy: Policy,
+    task: Task,
+    k: int = 16,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> HardPool:
+    """The problems of ``task`` whose pass@k is zero under ``policy`` (the InT paper uses k = 64 to
+    128 on LLMs), each with its first failed attempt.
+
+    Example:
+        >>> pool = hard_pool(policy, ipgkit.tasks.load("arith-word", split="hard-train", n=200))
+        >>> len(pool.problems), pool.fraction                              # doctest: +SKIP
+    """
+    if k < 1:
+        raise IpgkitError(f"k must be >= 1, got {k}")
+    rollouts = sample(policy, task.problems, n=k, temperature=temperature, top_p=top_p,
+                      max_new_tokens=max_new_tokens or task.max_new_tokens, seed=seed,
+                      batch_size=batch_size, reward=task.correctness, progress=progress)  # fmt: skip
+    solved = rollouts.rewards_by_group().amax(-1) > 0
+    problems, attempts = [], []
+    for group, problem in enumerate(task.problems):
+        if bool(solved[group]):
+            continue
+        text = rollouts.texts[group * k]
+        problems.append(problem)
+        attempts.append(FailedAttempt(problem, text, tuple(task.split_steps(text))))
+    return HardPool(problems, attempts, k, len(task.problems))
+
+
+# --- proposers ----------------------------------------------------------------------------------
+
+
+class Proposer(Protocol):
+    """Anything that answers failed attempts with intervention texts (one list per attempt)."""
+
+    name: str
+
+    def __call__(self, attempts: Sequence[FailedAttempt]) -> list[list[str]]: ...
+
+
+@dataclass
+class ReferenceChecker:
+    """The rule-based proposer for step-aligned arithmetic: the first attempt step that differs
+    from the reference, replaced by the reference's step (exact; an upper bound for proposers)."""
+
+    split_steps: Callable[[str], list[str]] = field(default=split_lines, repr=False)
+    name: str = "reference-checker"
+
+    def __call__(self, attempts: Sequence[FailedAttempt]) -> list[list[str]]:
+        answers = []
+        for attempt in attempts:
+            fix = first_divergence(self.split_steps(attempt.problem.reference), attempt.steps)
+            answers.append([format_intervention(fix)] if fix is not None else [])
+        return answers
+
+
+@dataclass
+class SelfProposer:
+    """The policy proposes its own interventions.
+
+    Attributes:
+        policy: the model that verifies (usually the one being trained).
+        n: proposals per attempt.
+        temperature, max_new_tokens, seed: sampling settings.
+        style: ``"verifier"`` (the embedded model's trained format, :func:`verifier_prompt`) or
+            ``"chat"`` (:data:`INT_INSTRUCTION` through the policy's prompt format, i.e. its chat
+            template). None picks ``"verifier"`` for the embedded model's prompt format.
+    """
+
+    policy: Policy
+    n: int = 1
+    temperature: float = 0.7
+    max_new_tokens: int = 96
+    seed: int = 0
+    style: Literal["verifier", "chat"] | None = None
+    name: str = "self"
+
+    def prompts(self, attempts: Sequence[FailedAttempt]) -> list[str]:
+        style = self.style or ("verifier" if self.policy.prompt_format is arith_prompt else "chat")
+        if style == "verifier":
+            return [
+                verifier_prompt(a.problem.question, a.problem.reference, a.steps) for a in attempts
+            ]
+        return [
+            self.policy.prompt_format(INT_INSTRUCTION.format(
+                question=a.problem.question, reference=a.problem.reference,
+                attempt=number_steps(a.steps)))
+            for a in attempts
+        ]  # fmt: skip
+
+    def __call__(self, attempts: Sequence[FailedAttempt]) -> list[list[str]]:
+        """``n`` answers per attempt; none for an attempt whose verification prompt leaves no room
+        for ``max_new_tokens`` in the context (counted by :func:`propose_interventions`)."""
+        prompts = self.prompts(attempts)
+        lengths = [len(ids) for ids in self.policy.encode(prompts)]
+        fits = [i for i, length in enumerate(lengths)
+                if length + self.max_new_tokens <= self.policy.n_ctx]  # fmt: skip
+        answers: list[list[str]] = [[] for _ in attempts]
+        if not fits:
+            return answers
+        rollouts = sample(self.policy, [prompts[i] for i in fits], n=self.n,
+                          temperature=self.temperature, max_new_tokens=self.max_new_tokens,
+                          seed=self.seed, format_prompts=False)  # fmt: skip
+        for row, index in enumerate(fits):
+            answers[index] = rollouts.texts[row * self.n : (row + 1) * self.n]
+        return answers
+
+
+# --- filters ------------------------------------------------------------------------------------
+
+
+def leaks_answer(content: str, answer: str) -> bool:
+    """Does an intervention reveal the final answer? True when it contains the answer as a whole
+    number or expression (not as part of a longer number) or the final-answer mark ``####``.
+
+    Example:
+        >>> leaks_answer("228+53=281", "281"), leaks_answer("228+53=2810", "281")
+        (True, False)
+    """
+    if "####" in content or "\\boxed" in content:
+        return True
+    answer = answer.strip()
+    if not answer:
+        return False
+    pattern = rf"(?<![\w.]){re.escape(answer)}(?![\w]|\.\d)"
+    return re.search(pattern, content) is not None
+
+
+@dataclass
+class InterventionSet:
+    """Interventions that survived the filters, with what each filter kept.
+
+    Attributes:
+        attempts: the failed attempts, in order.
+        interventions: per attempt, the kept intervention (None if none survived).
+        continuations: per attempt, a correct continuation from prefix + intervention (or None).
+        yields: a table with, per stage, how many proposals (or attempts) remain.
+        parse_status: counts of the parser's outcomes (ok, repaired, no_block, bad_json, ...).
+        candidates: per attempt, the intervention before the correctness filter (None if no
+            proposal survived parsing, range and leak checks).
+    """
+
+    attempts: list[FailedAttempt]
+    interventions: list[Intervention | None]
+    continuations: list[str | None]
+    yields: pd.DataFrame
+    parse_status: dict[str, int]
+    candidates: list[Intervention | None]
+
+    def kept(self) -> list[tuple[FailedAttempt, Intervention, str | None]]:
+        return [(a, i, c) for a, i, c in zip(self.attempts, self.interventions,
+                                             self.continuations, strict=True) if i is not None]  # fmt: skip
+
+
+def propose_interventions(
+    policy: Policy,
+    task: Task,
+    attempts: Sequence[FailedAttempt],
+    proposer: Proposer,
+    n_continuations: int = 4,
+    require_correct_continuation: bool = True,
+    temperature: float = 1.0,
+    seed: int = 0,
+    progress: bool = False,
+) -> InterventionSet:
+    """Propose, parse and filter interventions for ``attempts``.
+
+    Filters, in order (``yields`` counts the survivors of each; a proposer may leave an attempt
+    unanswered, e.g. when its prompt does not fit the context): parsed; location inside the
+    attempt; no answer leak (:func:`leaks_answer`); one per attempt (the first survivor); at least
+    one of ``n_continuations`` continuations sampled by ``policy`` from prompt + prefix +
+    intervention reaches the correct answer (skipped when ``require_correct_continuation`` is
+    False, InT's "without the correctness filter" ablation; continuations are still sampled).
+    """
+    answers = proposer(attempts)
+    counts = {"proposed": 0, "parsed": 0, "in range": 0, "no answer leak": 0}
+    status: dict[str, int] = {}
+    candidates: list[Intervention | None] = []
+    for attempt, texts in zip(attempts, answers, strict=True):
+        chosen = None
+        for text in texts:
+            counts["proposed"] += 1
+            outcome = parse_intervention_text(text)
+            status[outcome.status] = status.get(outcome.status, 0) + 1
+            if outcome.intervention is None:
+                continue
+            counts["parsed"] += 1
+            if outcome.intervention.location > len(attempt.steps):
+                continue
+            counts["in range"] += 1
+            if leaks_answer(outcome.intervention.content, attempt.problem.answer):
+                continue
+            counts["no answer leak"] += 1
+            chosen = chosen or outcome.intervention
+        candidates.append(chosen)
+    with_fix = [i for i, fix in enumerate(candidates) if fix is not None]
+    continuations: list[str | None] = [None] * len(attempts)
+    correct = [False] * len(attempts)
+    if with_fix:
+        results = continue_from(policy, task, [attempts[i] for i in with_fix],
+                                [candidates[i] for i in with_fix], "intervention",
+                                n_continuations, temperature, seed, progress)  # fmt: skip
+        for index, (texts, rewards) in zip(with_fix, results, strict=True):
+            hits = [t for t, r in zip(texts, rewards, strict=True) if r > 0]
+            correct[index] = bool(hits)
+            continuations[index] = hits[0] if hits else None
+    kept = [fix if (correct[i] or not require_correct_continuation) else None
+            for i, fix in enumerate(candidates)]  # fmt: skip
+    answered = sum(bool(texts) for texts in answers)
+    rows = [{"stage": "attempts answered", "count": answered, "unit": "attempts"}]
+    rows += [{"stage": stage, "count": n, "unit": "proposals"} for stage, n in counts.items()]
+    rows.append({"stage": "one per attempt", "count": len(with_fix), "unit": "attempts"})
+    rows.append({"stage": "correct continuation", "count": sum(correct), "unit": "attempts"})
+    rows.append({"stage": "kept", "count": sum(k is not None for k in kept), "unit": "attempts"})
+    yields = pd.DataFrame(rows).assign(attempts=len(attempts), proposer=proposer.name)
+    return InterventionSet(list(attempts), kept, continuations, yields, status, candidates)
+
+
+Condition = Literal["prefix", "original", "intervention"]
+
+
+def continue_from(
+    policy: Policy,
+    task: Task,
+    attempts: Sequence[FailedAttempt],
+    interventions: Sequence[Intervention],
+    condition: Condition,
+    n: int = 4,
+    temperature: float = 1.0,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[tuple[list[str], list[float]]]:
+    """Sample ``n`` continuations per attempt from the prompt plus the attempt's prefix before
+    the intervention's step, followed by nothing (``"prefix"``), the attempt's own step there
+    (``"original"``) or the intervention (``"intervention"``). Returns per attempt the full
+    completion texts (prefix included) and their rewards under ``task.correctness``."""
+    heads = []
+    for attempt, fix in zip(attempts, interventions, strict=True):
+        head = attempt.prefix(fix.location)
+        if condition == "original" and fix.location <= len(attempt.steps):
+            head += attempt.steps[fix.location - 1] + "\n"
+        elif condition == "intervention":
+            head += fix.content + "\n"
+        heads.append(head)
+    prompts = [policy.prompt_format(a.problem.question) + head for a, head in zip(attempts, heads, strict=True)]  # fmt: skip
+    rollouts = sample(policy, prompts, n=n, temperature=temperature, seed=seed,
+                      max_new_tokens=task.max_new_tokens, format_prompts=False,
+                      progress=progress)  # fmt: skip
+    results = []
+    for index, (attempt, head) in enumerate(zip(attempts, heads, strict=True)):
+        texts = [head + t for t in rollouts.texts[index * n : (index + 1) * n]]
+        rewards = [float(task.grade(t, attempt.problem.answer)) for t in texts]
+        results.append((texts, rewards))
+    return results
+
+
+def continuation_table(
+    policy: Policy,
+    task: Task,
+    interventions: InterventionSet | Sequence[tuple[FailedAttempt, Intervention]],
+    n: int = 8,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """The InT paper's intervention table: continuation accuracy (mean over samples, 95% CI) and
+    coverage (share of attempts with at least one correct continuation) conditioned on (prefix),
+    (prefix + original wrong step) and (prefix + intervention).
+
+    From an :class:`InterventionSet` it uses every candidate *before* the correctness filter, so
+    the table is not conditioned on the continuations having already succeeded once.
+    """
+    if isinstance(interventions, InterventionSet):
+        pairs = [(a, i) for a, i in zip(interventions.attempts, interventions.candidates,
+                                        strict=True) if i is not None]  # fmt: skip
+    else:
+        pairs = list(interventions)
+    if not pairs:
+        raise IpgkitError("no interventions to condition on")
+    attempts, fixes = [a for a, _ in pairs], [i for _, i in pairs]
+    rows = []
+    for condition in ("prefix", "original", "intervention"):
+        results = continue_from(policy, task, attempts, fixes, condition, n, temperature, seed)
+        per_attempt = [sum(r) / len(r) for _, r in results]
+        accuracy, low, high = mean_interval(per_attempt)
+        coverage = [float(any(r)) for _, r in results]
+        rows.append({"condition": {"prefix": "prefix", "original": "prefix + original step",
+                                   "intervention": "prefix + intervention"}[condition],
+                     "accuracy": accuracy, "ci_low": low, "ci_high": high,
+                     "coverage": sum(coverage) / len(coverage), "attempts": len(pairs),
+                     "samples": n})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+# --- SFT data -------------------------------------------------------------------------------------
+
+Variant = Literal["prefix+intervention", "intervention only", "with suffix"]
+
+
+def int_examples(
+    policy: Policy, interventions: InterventionSet, variant: Variant = "prefix+intervention"
+) -> list[SFTExample]:
+    """SFT pairs from kept interventions: prompt -> prefix + intervention (InT; no suffix, no
+    EOS), or the paper's ablations: ``"intervention only"`` (no prefix: the prompt then carries
+    the prefix as context) and ``"with suffix"`` (prefix + intervention + the correct continuation
+    found by the filter, with EOS)."""
+    examples = []
+    for attempt, fix, continuation in interventions.kept():
+        prompt = policy.prompt_format(attempt.problem.question)
+        prefix = attempt.prefix(fix.location)
+        if variant == "prefix+intervention":
+            examples.append(text_example(policy, prompt, prefix + fix.content + "\n", eos=False,
+                                         source=attempt.problem.id))  # fmt: skip
+        elif variant == "intervention only":
+            examples.append(text_example(policy, prompt + prefix, fix.content + "\n", eos=False,
+                                         source=attempt.problem.id))  # fmt: skip
+        elif variant == "with suffix":
+            if continuation is None:
+                continue
+            examples.append(text_example(policy, prompt, continuation, eos=True,
+                                         source=attempt.problem.id))  # fmt: skip
+        else:
+            raise IpgkitError(f"unknown variant {variant!r}")
+    return examples
+
+
+def intervention_logprob(policy: Policy, interventions: InterventionSet) -> torch.Tensor:
+    """Mean log-probability per token of each kept intervention step given prompt + prefix
+    (the InT paper's "likelihood of the intervention", before and after SFT)."""
+    from ipgkit.training.sft import completion_nll
+
+    examples = int_examples(policy, interventions, "intervention only")
+    if not examples:
+        raise IpgkitError("no kept interventions")
+    total, count = completion_nll(policy, examples)
+    return -total / count
+
+
+__all__ = [
+    "INT_INSTRUCTION",
+    "FailedAttempt",
+    "HardPool",
+    "InterventionSet",
+    "Proposer",
+    "ReferenceChecker",
+    "SelfProposer",
+    "continuation_table",
+    "continue_from",
+    "hard_pool",
+    "int_examples",
+    "intervention_logprob",
+    "leaks_answer",
+    "propose_interventions",
+]
