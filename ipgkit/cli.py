@@ -145,6 +145,67 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_int(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from dataclasses import replace
+
+    import ipgkit
+    from ipgkit.training.experiment import (
+        InTExperimentConfig,
+        plot_int_experiment,
+        run_int_experiment,
+        small_config,
+    )
+
+    config = small_config() if args.small else InTExperimentConfig()
+    overrides = {"family": args.family, "pool_candidates": args.pool, "k": args.k,
+                 "held_out": args.held_out}  # fmt: skip
+    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    if args.steps is not None:
+        config = replace(config, grpo=replace(config.grpo, max_steps=args.steps))
+    policy = ipgkit.load_model(args.model)
+    tables = run_int_experiment(policy, config, args.out)
+    for name in ("yields", "interventions", "on_policy"):
+        print(f"\n{name}:\n{tables[name].to_string(index=False)}")
+    final = tables["final"]
+    final = final[final.step == final.groupby("arm").step.transform("max")]
+    print("\nheld-out after GRPO:")
+    table = final.pivot_table(index="arm", columns="metric", values="value", sort=False)
+    print(table.round(3).to_string())
+    plot_int_experiment(tables, Path(args.out) / "int_grpo.png")
+    print(f"\nwrote tables and int_grpo.png to {args.out}")
+    return 0
+
+
+def cmd_grpo(args: argparse.Namespace) -> int:
+    import ipgkit
+    from ipgkit.training import GRPOConfig, grpo_train
+
+    task = ipgkit.tasks.load(args.task, split=args.split, path=args.path, n=args.n_problems)
+    held_out = ipgkit.tasks.load(args.task, split=args.eval_split, path=args.path, n=args.eval_problems) if args.eval_problems else None  # fmt: skip
+    policy = ipgkit.load_model(args.model)
+    config = GRPOConfig(
+        num_generations=args.num_generations, per_device_train_batch_size=args.batch_size,
+        max_steps=args.steps, learning_rate=args.learning_rate, beta=args.beta,
+        epsilon=args.epsilon, loss_type=args.loss_type, scale_rewards=args.scale_rewards,
+        max_completion_length=args.max_completion_length, temperature=args.temperature,
+        eval_every=args.eval_every, seed=args.seed,
+    )  # fmt: skip
+    run = grpo_train(policy, task.problems, task.correctness, config, held_out, args.out)
+    print(run.log.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if len(run.evals):
+        print(run.evals.pivot_table(index="step", columns="metric", values="value").round(3))
+    from ipgkit.models.arith import save_arith
+
+    save_arith(policy.model, Path(args.out) / "model", {"trained_by": "ipgkit grpo"})
+    print(
+        f"wrote {args.out}/checkpoint.pt, log.csv and model/ (load_model({args.out + '/model'!r}))"
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import time
     import warnings
@@ -276,6 +337,42 @@ def build_parser() -> argparse.ArgumentParser:
     train_sae.add_argument("--overwrite", action="store_true",
                            help="retrain layers that already have an SAE (default: skip them)")  # fmt: skip
     train_sae.set_defaults(run=cmd_train_sae)
+
+    int_parser = commands.add_parser(
+        "int", help="InT experiment: hard pool, interventions, SFT, GRPO arms (resumable)"
+    )
+    int_parser.add_argument("--model", default="arith", help="'arith' or a trained model directory")
+    int_parser.add_argument("--out", default="runs/int", help="output folder (a rerun resumes)")
+    int_parser.add_argument("--small", action="store_true", help="a minutes-long version")
+    int_parser.add_argument("--family", default=None, help="arith-word (default) or arith-chain")
+    int_parser.add_argument("--pool", type=int, default=None, help="hard-train problems tried")
+    int_parser.add_argument("--k", type=int, default=None, help="pass@k = 0 defines the pool")
+    int_parser.add_argument("--held-out", type=int, default=None, help="hard-test problems")
+    int_parser.add_argument("--steps", type=int, default=None, help="GRPO steps per arm")
+    int_parser.set_defaults(run=cmd_int)
+
+    grpo = commands.add_parser("grpo", help="GRPO on a task (TRL option names; resumable)")
+    grpo.add_argument("--model", default="arith", help="'arith' or a trained model directory")
+    grpo.add_argument("--task", default="arith-word")
+    grpo.add_argument("--split", default="train")
+    grpo.add_argument("--path", default=None, help="data file or directory (gsm8k, math500)")
+    grpo.add_argument("--n-problems", type=int, default=200)
+    grpo.add_argument("--eval-split", default="test")
+    grpo.add_argument("--eval-problems", type=int, default=100, help="0: no held-out evaluation")
+    grpo.add_argument("--num-generations", type=int, default=8)
+    grpo.add_argument("--batch-size", type=int, default=64, help="completions per step")
+    grpo.add_argument("--steps", type=int, default=30)
+    grpo.add_argument("--learning-rate", type=float, default=1e-4)
+    grpo.add_argument("--beta", type=float, default=0.0, help="KL coefficient")
+    grpo.add_argument("--epsilon", type=float, default=0.2, help="ratio clip")
+    grpo.add_argument("--loss-type", default="grpo", choices=["grpo", "bnpo", "dr_grpo", "dapo"])
+    grpo.add_argument("--scale-rewards", default="group", choices=["group", "batch", "none"])
+    grpo.add_argument("--max-completion-length", type=int, default=160)
+    grpo.add_argument("--temperature", type=float, default=1.0)
+    grpo.add_argument("--eval-every", type=int, default=10)
+    grpo.add_argument("--seed", type=int, default=0)
+    grpo.add_argument("--out", default="runs/grpo", help="checkpoint folder (a rerun resumes)")
+    grpo.set_defaults(run=cmd_grpo)
 
     demo = commands.add_parser(
         "demo", help="sample, score, evaluate and attribute the embedded model"

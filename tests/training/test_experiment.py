@@ -1,0 +1,52 @@
+"""The InT experiment end to end at a tiny size: every table, resume without recomputation, refusal
+of a folder holding another configuration."""
+
+from dataclasses import replace
+
+import pytest
+
+from ipgkit.errors import IpgkitError
+from ipgkit.training.experiment import plot_int_experiment, run_int_experiment, small_config
+from ipgkit.training.grpo import GRPOConfig
+
+
+@pytest.fixture(scope="module")
+def arith():
+    import ipgkit
+
+    return ipgkit.load_model("arith")
+
+
+def tiny_config():
+    return replace(small_config(pool_candidates=10, k=2, held_out=4, n_continuations=2,
+                                table_samples=1),
+                   grpo=GRPOConfig(num_generations=2, per_device_train_batch_size=4, max_steps=1,
+                                   eval_every=1, eval_samples=2, eval_ks=(1, 2),
+                                   max_completion_length=100))  # fmt: skip
+
+
+def test_the_experiment_writes_every_table_and_resumes(arith, tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    tables = run_int_experiment(arith, tiny_config(), tmp_path, progress=False)
+    assert set(tables) == {"yields", "interventions", "on_policy", "steps", "final"}
+    assert set(tables["final"].arm) == {"base", "grpo", "int+grpo", "ref-sft+grpo"}
+    assert set(tables["yields"].proposer) == {"reference-checker", "self"}
+    assert {"frac_reward_zero_std", "reward", "entropy"} <= set(tables["steps"].columns)
+    assert set(tables["on_policy"].metric) == {"nll_per_token_under_base", "token_entropy_on_pool",
+                                               "intervention_logprob_per_token"}  # fmt: skip
+    assert plot_int_experiment(tables, tmp_path / "plot.png") is not None
+
+    import ipgkit.training.experiment as experiment
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("a finished stage was recomputed")
+
+    monkeypatch.setattr(experiment, "hard_pool", no_sampling)
+    monkeypatch.setattr(experiment, "propose_interventions", no_sampling)
+    monkeypatch.setattr(experiment, "train_sft", no_sampling)
+    again = run_int_experiment(arith, tiny_config(), tmp_path, progress=False)
+    assert again["final"].equals(tables["final"])
+    with pytest.raises(IpgkitError, match="other settings"):
+        run_int_experiment(arith, replace(tiny_config(), k=3), tmp_path, progress=False)
