@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
-SMALL = {"N_PROBLEMS": 12, "N_SAMPLES": 4}
+SMALL = {"N_PROBLEMS": 12, "N_SAMPLES": 4, "POOL": 12, "K": 2, "HELD_OUT": 6, "STEPS": 1}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

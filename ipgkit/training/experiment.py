@@ -56,8 +56,10 @@ class InTExperimentConfig:
             the embedded model they do not survive the filters, so the InT arm trains on the
             reference checker's interventions).
         table_samples: continuations per attempt and condition in the intervention table.
-        sft: SFT settings (both SFT arms).
-        grpo: GRPO settings (every arm the same).
+        sft: SFT settings (both SFT arms). Adam at 3e-5: at 3e-4, nine steps on the 46 InT pairs
+            took the embedded model's held-out greedy accuracy from 0.13 to 0.00 (Adam moves every
+            weight by about the learning rate per step, whatever the gradient's size).
+        grpo: GRPO settings (every arm the same; learning rate 1e-5 for the same reason).
         seed: sampling seed of the pool and the filters.
     """
 
@@ -69,10 +71,10 @@ class InTExperimentConfig:
     self_proposals: int = 2
     table_samples: int = 8
     sft: SFTConfig = field(
-        default_factory=lambda: SFTConfig(learning_rate=3e-4, num_train_epochs=3)
+        default_factory=lambda: SFTConfig(learning_rate=3e-5, num_train_epochs=3)
     )
     grpo: GRPOConfig = field(
-        default_factory=lambda: GRPOConfig(max_steps=30, learning_rate=1e-4, eval_every=10,
+        default_factory=lambda: GRPOConfig(max_steps=30, learning_rate=1e-5, eval_every=10,
                                            max_completion_length=160, eval_ks=(1, 8))
     )  # fmt: skip
     seed: int = 0
