@@ -93,14 +93,12 @@ class ComponentSet:
     def hook_width(self, model) -> int:
         """Size of the hook's last dimension on ``model`` (d_model, d_mlp or d_sae)."""
         resolve_hook(model, self.hook_name)
-        if self.hook_name.endswith(("mlp.hook_post", "mlp.hook_pre")):
-            return model.cfg.d_mlp
         if ".hook_sae_" in self.hook_name:
             sae_site, sae_hook = self.hook_name.split(".hook_sae_", 1)
             sae = getattr(model, "acts_to_saes", {}).get(sae_site)
             if sae is not None and sae_hook.startswith("acts"):
                 return sae.cfg.d_sae
-        return model.cfg.d_model
+        return site_width(model, self.hook_name)
 
     def width(self, model) -> int:
         """How many units the set's indices address: the hook width, or the number of directions."""
@@ -165,6 +163,14 @@ class ComponentSet:
             return values[..., span[0] : span[1]]
         index = self.index_tensor(values.device)
         return values if index is None else values.index_select(-1, index)
+
+
+def site_width(model, hook_name: str) -> int:
+    """Width of a model activation by its hook name: d_mlp for MLP neurons, d_model otherwise
+    (the residual stream and what an SAE reads there)."""
+    if hook_name.endswith(("mlp.hook_post", "mlp.hook_pre")):
+        return model.cfg.d_mlp
+    return model.cfg.d_model
 
 
 def resid_neurons(layer: int, indices: Sequence[int] | None = None) -> ComponentSet:

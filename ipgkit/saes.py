@@ -40,7 +40,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ipgkit.components import ComponentSet, resolve_hook
+from ipgkit.components import ComponentSet, resolve_hook, site_width
 from ipgkit.errors import IpgkitError
 from ipgkit.io import atomic_write_text
 from ipgkit.models.policy import Policy
@@ -343,11 +343,7 @@ def check_sae(policy: Policy, sae) -> None:
     sites = getattr(model, "acts_to_saes", {})
     if hook_name not in sites:
         resolve_hook(model, hook_name)
-    width = (
-        model.cfg.d_mlp
-        if hook_name.endswith(("mlp.hook_post", "mlp.hook_pre"))
-        else model.cfg.d_model
-    )
+    width = site_width(model, hook_name)
     if sae.cfg.d_in != width:
         raise IpgkitError(
             f"SAE for {hook_name} has d_in = {sae.cfg.d_in}, but {policy.name!r} has width {width} "
@@ -483,7 +479,7 @@ def reconstruction_metrics(
     if site in spliced_saes(policy):
         site = f"{site}.hook_sae_input"
     bos = policy.tokenizer.bos_token_id
-    squared_error = total = l0 = 0.0
+    squared_error = l0 = 0.0
     count = 0
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
     sums = torch.zeros(sae.cfg.d_in, dtype=torch.float64)
