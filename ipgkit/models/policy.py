@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerBase
@@ -43,6 +44,11 @@ class Policy:
         # the tokenizer and detect whether it adds BOS itself, so to_tokens prepends it exactly once
         self.model.tokenizer = self.tokenizer
         self.model.cfg.tokenizer_prepends_bos = len(self.tokenizer.encode("")) > 0
+
+    def clone(self) -> Policy:
+        """The same policy on its own copy of the model (weights and hooks): a branch to fine-tune
+        or a frozen reference, leaving this one untouched."""
+        return replace(self, model=copy.deepcopy(self.model))
 
     @property
     def n_ctx(self) -> int:

@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -127,8 +126,7 @@ def run_int_experiment(
     steps, finals = [], []
     starts = {"grpo": policy, "int+grpo": tuned["int"], "ref-sft+grpo": tuned["ref-sft"]}
     for arm, start in starts.items():
-        model = copy.copy(start)
-        model.model = copy.deepcopy(start.model)
+        model = start.clone()
         run = grpo_train(model, pool.problems, train.correctness, config.grpo, held_out,
                          out / f"grpo_{arm}", progress=progress)  # fmt: skip
         steps.append(run.log.assign(arm=arm))
@@ -160,8 +158,7 @@ def _cached_frame(path: Path, compute) -> pd.DataFrame:
 
 
 def _sft_policy(policy: Policy, examples, config: SFTConfig, path: Path, progress: bool) -> Policy:
-    tuned = copy.copy(policy)
-    tuned.model = copy.deepcopy(policy.model)
+    tuned = policy.clone()
     if path.exists():
         tuned.model.load_state_dict(torch.load(path, weights_only=True))
     else:

@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -40,7 +39,14 @@ from ipgkit.errors import IpgkitError
 from ipgkit.evaluation import evaluate
 from ipgkit.io import atomic_torch_save, atomic_write_text
 from ipgkit.models.policy import Policy
-from ipgkit.rollouts import Rollouts, group_advantages, iter_scores, sample, zero_std_groups
+from ipgkit.rollouts import (
+    Rollouts,
+    group_advantages,
+    iter_scores,
+    sample,
+    score_completions,
+    zero_std_groups,
+)
 from ipgkit.tasks.base import Problem, RewardFunction, Task
 
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
@@ -199,13 +205,9 @@ def sequence_token_logprobs(
     policy: Policy, prompt_ids, completion_ids, chunk_size: int = 32
 ) -> Tensor:
     """[rows, longest completion] log pi of each completion token, without gradient."""
-    pieces, width = [], max(len(c) for c in completion_ids)
     with torch.no_grad():
-        for _, scores in iter_scores(policy, prompt_ids, completion_ids, chunk_size, False):
-            padded = torch.zeros(scores.logprobs.shape[0], width, dtype=torch.float32)
-            padded[:, : scores.logprobs.shape[1]] = scores.logprobs.float().cpu()
-            pieces.append(padded)
-    return torch.cat(pieces)
+        scores = score_completions(policy, prompt_ids, completion_ids, chunk_size, False)
+    return scores.logprobs.float().cpu()
 
 
 @dataclass
@@ -277,8 +279,7 @@ def grpo_train(
     if config.beta > 0:
         reference = ref_policy
         if reference is None:
-            reference = copy.copy(policy)
-            reference.model = copy.deepcopy(model)
+            reference = policy.clone()
             if reference_state is not None:
                 reference.model.load_state_dict(reference_state)
             reference.model.requires_grad_(False)

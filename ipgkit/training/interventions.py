@@ -43,7 +43,7 @@ from ipgkit.tasks.verification import (
     parse_intervention_text,
     verifier_prompt,
 )
-from ipgkit.training.sft import SFTExample, text_example
+from ipgkit.training.sft import SFTExample, completion_nll, text_example
 
 #: InT's verification instruction for chat models (problem, reference, numbered attempt in; one
 #: replacement step out, in the attempt's voice, without the final answer)
@@ -436,8 +436,6 @@ def int_examples(
 def intervention_logprob(policy: Policy, interventions: InterventionSet) -> torch.Tensor:
     """Mean log-probability per token of each kept intervention step given prompt + prefix
     (the InT paper's "likelihood of the intervention", before and after SFT)."""
-    from ipgkit.training.sft import completion_nll
-
     examples = int_examples(policy, interventions, "intervention only")
     if not examples:
         raise IpgkitError("no kept interventions")
