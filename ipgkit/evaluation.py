@@ -152,3 +152,67 @@ def evaluation_rollouts(
         sampled = sample(policy, task.problems, n=n_samples, temperature=temperature, top_p=top_p,
                          seed=seed + 1, **settings)  # fmt: skip
     return greedy, sampled
+
+
+def mcnemar_exact(only_first: int, only_second: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant pairs: problems only the first
+    condition gets right and problems only the second gets right (a binomial(b + c, 1/2) test).
+
+    Example:
+        >>> mcnemar_exact(0, 5)
+        0.0625
+    """
+    if only_first < 0 or only_second < 0:
+        raise IpgkitError(f"discordant counts must be >= 0, got {only_first}, {only_second}")
+    discordant = only_first + only_second
+    if discordant == 0:
+        return 1.0
+    tail = sum(math.comb(discordant, k) for k in range(min(only_first, only_second) + 1))
+    return min(1.0, 2 * tail / 2**discordant)
+
+
+def paired_comparison(
+    base: Sequence[float], other: Sequence[float], z: float = Z95
+) -> dict[str, float]:
+    """Compare two conditions on the same problems: ``other - base`` per problem.
+
+    Args:
+        base: [problems] correctness (0/1), or a mean over seeds in [0, 1], of the reference
+            condition (e.g. the unsteered model).
+        other: [problems] the same for the compared condition, in the same problem order.
+
+    Returns:
+        ``difference`` (mean of other - base), ``ci_low``/``ci_high`` (95%, normal approximation
+        over the per-problem differences), ``p_value`` and ``test``: the exact McNemar test when
+        both inputs are 0/1, otherwise a two-sided z-test on the mean difference (values averaged
+        over seeds are not binary).
+
+    Example:
+        >>> paired_comparison([1, 1, 0, 0], [1, 0, 0, 0])["difference"]
+        -0.25
+    """
+    first, second = np.asarray(base, dtype=float), np.asarray(other, dtype=float)
+    if first.shape != second.shape or first.ndim != 1 or first.size == 0:
+        raise IpgkitError(
+            f"paired comparison needs two equal-length, non-empty 1-D sequences; got shapes "
+            f"{first.shape} and {second.shape}"
+        )
+    differences = second - first
+    mean, low, high = mean_interval(differences.tolist(), z)
+    binary = np.isin(first, (0.0, 1.0)).all() and np.isin(second, (0.0, 1.0)).all()
+    if binary:
+        only_base = int(((first == 1) & (second == 0)).sum())
+        only_other = int(((first == 0) & (second == 1)).sum())
+        p_value, test = mcnemar_exact(only_base, only_other), "mcnemar_exact"
+    else:
+        spread = float(differences.std(ddof=1)) if differences.size > 1 else 0.0
+        if spread == 0.0:
+            p_value = 1.0 if mean == 0.0 else 0.0
+        else:
+            statistic = abs(mean) / (spread / math.sqrt(differences.size))
+            p_value = math.erfc(statistic / math.sqrt(2))
+        test = "paired_z"
+    if differences.size > 1 and float(differences.std(ddof=1)) == 0.0:
+        low = high = mean
+    return {"difference": mean, "ci_low": low, "ci_high": high, "p_value": p_value, "test": test,
+            "n": int(differences.size)}  # fmt: skip
