@@ -13,7 +13,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import math
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -287,12 +288,71 @@ def plot_activation_by_progress(frame: pd.DataFrame, ax=None):
     return ax
 
 
+# --- agreement between component sets (IPG paper, Table 2) --------------------------------------
+
+
+def dice(first: Collection[int] | ComponentSet, second: Collection[int] | ComponentSet) -> float:
+    """Dice overlap ``2 |A & B| / (|A| + |B|)`` of two sets of unit indices (or ComponentSets of
+    units at the same hook).
+
+    Example:
+        >>> dice({1, 2, 3, 4}, {3, 4, 5, 6})
+        0.5
+    """
+    sets = []
+    for item in (first, second):
+        if isinstance(item, ComponentSet):
+            if item.indices is None or item.kind == "direction":
+                raise IpgkitError("dice needs explicit unit indices, not all units or directions")
+            item = item.indices
+        sets.append(set(int(i) for i in item))
+    both_sets = isinstance(first, ComponentSet) and isinstance(second, ComponentSet)
+    if both_sets and first.hook_name != second.hook_name:
+        raise IpgkitError(f"dice of sets at different hooks: {first.hook_name} vs "
+                              f"{second.hook_name}")  # fmt: skip
+    if not sets[0] and not sets[1]:
+        raise IpgkitError("dice of two empty sets is undefined")
+    return 2 * len(sets[0] & sets[1]) / (len(sets[0]) + len(sets[1]))
+
+
+def random_dice(units: int, size: int, observed: float | None = None) -> dict[str, float]:
+    """The Dice overlap of two independent, uniformly random ``size``-subsets of ``units`` units,
+    exactly (the overlap is hypergeometric): its mean ``size / units``, its 95th percentile, and,
+    given an ``observed`` Dice, the chance that random sets overlap at least as much (a one-sided
+    p-value).
+
+    Example:
+        >>> random_dice(4, 2)["mean"]
+        0.5
+    """
+    if not 1 <= size <= units:
+        raise IpgkitError(f"need 1 <= size <= units, got size={size}, units={units}")
+    total = math.comb(units, size)
+    probabilities = [math.comb(size, k) * math.comb(units - size, size - k) / total
+                     for k in range(size + 1)]  # fmt: skip
+    values = [k / size for k in range(size + 1)]  # Dice of two size-sets sharing k units
+    cumulative, percentile = 0.0, values[-1]
+    for value, probability in zip(values, probabilities, strict=True):
+        cumulative += probability
+        if cumulative >= 0.95 - 1e-12:
+            percentile = value
+            break
+    summary = {"mean": size / units, "p95": percentile}
+    if observed is not None:
+        summary["p_value"] = sum(probability for value, probability in
+                                 zip(values, probabilities, strict=True)
+                                 if value >= observed - 1e-12)  # fmt: skip
+    return summary
+
+
 __all__ = [
     "FeaturePages",
     "activation_by_progress",
+    "dice",
     "feature_pages",
     "output_tokens",
     "plot_activation_by_progress",
+    "random_dice",
     "step_of_tokens",
     "top_activations",
 ]

@@ -1,14 +1,18 @@
 """Feature pages and process-level analysis, against direct computations on single rows."""
 
+import itertools
+
 import matplotlib
 import pytest
 import torch
 
 from ipgkit.analysis import (
     activation_by_progress,
+    dice,
     feature_pages,
     output_tokens,
     plot_activation_by_progress,
+    random_dice,
     step_of_tokens,
     top_activations,
 )
@@ -134,3 +138,26 @@ def test_activation_by_progress_matches_a_direct_count(policy, support):
             tokens[b] += 1
     expected = (active / tokens).tolist()
     assert frame.frequency.tolist() == pytest.approx(expected, nan_ok=True)
+
+
+def test_dice_of_index_sets_and_component_sets():
+    assert dice({1, 2, 3, 4}, {3, 4, 5, 6}) == 0.5
+    assert dice(mlp_neurons(1, [0, 1]), mlp_neurons(1, [1, 2, 3, 4])) == pytest.approx(2 / 6)
+    with pytest.raises(IpgkitError, match="different hooks"):
+        dice(mlp_neurons(1, [0]), mlp_neurons(0, [0]))
+    with pytest.raises(IpgkitError, match="explicit unit indices"):
+        dice(mlp_neurons(1), mlp_neurons(1, [0]))
+
+
+def test_random_dice_is_the_exact_distribution_of_random_subsets():
+    units, size = 7, 3
+    subsets = list(itertools.combinations(range(units), size))
+    values = [dice(a, b) for a in subsets for b in subsets]
+    exact = random_dice(units, size, observed=2 / 3)
+    assert exact["mean"] == pytest.approx(sum(values) / len(values)) == pytest.approx(size / units)
+    assert exact["p_value"] == pytest.approx(sum(v >= 2 / 3 - 1e-12 for v in values) / len(values))
+    cumulative = sum(v <= exact["p95"] for v in values) / len(values)
+    below = sum(v < exact["p95"] for v in values) / len(values)
+    assert below < 0.95 <= cumulative  # the smallest value with at least 95% of the mass below
+    with pytest.raises(IpgkitError):
+        random_dice(3, 4)
