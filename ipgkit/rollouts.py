@@ -124,6 +124,28 @@ class Rollouts:
             for ids, mask in zip(self.completion_ids, self.completion_mask, strict=True)
         ]
 
+    def select(self, groups: Sequence[int]) -> Rollouts:
+        """The rollouts of some problems only (``groups`` index ``problems``), in that order, e.g.
+        the first M prompts of a support set: ``rollouts.select(range(M))``."""
+        groups = [int(g) for g in groups]
+        if not groups:
+            raise IpgkitError("select needs at least one problem")
+        if min(groups) < 0 or max(groups) >= len(self.problems):
+            raise IpgkitError(f"problem indices must be in [0, {len(self.problems)}), got {groups}")
+        rows = torch.tensor([g * self.n + k for g in groups for k in range(self.n)])
+        return replace(
+            self,
+            problems=[self.problems[g] for g in groups],
+            prompts=[self.prompts[g] for g in groups],
+            prompt_ids=[self.prompt_ids[g] for g in groups],
+            group_ids=torch.arange(len(groups)).repeat_interleave(self.n),
+            completion_ids=self.completion_ids[rows],
+            completion_mask=self.completion_mask[rows],
+            sample_logprobs=self.sample_logprobs[rows],
+            texts=[self.texts[r] for r in rows.tolist()],
+            rewards=None if self.rewards is None else self.rewards[rows],
+        )
+
     def with_rewards(self, reward: RewardFunction) -> Rollouts:
         """A copy with ``rewards`` filled in by a TRL-style reward function (checked for NaN/length)."""
         columns = reward_columns(self.problems, repeats=self.n)

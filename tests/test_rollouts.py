@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import ipgkit
 from ipgkit.errors import IpgkitError, RewardError
-from ipgkit.rollouts import group_advantages, score_rollouts
+from ipgkit.rollouts import group_advantages, sample, score_rollouts
 from ipgkit.tasks import load
 
 PROMPTS = [
@@ -205,3 +205,17 @@ def test_scoring_long_completions_in_position_blocks_changes_nothing(policy):
     unembed.grad = None
     for whole, blocked in zip(*results, strict=True):
         torch.testing.assert_close(whole, blocked, atol=1e-5, rtol=1e-5)
+
+
+def test_select_keeps_whole_groups_in_the_order_asked(policy):
+    task = load("arith-chain", n=4)
+    rollouts = sample(policy, task.problems, n=3, temperature=1.0, max_new_tokens=6,
+                      reward=task.correctness, seed=3)  # fmt: skip
+    chosen = rollouts.select([2, 0])
+    assert [p.id for p in chosen.problems] == [task.problems[2].id, task.problems[0].id]
+    assert chosen.group_ids.tolist() == [0, 0, 0, 1, 1, 1]
+    assert chosen.texts == rollouts.texts[6:9] + rollouts.texts[0:3]
+    assert torch.equal(chosen.completion_ids, rollouts.completion_ids[[6, 7, 8, 0, 1, 2]])
+    assert chosen.rewards.tolist() == rollouts.rewards[[6, 7, 8, 0, 1, 2]].tolist()
+    with pytest.raises(IpgkitError, match="problem indices"):
+        rollouts.select([4])

@@ -16,6 +16,7 @@ from ipgkit.tasks.base import (
     RewardFunction,
     Task,
     call_reward,
+    mix_tasks,
     reward_columns,
     split_lines,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "keyword_count",
     "length_reward",
     "load",
+    "mix_tasks",
     "reward_columns",
     "split_lines",
 ]

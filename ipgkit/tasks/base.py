@@ -85,6 +85,21 @@ class Task:
         return replace(self, problems=self.problems[:limit])
 
 
+def mix_tasks(tasks: Sequence[Task], name: str | None = None) -> Task:
+    """One task holding the problems of several tasks that grade alike (e.g. both arithmetic
+    families), interleaved so that any prefix is balanced across them."""
+    if not tasks:
+        raise IpgkitError("mix_tasks needs at least one task")
+    grades = {task.grade for task in tasks}
+    if len(grades) > 1:
+        raise IpgkitError(f"tasks {[t.name for t in tasks]} grade differently; cannot mix them")
+    problems: list[Problem] = []
+    for i in range(max(len(task) for task in tasks)):
+        problems.extend(task.problems[i] for task in tasks if i < len(task))
+    return Task(name or "+".join(t.name for t in tasks), tasks[0].split, problems,
+                grade=tasks[0].grade, max_new_tokens=max(t.max_new_tokens for t in tasks))  # fmt: skip
+
+
 def reward_columns(problems: Sequence[Problem], repeats: int = 1) -> dict[str, list[Any]]:
     """Dataset columns handed to reward functions, one entry per completion (TRL's convention)."""
     columns: dict[str, list[Any]] = {
