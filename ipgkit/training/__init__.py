@@ -1,9 +1,11 @@
-"""Training loops on ipgkit's hooks: SFT (completion-masked), GRPO (TRL names) and InT.
+"""Training loops on ipgkit's hooks: SFT (completion-masked), GRPO (TRL names), InT, and the
+distilled student of the transfer experiment.
 
 Example:
     >>> from ipgkit.training import GRPOConfig, grpo_train, hard_pool      # doctest: +SKIP
 """
 
+from ipgkit.training.distill import DistillConfig, add_checks, check_rate, distill
 from ipgkit.training.grpo import GRPOConfig, GRPORun, grpo_step, grpo_train, step_advantages
 from ipgkit.training.interventions import (
     FailedAttempt,
@@ -28,6 +30,7 @@ from ipgkit.training.sft import (
 )
 
 __all__ = [
+    "DistillConfig",
     "FailedAttempt",
     "GRPOConfig",
     "GRPORun",
@@ -37,8 +40,11 @@ __all__ = [
     "SFTConfig",
     "SFTExample",
     "SelfProposer",
+    "add_checks",
+    "check_rate",
     "completion_nll",
     "continuation_table",
+    "distill",
     "grpo_step",
     "grpo_train",
     "hard_pool",
