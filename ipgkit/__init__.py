@@ -8,11 +8,17 @@ Example:
     ...                          reward=task.correctness)                     # doctest: +SKIP
 """
 
-from ipgkit import analysis, attribution, saes, tasks
+from ipgkit import analysis, attribution, experiments, saes, tasks
 from ipgkit.attribution import AttributionResult, IPGConfig, ipg
 from ipgkit.components import ComponentSet, mlp_neurons, resid_neurons, scaling_hook
 from ipgkit.errors import IpgkitError
-from ipgkit.evaluation import evaluate, evaluation_rollouts, evaluation_table, pass_at_k
+from ipgkit.evaluation import (
+    evaluate,
+    evaluation_rollouts,
+    evaluation_table,
+    paired_comparison,
+    pass_at_k,
+)
 from ipgkit.models import Policy, load_model
 from ipgkit.rollouts import (
     Rollouts,
@@ -44,12 +50,14 @@ __all__ = [
     "evaluate",
     "evaluation_rollouts",
     "evaluation_table",
+    "experiments",
     "group_advantages",
     "ipg",
     "iter_scores",
     "load_model",
     "load_sae",
     "mlp_neurons",
+    "paired_comparison",
     "pass_at_k",
     "resid_neurons",
     "sae_features",

@@ -1,0 +1,254 @@
+"""Capability control (IPG paper, Table 1), dose-response, support-set size and the site search.
+
+Every experiment steers with :func:`ipgkit.steer` and evaluates greedy accuracy per problem
+through the workspace, so each (policy, set, gamma, problems) condition runs once, whichever
+experiment asks for it first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ipgkit.analysis import dice
+from ipgkit.evaluation import mean_interval, paired_comparison, wilson_interval
+
+from .suite import SelectedSets, Suite
+from .workspace import Outcome, digest
+
+
+def condition_row(base: list[Outcome], steered: list[Outcome]) -> dict:
+    """Accuracy of a steered condition (averaged over seeds) against the unsteered model on the
+    same problems: accuracy with its 95% CI, the paired difference with its CI and p-value."""
+    per_problem = np.mean([o.correct for o in steered], axis=0)
+    if len(steered) == 1:
+        accuracy = float(per_problem.mean())
+        low, high = wilson_interval(per_problem.sum(), per_problem.size)
+    else:
+        accuracy, low, high = mean_interval(per_problem.tolist())
+        low, high = max(0.0, low), min(1.0, high)
+    comparison = paired_comparison(base[0].correct, per_problem)
+    return {
+        "accuracy": accuracy, "ci_low": low, "ci_high": high,
+        "base_accuracy": float(base[0].correct.mean()),
+        "difference": comparison["difference"], "diff_ci_low": comparison["ci_low"],
+        "diff_ci_high": comparison["ci_high"], "p_value": comparison["p_value"],
+        "test": comparison["test"], "n": per_problem.size, "seeds": len(steered),
+        "seed_min": min(o.accuracy for o in steered), "seed_max": max(o.accuracy for o in steered),
+        "mean_length": float(np.mean([o.length.mean() for o in steered])),
+    }  # fmt: skip
+
+
+def validation_grid(suite: Suite) -> pd.DataFrame:
+    """Validation accuracy of every method at every (p, gamma) of the enhancement grid, averaged
+    over families (and the first ``validation_random_seeds`` seeds of seeded baselines)."""
+    config = suite.config
+    tasks = suite.tasks("validation", config.validation)
+    rows = []
+    for sets in suite.methods.values():
+        seeds = sets.results[: config.validation_random_seeds]
+        trial = SelectedSets(sets.method, sets.level, sets.policy, sets.policy_key, seeds,
+                             sets.fixed_p)  # fmt: skip
+        base = np.mean([suite.evaluate(None, task, policy=sets.policy,
+                                       policy_key=sets.policy_key)[0].accuracy
+                        for task in tasks])  # fmt: skip
+        ps = (sets.fixed_p,) if sets.fixed_p else config.p_grid
+        for p in ps:
+            for gamma in config.gamma_grid:
+                outcomes = [suite.evaluate(trial, task, p, gamma) for task in tasks]
+                accuracy = float(np.mean([o.accuracy for per_task in outcomes for o in per_task]))
+                rows.append({"method": sets.method, "level": sets.level, "condition": "enhance",
+                             "p": p, "gamma": gamma, "accuracy": accuracy,
+                             "base_accuracy": float(base), "seeds": len(seeds),
+                             "problems": sum(len(t) for t in tasks)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def capability_control(suite: Suite) -> pd.DataFrame:
+    """Table 1: every method's set enhanced (p and gamma chosen on validation) and suppressed
+    (``suppress_p`` components at gamma = 0) on held-out test problems of every family, and on
+    the families pooled.
+
+    Returns:
+        One row per (method, condition, family): p, gamma, accuracy [95% CI], the unsteered
+        accuracy on the same problems, the paired difference [95% CI] and its p-value (exact
+        McNemar; a paired z-test for seed averages), the number of seeds and their range.
+
+    Example:
+        >>> table = capability_control(Suite("runs/experiments"))             # doctest: +SKIP
+        >>> table[table.family == "pooled"].pivot(index="method", columns="condition",
+        ...                                        values="accuracy")        # doctest: +SKIP
+    """
+    config = suite.config
+    tasks = suite.tasks("test", config.test)
+    rows = []
+    for name, sets in suite.methods.items():
+        enhance = suite.chosen(name)
+        conditions = {"enhance": enhance, "suppress": (config.suppress_p, 0.0)}
+        for condition, (p, gamma) in conditions.items():
+            bases, steered = [], []
+            for task in tasks:
+                base = suite.evaluate(None, task, policy=sets.policy, policy_key=sets.policy_key)
+                outcomes = suite.evaluate(sets, task, p, gamma)
+                bases.append(base)
+                steered.append(outcomes)
+                rows.append({"method": name, "level": sets.level, "condition": condition,
+                             "family": task.name, "p": sets.fixed_p or p, "gamma": gamma,
+                             **condition_row(base, outcomes)})  # fmt: skip
+            rows.append({"method": name, "level": sets.level, "condition": condition,
+                         "family": "pooled", "p": sets.fixed_p or p, "gamma": gamma,
+                         **condition_row(_pooled(bases), _pooled(steered))})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _pooled(per_task: list[list[Outcome]]) -> list[Outcome]:
+    """Outcomes of several tasks concatenated, seed by seed."""
+    seeds = len(per_task[0])
+    return [Outcome([i for outcomes in per_task for i in outcomes[s].problem_ids],
+                    np.concatenate([outcomes[s].correct for outcomes in per_task]),
+                    np.concatenate([outcomes[s].length for outcomes in per_task]),
+                    [t for outcomes in per_task for t in outcomes[s].texts])
+            for s in range(seeds)]  # fmt: skip
+
+
+HEAD_TO_HEAD = (("IPG", "Random"), ("IPG", "Activation"), ("IPG-SAE", "Random-SAE"),
+                ("IPG-SAE", "ReasonScore-SAE"))  # fmt: skip
+
+
+def head_to_head(suite: Suite, pairs=HEAD_TO_HEAD) -> pd.DataFrame:
+    """IPG against a baseline on the same test problems (pooled over families), per condition:
+    the paired difference IPG - baseline with its 95% CI and p-value. Enhancement uses each
+    method's own validation choice; suppression the common ``suppress_p``. Reuses Table 1's
+    evaluations (run :func:`capability_control` first, or this runs them)."""
+    config = suite.config
+    tasks = suite.tasks("test", config.test)
+    rows = []
+    for first, second in pairs:
+        if first not in suite.methods or second not in suite.methods:
+            continue
+        for condition in ("enhance", "suppress"):
+            per_method = []
+            for name in (first, second):
+                sets = suite.methods[name]
+                p, gamma = (
+                    suite.chosen(name) if condition == "enhance" else (config.suppress_p, 0.0)
+                )
+                outcomes = _pooled([suite.evaluate(sets, task, p, gamma) for task in tasks])
+                per_method.append(np.mean([o.correct for o in outcomes], axis=0))
+            comparison = paired_comparison(per_method[1], per_method[0])
+            rows.append({"method": first, "baseline": second, "condition": condition,
+                         "accuracy": float(per_method[0].mean()),
+                         "baseline_accuracy": float(per_method[1].mean()),
+                         "difference": comparison["difference"], "ci_low": comparison["ci_low"],
+                         "ci_high": comparison["ci_high"], "p_value": comparison["p_value"],
+                         "test": comparison["test"], "n": comparison["n"]})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def dose_response(suite: Suite, methods=("IPG", "Activation", "Random")) -> pd.DataFrame:
+    """Accuracy vs gamma (p = ``dose_p``) and vs p (gamma = 0 and IPG's enhancement gamma) on
+    ``dose_problems`` test problems per family, pooled. Random uses two seeds."""
+    config = suite.config
+    tasks = suite.tasks("test", config.dose_problems)
+    _, enhance_gamma = suite.chosen("IPG")
+    grid = [("gamma", config.dose_p, g) for g in config.dose_gammas]
+    grid += [("p", p, g) for g in (0.0, enhance_gamma) for p in config.dose_ps]
+    rows = []
+    for name in [m for m in methods if m in suite.methods]:
+        sets = suite.methods[name]
+        sets = SelectedSets(sets.method, sets.level, sets.policy, sets.policy_key,
+                            sets.results[:2], sets.fixed_p)  # fmt: skip
+        base = _pooled([suite.evaluate(None, task, policy=sets.policy, policy_key=sets.policy_key)
+                        for task in tasks])  # fmt: skip
+        for axis, p, gamma in grid:
+            steered = _pooled([suite.evaluate(sets, task, p, gamma) for task in tasks])
+            rows.append({"method": name, "axis": axis, "p": p, "gamma": gamma,
+                         **condition_row(base, steered)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def support_size(suite: Suite) -> pd.DataFrame:
+    """IPG from M support prompts (families interleaved) with baseline h' = zero or mean: the
+    accuracy after suppressing (gamma = 0) and enhancing (IPG's validation gamma) its top
+    ``dose_p`` units, and the Dice overlap of that set with the largest M's set."""
+    config = suite.config
+    tasks = suite.tasks("test", config.dose_problems)
+    pool = suite.support_rollouts()
+    units = suite.neurons()
+    _, enhance_gamma = suite.chosen("IPG")
+    base = _pooled([suite.evaluate(None, task) for task in tasks])
+    largest = min(max(config.support_sizes), len(pool.problems))
+    rows = []
+    for baseline in ("zero", "mean"):
+        results = {}
+        for m in sorted({min(m, len(pool.problems)) for m in config.support_sizes}):
+            results[m] = suite.ipg(f"ipg_m{m}_{baseline}", suite.policy, suite.policy_key, units,
+                                   pool.select(range(m)), baseline=baseline)  # fmt: skip
+        reference = results[largest].top(config.dose_p)
+        for m, result in results.items():
+            sets = SelectedSets("IPG", "neuron", suite.policy, suite.policy_key, [result])
+            for condition, gamma in (("suppress", 0.0), ("enhance", enhance_gamma)):
+                steered = _pooled([suite.evaluate(sets, task, config.dose_p, gamma)
+                                   for task in tasks])  # fmt: skip
+                rows.append({"baseline": baseline, "M": m, "condition": condition,
+                             "p": config.dose_p, "gamma": gamma,
+                             "dice_with_largest": dice(result.top(config.dose_p), reference),
+                             "prompts_with_signal": round(m * (1 - result.frac_reward_zero_std)),
+                             "delta": result.delta, **condition_row(base, steered)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def site_search(suite: Suite, ps=(10,), gammas=(0.0, 1.5)) -> pd.DataFrame:
+    """What was tried before settling on a site: IPG at each ``config.sites`` entry (and, at the
+    configured site, on-path mode), its validation accuracy when its top p units are scaled, next
+    to Random (seed 0) and Activation at the same site. Validation split only."""
+    config = suite.config
+    tasks = suite.tasks("validation", config.validation)
+    rollouts = suite.support_rollouts().select(range(suite.support_count))
+    from ipgkit.attribution import activation_magnitude, random_baseline
+
+    rows = []
+    trials = [(kind, layer, "paper") for kind, layer in config.sites]
+    trials.append((config.site, config.layer, "on_path"))
+    for kind, layer, mode in trials:
+        units = suite.neurons(kind, layer)
+        if mode == "paper":
+            ipg_result = suite.ipg(f"ipg_{kind}{layer}", suite.policy, suite.policy_key, units,
+                                   rollouts)  # fmt: skip
+        else:
+            ipg_result = _on_path(suite, units, rollouts)
+        compared = {"IPG": ipg_result, "Random": random_baseline(suite.policy, units, 0),
+                    "Activation": suite.ws.attribution(
+                        f"activation_{kind}{layer}", {"policy": suite.policy_key,
+                        "units": units.hook_name, "rollouts": digest(rollouts.texts)},
+                        lambda units=units: activation_magnitude(suite.policy, rollouts, units))}  # fmt: skip
+        if mode == "on_path":
+            compared = {"IPG": ipg_result}
+        for method, result in compared.items():
+            sets = SelectedSets(method, "neuron", suite.policy, suite.policy_key, [result])
+            for p in ps:
+                for gamma in gammas:
+                    accuracy = np.mean([suite.evaluate(sets, task, p, gamma)[0].accuracy
+                                        for task in tasks])  # fmt: skip
+                    rows.append({"site": kind, "layer": layer, "mode": mode, "method": method,
+                                 "p": p, "gamma": gamma, "accuracy": float(accuracy),
+                                 "delta": result.delta if method == "IPG" else None})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _on_path(suite: Suite, units, rollouts):
+    from ipgkit.attribution.ipg import IPGConfig, ipg
+
+    config = IPGConfig(n_rollouts=suite.config.n_rollouts, n_steps=suite.config.n_steps,
+                       mode="on_path", seed=suite.config.seed)  # fmt: skip
+    task = suite.support_task
+    problems = rollouts.problems
+    key = {"policy": suite.policy_key, "units": units.hook_name, "config": config.describe(),
+           "problems": [p.id for p in problems]}  # fmt: skip
+    return suite.ws.attribution(
+        "ipg_on_path",
+        key,
+        lambda: ipg(
+            suite.policy, problems, units, task.correctness, config=config, progress=suite.progress
+        ),
+    )

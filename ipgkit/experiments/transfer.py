@@ -1,0 +1,177 @@
+"""Consistency and transfer across datasets (IPG paper, Table 2 and Fig. 8), transfer to a
+distilled model (Table 3) and reasoning strength with a length reward (Fig. 3)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ipgkit.analysis import dice, random_dice
+from ipgkit.attribution import random_baseline
+from ipgkit.rollouts import sample
+from ipgkit.tasks.rewards import length_reward
+from ipgkit.training.distill import check_rate
+
+from .control import _pooled, condition_row
+from .suite import SelectedSets, Suite
+
+
+def dataset_sets(suite: Suite):
+    """IPG on each ``config.datasets`` support set (``support`` prompts each, own rollouts)."""
+    config, units = suite.config, suite.neurons()
+    results = {}
+    for dataset in config.datasets:
+        family, split = dataset.split("/")
+        task = suite.task(family, split, config.support)
+        settings = {"policy": suite.policy_key, "dataset": dataset, "n": config.n_rollouts,
+                    "problems": len(task), "seed": config.seed}  # fmt: skip
+        rollouts = suite.ws.rollouts(f"support_{family}_{split}", settings, lambda task=task: sample(
+            suite.policy, task.problems, n=config.n_rollouts, temperature=0.6, top_p=0.8,
+            max_new_tokens=task.max_new_tokens, seed=config.seed, reward=task.correctness,
+            progress=suite.progress))  # fmt: skip
+        results[dataset] = suite.ipg(f"ipg_{family}_{split}", suite.policy, suite.policy_key,
+                                     units, rollouts)  # fmt: skip
+    return results
+
+
+def dataset_consistency(suite: Suite) -> pd.DataFrame:
+    """Dice overlap of the top-p IPG sets found on every pair of datasets, against two random
+    p-subsets of the same units (exact: the expected Dice, its 95th percentile and the chance
+    that random sets overlap as much)."""
+    results = dataset_sets(suite)
+    width = len(suite.neurons().resolved(suite.policy.model))
+    names = list(results)
+    rows = []
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            for p in suite.config.dice_ps:
+                value = dice(results[first].top(p), results[second].top(p))
+                chance = random_dice(width, p, observed=value)
+                rows.append({"first": first, "second": second, "p": p, "dice": value,
+                             "random_mean": chance["mean"], "random_p95": chance["p95"],
+                             "p_value": chance["p_value"], "units": width})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def dataset_transfer(suite: Suite) -> pd.DataFrame:
+    """The IPG set found on one standard-split dataset steering every family's test problems:
+    suppression (``suppress_p`` at gamma = 0) and enhancement (IPG's validation choice)."""
+    config = suite.config
+    results = {d: r for d, r in dataset_sets(suite).items() if d.endswith("/train")}
+    p_enhance, gamma_enhance = suite.chosen("IPG")
+    rows = []
+    for family in config.families:
+        task = suite.task(family, "test", config.dose_problems)
+        base = suite.evaluate(None, task)
+        for source, result in results.items():
+            sets = SelectedSets("IPG", "neuron", suite.policy, suite.policy_key, [result])
+            for condition, (p, gamma) in (("suppress", (config.suppress_p, 0.0)),
+                                          ("enhance", (p_enhance, gamma_enhance))):  # fmt: skip
+                rows.append({"source": source, "target": family, "condition": condition, "p": p,
+                             "gamma": gamma,
+                             **condition_row(base, suite.evaluate(sets, task, p, gamma))})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+# --- the distilled student ----------------------------------------------------------------------
+
+
+def distilled_transfer(suite: Suite) -> pd.DataFrame:
+    """The base model's sets, with no new attribution, steering the distilled student: IPG
+    (enhance with the base model's validation choice, suppress ``suppress_p``), Random (three
+    seeds) and Activation; plus the student's own IPG set for reference. Reports accuracy,
+    mean length and the check rate on ``dose_problems`` test problems per family, pooled."""
+    config = suite.config
+    model, key = suite.student
+    tasks = suite.tasks("test", config.dose_problems)
+    budget = config.distill.max_new_tokens
+    units = suite.neurons()
+
+    def run(sets, p, gamma, policy, policy_key):
+        return _pooled([suite.evaluate(sets, task, p, gamma, policy=policy, policy_key=policy_key,
+                                       max_new_tokens=budget) for task in tasks])  # fmt: skip
+
+    rows = []
+    teacher_base = run(None, 0, 1.0, suite.policy, suite.policy_key)
+    student_base = run(None, 0, 1.0, model, key)
+    for name, outcomes in (("base", teacher_base), ("distilled", student_base)):
+        rows.append({"model": name, "set": "none", "condition": "unsteered", "p": 0, "gamma": 1.0,
+                     "check_rate": check_rate(outcomes[0].texts),
+                     **condition_row(outcomes, outcomes)})  # fmt: skip
+    own_rollouts = suite.support_rollouts(model, key, max_new_tokens=budget).select(
+        range(suite.support_count))  # fmt: skip
+    own = suite.ipg("ipg_student", model, key, units, own_rollouts)
+    p_enhance, gamma_enhance = suite.chosen("IPG")
+    candidates = {"IPG (base model's)": suite.methods["IPG"]}
+    if "Random" in suite.methods:
+        candidates["Random"] = SelectedSets("Random", "neuron", model, key,
+                                            suite.methods["Random"].results[:3])  # fmt: skip
+    if "Activation" in suite.methods:
+        candidates["Activation (base model's)"] = suite.methods["Activation"]
+    candidates["IPG (student's own)"] = SelectedSets("IPG", "neuron", model, key, [own])
+    for name, sets in candidates.items():
+        for condition, (p, gamma) in (("enhance", (p_enhance, gamma_enhance)),
+                                      ("suppress", (config.suppress_p, 0.0))):  # fmt: skip
+            for model_name, policy, policy_key, base in (
+                ("base", suite.policy, suite.policy_key, teacher_base),
+                ("distilled", model, key, student_base),
+            ):
+                if name == "IPG (student's own)" and model_name == "base":
+                    continue
+                steered = run(sets, p, gamma, policy, policy_key)
+                rows.append({"model": model_name, "set": name, "condition": condition, "p": p,
+                             "gamma": gamma,
+                             "check_rate": float(np.mean([check_rate(o.texts) for o in steered])),
+                             **condition_row(base, steered)})  # fmt: skip
+    overlap = dice(
+        suite.methods["IPG"].results[0].top(config.suppress_p), own.top(config.suppress_p)
+    )
+    frame = pd.DataFrame(rows)
+    frame["dice_base_vs_student_ipg"] = overlap
+    return frame
+
+
+def reasoning_strength(suite: Suite) -> pd.DataFrame:
+    """IPG with a length reward (completion tokens): the top ``strength_p`` units, scaled by each
+    of ``strength_gammas``, on the base model and the distilled student (who chooses whether to
+    check its steps), with a random set of the same size for contrast. Reports mean length,
+    accuracy and check rate."""
+    config = suite.config
+    tasks = suite.tasks("test", config.dose_problems)
+    units = suite.neurons()
+    model, key = suite.student
+    budget = config.distill.max_new_tokens
+    rows = []
+    for model_name, policy, policy_key in (("base", suite.policy, suite.policy_key),
+                                           ("distilled", model, key)):  # fmt: skip
+        rollouts = suite.support_rollouts(
+            policy, policy_key, reward=length_reward, reward_name="length", max_new_tokens=budget
+        )
+        rollouts = rollouts.select(range(suite.support_count))
+        result = suite.ipg(f"ipg_length_{model_name}", policy, policy_key, units, rollouts)
+        sets = {"IPG (length)": [result], "Random": [random_baseline(policy, units, 0)]}
+        base = _pooled([suite.evaluate(None, task, policy=policy, policy_key=policy_key,
+                                       max_new_tokens=budget) for task in tasks])  # fmt: skip
+        for name, results in sets.items():
+            chosen = SelectedSets(name, "neuron", policy, policy_key, results)
+            for gamma in config.strength_gammas:
+                steered = _pooled([suite.evaluate(chosen, task, config.strength_p, gamma,
+                                                  max_new_tokens=budget) for task in tasks])  # fmt: skip
+                row = condition_row(base, steered)
+                lengths = steered[0].length - base[0].length
+                rows.append({"model": model_name, "set": name, "p": config.strength_p,
+                             "gamma": gamma, "check_rate": check_rate(steered[0].texts),
+                             "length_change": float(lengths.mean()),
+                             "length_change_se": float(lengths.std(ddof=1) / np.sqrt(lengths.size))
+                             if lengths.size > 1 else float("nan"),
+                             "support_mean_length": float(rollouts.rewards.mean()), **row})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+__all__ = [
+    "dataset_consistency",
+    "dataset_sets",
+    "dataset_transfer",
+    "distilled_transfer",
+    "reasoning_strength",
+]

@@ -1,0 +1,163 @@
+"""The control experiments end to end on the embedded model at a micro size: validation chooses,
+the test split reports, every table has the statistics it promises, and a rerun computes nothing."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ipgkit.experiments import ExperimentConfig, Suite, run_experiments
+from ipgkit.experiments import suite as suite_module
+from ipgkit.experiments import workspace as workspace_module
+from ipgkit.experiments.figures import FIGURES, draw_figures
+from ipgkit.experiments.suite import FEATURE_METHODS, NEURON_METHODS
+from ipgkit.training.distill import DistillConfig
+from ipgkit.training.sft import SFTConfig
+
+MICRO = ExperimentConfig(
+    support=3, n_rollouts=2, n_steps=2, validation=4, test=6, p_grid=(2, 3), gamma_grid=(1.5, 3.0),
+    suppress_p=3, random_seeds=(0, 1), validation_random_seeds=1, dose_problems=4,
+    dose_gammas=(0.0, 1.0, 2.0), dose_ps=(2,), dose_p=2, support_sizes=(2, 6),
+    datasets=("arith-word/train", "arith-chain/train"), dice_ps=(2, 4), distill_problems=8,
+    distill=DistillConfig(samples=2, max_new_tokens=96,
+                          sft=SFTConfig(learning_rate=1e-4, num_train_epochs=1,
+                                        per_device_train_batch_size=4)),
+    strength_gammas=(0.0, 1.0, 2.0), strength_p=2, sites=(("mlp", 0),),
+)  # fmt: skip
+
+
+#: the default run: three methods, no SAE, no student (the slow tests run everything)
+FAST = replace(MICRO, methods=("IPG", "Random", "Activation"))
+FAST_EXPERIMENTS = ("validation_grid", "control", "head_to_head", "dose", "support", "consistency",
+                    "transfer")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    root = tmp_path_factory.mktemp("experiments")
+    suite = Suite(root, FAST, sae=False, progress=False)
+    return suite, run_experiments(suite, FAST_EXPERIMENTS, progress=False)
+
+
+@pytest.fixture(scope="module")
+def everything(tmp_path_factory):
+    root = tmp_path_factory.mktemp("all_experiments")
+    suite = Suite(root, MICRO, progress=False)
+    return suite, run_experiments(suite, progress=False)
+
+
+def evaluation_keys(suite):
+    return [json.loads(line)["key"] for line in suite.ws.evaluations_path.read_text().splitlines()]
+
+
+def test_validation_chooses_p_and_gamma_and_never_sees_the_test_split(finished):
+    suite, tables = finished
+    grid, control = tables["validation_grid"], tables["control"]
+    assert set(grid.method) == set(control.method) == set(suite.methods)
+    for method, rows in grid.groupby("method"):
+        best = rows.accuracy.max()
+        p, gamma = suite.chosen(method)
+        winners = rows[rows.accuracy == best].sort_values(["p", "gamma"])
+        assert (p, gamma) == (winners.p.iloc[0], winners.gamma.iloc[0])
+        enhance = control[(control.method == method) & (control.condition == "enhance")]
+        assert set(enhance.gamma) == {gamma} and set(enhance.p) == {
+            1 if method == "Control Vector" else p
+        }
+        suppress = control[(control.method == method) & (control.condition == "suppress")]
+        assert set(suppress.gamma) == {0.0}
+    # the grid's evaluations are all on validation problems; test problems appear only later
+    splits = [key.split("|")[2] for key in evaluation_keys(suite)]
+    first_test = splits.index("test")
+    assert set(splits[:first_test]) <= {"validation"}
+    assert {"validation", "test"} <= set(splits)
+
+
+def test_table1_rows_carry_paired_statistics_and_pool_the_families(finished):
+    _, tables = finished
+    control = tables["control"]
+    for _, rows in control.groupby(["method", "condition"]):
+        families = rows[rows.family != "pooled"]
+        pooled = rows[rows.family == "pooled"].iloc[0]
+        assert pooled.n == families.n.sum() == 2 * MICRO.test
+        weighted = (families.difference * families.n).sum() / families.n.sum()
+        assert pooled.difference == pytest.approx(weighted)
+        assert np.allclose(rows.difference, rows.accuracy - rows.base_accuracy)
+        assert (rows.ci_low <= rows.accuracy + 1e-12).all() and (
+            rows.accuracy <= rows.ci_high + 1e-12
+        ).all()
+        assert ((rows.p_value >= 0) & (rows.p_value <= 1)).all()
+    random_rows = control[control.method == "Random"]
+    assert set(random_rows.seeds) == {2}
+    assert (random_rows.seed_min <= random_rows.accuracy + 1e-12).all()
+    assert (random_rows.accuracy <= random_rows.seed_max + 1e-12).all()
+    head = tables["head_to_head"]
+    assert np.allclose(head.difference, head.accuracy - head.baseline_accuracy)
+
+
+def test_dose_support_and_dataset_tables(finished):
+    suite, tables = finished
+    dose = tables["dose"]
+    at_one = dose[(dose.axis == "gamma") & (dose.gamma == 1.0)]
+    assert (at_one.difference == 0).all() and (at_one.accuracy == at_one.base_accuracy).all()
+    support = tables["support"]
+    assert set(support.M) == {2, 6} and set(support.baseline) == {"zero", "mean"}
+    assert (support[support.M == 6].dice_with_largest == 1.0).all()
+    consistency = tables["consistency"]
+    units = suite.neurons().resolved(suite.policy.model).width(suite.policy.model)
+    assert np.allclose(consistency.random_mean, consistency.p / units)
+    assert consistency.dice.between(0, 1).all()
+    transfer = tables["transfer"]
+    assert len(transfer) == 2 * 2 * 2  # sources x targets x conditions
+
+
+@pytest.mark.slow
+def test_every_method_distilled_student_and_reasoning_strength(everything):
+    suite, tables = everything
+    assert set(tables["control"].method) == set(NEURON_METHODS + FEATURE_METHODS)
+    distilled = tables["distilled"]
+    assert {"base", "distilled"} == set(distilled.model)
+    unsteered = distilled[distilled.condition == "unsteered"].set_index("model")
+    assert unsteered.loc["distilled", "check_rate"] >= 0.0
+    assert "IPG (student's own)" in set(distilled["set"])
+    strength = tables["strength"]
+    assert set(strength.model) == {"base", "distilled"}
+    identity = strength[strength.gamma == 1.0]
+    assert (identity.length_change == 0).all() and (identity.difference == 0).all()
+    assert suite.ws.notes()["student"]["kept"] > 0
+
+
+def test_a_rerun_computes_nothing_and_rebuilds_a_lost_table_from_cached_evaluations(finished,
+                                                                                    monkeypatch):  # fmt: skip
+    suite, tables = finished
+
+    def fail(*args, **kwargs):
+        raise AssertionError("recomputed something that was cached")
+
+    monkeypatch.setattr(workspace_module, "evaluation_rollouts", fail)
+    monkeypatch.setattr(suite_module, "sample", fail)
+    monkeypatch.setattr(suite_module, "ipg", fail)
+    suite.ws.table_path("control").unlink()
+    again = Suite(suite.ws.root, FAST, sae=False, progress=False)
+    rerun = run_experiments(again, FAST_EXPERIMENTS, progress=False)
+    assert again.ws.computed == 0
+    for name in tables:
+        pd.testing.assert_frame_equal(rerun[name], pd.read_csv(suite.ws.table_path(name)),
+                                      check_dtype=False)  # fmt: skip
+    pd.testing.assert_frame_equal(rerun["control"].reset_index(drop=True),
+                                  tables["control"].reset_index(drop=True), check_dtype=False)  # fmt: skip
+
+
+def test_figures_are_drawn_from_the_saved_tables_alone(finished, tmp_path):
+    suite, tables = finished
+    written = draw_figures(suite.ws.root, tmp_path)
+    expected = [name for name, (needed, _) in FIGURES.items() if set(needed) <= set(tables)]
+    assert sorted(p.name for p in written) == sorted(expected) and len(expected) >= 4
+    assert all(p.stat().st_size > 10_000 for p in written)
+
+
+@pytest.mark.slow
+def test_every_figure_is_drawn(everything, tmp_path):
+    suite, _ = everything
+    assert sorted(p.name for p in draw_figures(suite.ws.root, tmp_path)) == sorted(FIGURES)
