@@ -206,6 +206,81 @@ def cmd_grpo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiments(args: argparse.Namespace) -> int:
+    import shutil
+
+    import ipgkit
+    from ipgkit.errors import IpgkitError
+    from ipgkit.experiments import (
+        EXPERIMENTS,
+        ExperimentConfig,
+        Suite,
+        run_experiments,
+        small_config,
+    )
+    from ipgkit.experiments.figures import draw_figures
+
+    if not args.all and not args.only:
+        raise IpgkitError(f"say --all or --only NAME ...; experiments: {', '.join(EXPERIMENTS)}")
+    config = small_config() if args.small else ExperimentConfig()
+    suite = Suite(args.out, config, policy=ipgkit.load_model(args.model))
+    tables = run_experiments(suite, None if args.all else args.only)
+    for name, table in tables.items():
+        print(f"\n== {name} ({len(table)} rows): {args.out}/{name}.csv")
+    if args.figures:
+        data = Path(args.figures) / "data" / "experiments"
+        data.mkdir(parents=True, exist_ok=True)
+        for name in [*tables, "timings"]:
+            if suite.ws.table_path(name).exists():
+                shutil.copyfile(suite.ws.table_path(name), data / f"{name}.csv")
+        for path in draw_figures(data, args.figures):
+            print(f"wrote {path}")
+    return 0
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    from ipgkit.experiments.figures import draw_figures
+    from ipgkit.training.experiment import plot_int_experiment
+
+    out = Path(args.out)
+    tables = out / "data" / "experiments"
+    written = draw_figures(tables, out) if tables.is_dir() else []
+    int_dir = out / "data" / "int"
+    if (int_dir / "steps.csv").exists() and (int_dir / "final.csv").exists():
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import pandas as pd
+
+        tables = {name: pd.read_csv(int_dir / f"{name}.csv") for name in ("steps", "final")}
+        plot_int_experiment(tables, out / "int_grpo.png")
+        written.append(out / "int_grpo.png")
+    progress = sorted((out / "data").glob("sae_features_L*.json"))
+    for path in progress:
+        import json
+
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import pandas as pd
+
+        from ipgkit.analysis import plot_activation_by_progress
+
+        report = json.loads(path.read_text())
+        ax = plot_activation_by_progress(pd.DataFrame(report["progress"]))
+        ax.set_title(
+            f"SAE latents at layer {report['layer']}: activation frequency along the chain"
+        )
+        target = out / f"sae_progress_L{report['layer']}.png"
+        ax.figure.savefig(target, dpi=130, bbox_inches="tight")
+        written.append(target)
+    for path in written:
+        print(f"wrote {path}")
+    if not written:
+        print(f"no saved results under {out}/data; run `ipgkit experiments --all` first")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import time
     import warnings
@@ -373,6 +448,30 @@ def build_parser() -> argparse.ArgumentParser:
     grpo.add_argument("--seed", type=int, default=0)
     grpo.add_argument("--out", default="runs/grpo", help="checkpoint folder (a rerun resumes)")
     grpo.set_defaults(run=cmd_grpo)
+
+    experiments = commands.add_parser(
+        "experiments", help="the IPG paper's control experiments (resumable; tables and figures)"
+    )
+    experiments.add_argument("--all", action="store_true", help="run every experiment, in order")
+    experiments.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                             help="run these: validation_grid control head_to_head dose support "
+                                  "consistency transfer distilled strength sites")  # fmt: skip
+    experiments.add_argument(
+        "--model", default="arith", help="'arith' or a trained model directory"
+    )
+    experiments.add_argument("--out", default="runs/experiments",
+                             help="workspace folder (a rerun resumes from it)")  # fmt: skip
+    experiments.add_argument("--small", action="store_true", help="a minutes-long version")
+    experiments.add_argument("--figures", default=None,
+                             help="also copy the tables to <dir>/data/experiments and draw the "
+                                  "figures into <dir> (e.g. figures)")  # fmt: skip
+    experiments.set_defaults(run=cmd_experiments)
+
+    figures = commands.add_parser(
+        "figures", help="redraw every figure from the saved results under <out>/data"
+    )
+    figures.add_argument("--out", default="figures", help="figures folder (default: figures)")
+    figures.set_defaults(run=cmd_figures)
 
     demo = commands.add_parser(
         "demo", help="sample, score, evaluate and attribute the embedded model"

@@ -4,8 +4,10 @@ from ipgkit.cli import build_parser, main
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["train-model"], ["evaluate"], ["attribute"], ["train-sae"], ["demo"]]
-)
+    "command",
+    [[], ["train-model"], ["evaluate"], ["attribute"], ["train-sae"], ["demo"], ["experiments"],
+     ["figures"]],
+)  # fmt: skip
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
@@ -72,3 +74,26 @@ def test_rewards_by_name():
     assert _reward("keywords:wait, check", None)(["q"], ["Wait, check it. wait"]) == [3.0]
     with pytest.raises(IpgkitError, match="unknown reward 'keywords:'"):
         _reward("keywords:", None)
+
+
+def test_experiments_needs_a_choice_and_names_unknown_experiments(tmp_path, capsys):
+    assert main(["experiments", "--out", str(tmp_path)]) == 2
+    assert "say --all or --only" in capsys.readouterr().err
+    assert main(["experiments", "--only", "tabel1", "--out", str(tmp_path)]) == 2
+    assert "unknown experiments ['tabel1']" in capsys.readouterr().err
+
+
+def test_figures_redraws_from_saved_tables_only(tmp_path, capsys):
+    import pandas as pd
+
+    assert main(["figures", "--out", str(tmp_path)]) == 0
+    assert "no saved results" in capsys.readouterr().out
+    data = tmp_path / "data" / "experiments"
+    data.mkdir(parents=True)
+    rows = [{"method": m, "level": "neuron", "condition": c, "family": "pooled", "accuracy": a,
+             "ci_low": a - 0.05, "ci_high": a + 0.05, "base_accuracy": 0.6}
+            for m, a in (("IPG", 0.4), ("Random", 0.55)) for c in ("enhance", "suppress")]  # fmt: skip
+    pd.DataFrame(rows).to_csv(data / "control.csv", index=False)
+    assert main(["figures", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "control_table1.png").stat().st_size > 10_000
+    assert "control_table1.png" in capsys.readouterr().out
