@@ -66,10 +66,15 @@ class SFTConfig:
     """Settings of :func:`train_sft` (TRL's ``SFTConfig`` names).
 
     Attributes:
-        learning_rate: Adam learning rate (constant).
+        learning_rate: peak AdamW learning rate.
         num_train_epochs: passes over the examples.
         per_device_train_batch_size: examples per optimiser step.
         max_grad_norm: gradient clipping norm (0 disables it).
+        warmup_steps: linear warm-up from 0 to ``learning_rate``. A fresh Adam state moves every
+            weight by about the learning rate per step at first, which small models feel.
+        lr_scheduler_type: ``"constant"`` or ``"cosine"`` (to 10% of the peak) after warm-up.
+        adam_beta2: Adam's second-moment decay (0.98 is what the embedded model was trained with).
+        weight_decay: decoupled (AdamW) weight decay.
         seed: shuffles the examples each epoch.
     """
 
@@ -77,6 +82,10 @@ class SFTConfig:
     num_train_epochs: int = 3
     per_device_train_batch_size: int = 16
     max_grad_norm: float = 1.0
+    warmup_steps: int = 0
+    lr_scheduler_type: str = "constant"
+    adam_beta2: float = 0.999
+    weight_decay: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -84,6 +93,20 @@ class SFTConfig:
             raise IpgkitError("SFTConfig needs num_train_epochs >= 1 and a batch size >= 1")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise IpgkitError(f"learning_rate must be a positive number, got {self.learning_rate}")
+        if self.lr_scheduler_type not in ("constant", "cosine"):
+            raise IpgkitError(
+                f"lr_scheduler_type must be 'constant' or 'cosine', got {self.lr_scheduler_type!r}"
+            )
+        if self.warmup_steps < 0 or not 0 <= self.adam_beta2 < 1:
+            raise IpgkitError("SFTConfig needs warmup_steps >= 0 and 0 <= adam_beta2 < 1")
+
+    def learning_rate_at(self, step: int, total_steps: int) -> float:
+        """The learning rate of optimiser step ``step`` (0-based) of ``total_steps``."""
+        scale = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        if self.lr_scheduler_type == "cosine":
+            progress = step / max(1, total_steps - 1)
+            scale *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+        return self.learning_rate * scale
 
 
 def completion_nll(
@@ -123,7 +146,9 @@ def train_sft(
     if not examples:
         raise IpgkitError("no SFT examples to train on")
     parameters = [p for p in policy.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(parameters, lr=config.learning_rate)
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate,
+                                  betas=(0.9, config.adam_beta2),
+                                  weight_decay=config.weight_decay)  # fmt: skip
     generator = torch.Generator().manual_seed(config.seed)
     size = config.per_device_train_batch_size
     steps = config.num_train_epochs * math.ceil(len(examples) / size)
@@ -133,6 +158,8 @@ def train_sft(
         order = torch.randperm(len(examples), generator=generator).tolist()
         for start in range(0, len(order), size):
             batch = [examples[i] for i in order[start : start + size]]
+            for group in optimizer.param_groups:
+                group["lr"] = config.learning_rate_at(len(log), steps)
             loss = sft_loss(policy, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -140,6 +167,7 @@ def train_sft(
                 torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
             optimizer.step()
             log.append({"step": len(log) + 1, "epoch": epoch, "loss": float(loss.detach()),
+                        "learning_rate": optimizer.param_groups[0]["lr"],
                         "tokens": sum(len(e.completion_ids) for e in batch)})  # fmt: skip
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")

@@ -58,7 +58,9 @@ def test_train_sft_lowers_the_loss_and_leaves_other_models_alone(policy):
         SFTConfig(learning_rate=3e-3, num_train_epochs=4, per_device_train_batch_size=3),
         progress=False,
     )
-    assert list(log.columns) == ["step", "epoch", "loss", "tokens"] and len(log) == 8
+    assert (
+        list(log.columns) == ["step", "epoch", "loss", "learning_rate", "tokens"] and len(log) == 8
+    )
     assert sft_loss(model, examples).item() < 0.8 * before
     assert sft_loss(policy, examples).item() == pytest.approx(before)  # the fixture is untouched
 
@@ -70,3 +72,20 @@ def test_bad_sft_input_is_refused(policy):
         train_sft(policy, [], progress=False)
     with pytest.raises(IpgkitError, match="num_train_epochs"):
         SFTConfig(num_train_epochs=0)
+
+
+def test_learning_rate_schedule_warms_up_then_follows_a_cosine():
+    import math
+
+    from ipgkit.training.sft import SFTConfig
+
+    constant = SFTConfig(learning_rate=1e-3)
+    assert [constant.learning_rate_at(s, 10) for s in range(3)] == [1e-3] * 3
+    config = SFTConfig(learning_rate=1e-3, warmup_steps=4, lr_scheduler_type="cosine")
+    assert config.learning_rate_at(0, 9) == pytest.approx(0.25e-3 * 1.0)
+    assert config.learning_rate_at(4, 9) == pytest.approx(
+        1e-3 * (0.1 + 0.45 * (1 + math.cos(math.pi / 2)))
+    )
+    assert config.learning_rate_at(8, 9) == pytest.approx(1e-4)
+    with pytest.raises(IpgkitError, match="lr_scheduler_type"):
+        SFTConfig(lr_scheduler_type="linear")
