@@ -8,10 +8,14 @@ embedded model's *own* correct traces rewritten in a longer style, where a share
 verify every step with its inverse operation::
 
     48-14=34            48-14=34
-    34*5=170     ->     check 34+14=48
+    34*5=170     ->     check 34+14=48, so 34
     #### 170            34*5=170
-                        check 170/5=34
+                        check 170/5=34, so 170
                         #### 170
+
+A check line ends by restating the step's result, so "the next step starts from the number that
+ends the previous line" stays true (a first format without it, ``check 34+14=48``, made the student
+continue from the checked operand: held-out accuracy fell from 0.68 to 0.22).
 
 Whether a trace checks is drawn per trace (``check_fraction``), so the student *chooses* how long
 to reason: a length reward then has something to attribute (the reasoning-strength experiment).
@@ -48,16 +52,17 @@ def step_is_right(line: str) -> bool | None:
 
 
 def add_checks(solution: str) -> str:
-    """Follow every step line ``a op b=c`` with ``check c inv b=a`` (the inverse operation).
+    """Follow every step line ``a op b=c`` with ``check c inv b=a, so c`` (the inverse operation,
+    then the result again).
 
     Only for solutions whose steps are all right (a check line states a true equation).
 
     Example:
         >>> print(add_checks("48-14=34\\n34*5=170\\n#### 170"))
         48-14=34
-        check 34+14=48
+        check 34+14=48, so 34
         34*5=170
-        check 170/5=34
+        check 170/5=34, so 170
         #### 170
     """
     lines = []
@@ -69,7 +74,7 @@ def add_checks(solution: str) -> str:
         if not step_is_right(line):
             raise IpgkitError(f"cannot add a check to a wrong step: {line!r}")
         a, op, b, c = match[1], match[2], match[3], match[4]
-        lines.append(f"{CHECK_PREFIX}{c}{_INVERSE[op]}{b}={a}")
+        lines.append(f"{CHECK_PREFIX}{c}{_INVERSE[op]}{b}={a}, so {c}")
     return "\n".join(lines)
 
 

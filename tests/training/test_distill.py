@@ -22,14 +22,17 @@ from ipgkit.training.sft import SFTConfig
 def test_add_checks_inverts_every_step_exactly():
     solution = "48-14=34\n34*5=170\n170+71=241\n#### 241"
     assert add_checks(solution) == (
-        "48-14=34\ncheck 34+14=48\n34*5=170\ncheck 170/5=34\n170+71=241\ncheck 241-71=170\n#### 241"
+        "48-14=34\ncheck 34+14=48, so 34\n34*5=170\ncheck 170/5=34, so 170\n170+71=241\n"
+        "check 241-71=170, so 241\n#### 241"
     )
-    for line in add_checks(solution).splitlines():
-        if line.startswith(CHECK_PREFIX):  # every check states a true equation
-            left, right = line[len(CHECK_PREFIX) :].split("=")
-            a, op, b = re.fullmatch(r"(\d+)([-+/])(\d+)", left).groups()
-            value = {"+": int(a) + int(b), "-": int(a) - int(b), "/": int(a) / int(b)}[op]
-            assert value == int(right)
+    lines = add_checks(solution).splitlines()
+    for previous, line, following in zip(lines, lines[1:], lines[2:], strict=False):
+        if line.startswith(CHECK_PREFIX):  # a true equation, then the result the next step uses
+            a, op, b, value, result = re.fullmatch(
+                r"check (\d+)([-+/])(\d+)=(\d+), so (\d+)", line).groups()  # fmt: skip
+            computed = {"+": int(a) + int(b), "-": int(a) - int(b), "/": int(a) / int(b)}[op]
+            assert computed == int(value) and previous.endswith(f"={result}")
+            assert following.startswith(result) or following == "#### 241"
     assert add_checks("#### 5") == "#### 5"
 
 
