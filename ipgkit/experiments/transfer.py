@@ -16,18 +16,21 @@ from .control import _pooled, condition_row
 from .suite import SelectedSets, Suite
 
 
-def dataset_sets(suite: Suite):
-    """IPG on each ``config.datasets`` support set (``support`` prompts each, own rollouts)."""
+def dataset_sets(suite: Suite, resample: int = 0):
+    """IPG on each ``config.datasets`` support set (``support`` prompts each, own rollouts).
+    ``resample = r > 0`` draws the rollouts with seed ``seed + r``: the same prompts, another
+    sample, to measure how much of a set is the estimator's noise."""
     config, units = suite.config, suite.neurons()
+    seed = config.seed + resample
     results = {}
     for dataset in config.datasets:
         family, split = dataset.split("/")
         task = suite.task(family, split, config.support)
         settings = {"policy": suite.policy_key, "dataset": dataset, "n": config.n_rollouts,
-                    "problems": len(task), "seed": config.seed}  # fmt: skip
+                    "problems": len(task), "seed": seed}  # fmt: skip
         rollouts = suite.ws.rollouts(f"support_{family}_{split}", settings, lambda task=task: sample(
             suite.policy, task.problems, n=config.n_rollouts, temperature=0.6, top_p=0.8,
-            max_new_tokens=task.max_new_tokens, seed=config.seed, reward=task.correctness,
+            max_new_tokens=task.max_new_tokens, seed=seed, reward=task.correctness,
             progress=suite.progress))  # fmt: skip
         results[dataset] = suite.ipg(f"ipg_{family}_{split}", suite.policy, suite.policy_key,
                                      units, rollouts)  # fmt: skip
@@ -37,19 +40,23 @@ def dataset_sets(suite: Suite):
 def dataset_consistency(suite: Suite) -> pd.DataFrame:
     """Dice overlap of the top-p IPG sets found on every pair of datasets, against two random
     p-subsets of the same units (exact: the expected Dice, its 95th percentile and the chance
-    that random sets overlap as much)."""
+    that random sets overlap as much). Rows with ``second = "<dataset> (resampled)"`` compare a
+    dataset's set with the set from a second sample of rollouts on the same prompts: the ceiling
+    that estimator noise puts on any cross-dataset overlap."""
     results = dataset_sets(suite)
+    resampled = dataset_sets(suite, resample=1)
     width = len(suite.neurons().resolved(suite.policy.model))
     names = list(results)
+    pairs = [(a, b, results[b]) for i, a in enumerate(names) for b in names[i + 1 :]]
+    pairs += [(a, f"{a} (resampled)", resampled[a]) for a in names]
     rows = []
-    for i, first in enumerate(names):
-        for second in names[i + 1 :]:
-            for p in suite.config.dice_ps:
-                value = dice(results[first].top(p), results[second].top(p))
-                chance = random_dice(width, p, observed=value)
-                rows.append({"first": first, "second": second, "p": p, "dice": value,
-                             "random_mean": chance["mean"], "random_p95": chance["p95"],
-                             "p_value": chance["p_value"], "units": width})  # fmt: skip
+    for first, second, other in pairs:
+        for p in suite.config.dice_ps:
+            value = dice(results[first].top(p), other.top(p))
+            chance = random_dice(width, p, observed=value)
+            rows.append({"first": first, "second": second, "p": p, "dice": value,
+                         "random_mean": chance["mean"], "random_p95": chance["p95"],
+                         "p_value": chance["p_value"], "units": width})  # fmt: skip
     return pd.DataFrame(rows)
 
 

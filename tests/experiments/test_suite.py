@@ -108,6 +108,8 @@ def test_dose_support_and_dataset_tables(finished):
     units = suite.neurons().resolved(suite.policy.model).width(suite.policy.model)
     assert np.allclose(consistency.random_mean, consistency.p / units)
     assert consistency.dice.between(0, 1).all()
+    resampled = consistency[consistency.second.str.endswith("(resampled)")]
+    assert sorted(resampled["first"].unique()) == sorted(MICRO.datasets)
     transfer = tables["transfer"]
     assert len(transfer) == 2 * 2 * 2  # sources x targets x conditions
 
