@@ -14,8 +14,15 @@ verify every step with its inverse operation::
                         #### 170
 
 A check line ends by restating the step's result, so "the next step starts from the number that
-ends the previous line" stays true (a first format without it, ``check 34+14=48``, made the student
-continue from the checked operand: held-out accuracy fell from 0.68 to 0.22).
+ends the previous line" stays true. A first format without it (``check 34+14=48``) left the student
+continuing from the checked operand, and it checked only 22% of its answers.
+
+The student is much weaker than its teacher (about 0.25 against 0.6 held-out accuracy with the
+defaults). Fine-tuning this 0.8M-parameter model with a fresh Adam state damages it: the same
+recipe on the teacher's own traces *without* checks already takes accuracy to 0.45, and lower
+learning rates (1e-4, or 3e-4 with warm-up and a cosine decay) leave the style half-learned (under
+3% of answers check) and accuracy lower still. The transfer experiment reports this student as it
+is.
 
 Whether a trace checks is drawn per trace (``check_fraction``), so the student *chooses* how long
 to reason: a length reward then has something to attribute (the reasoning-strength experiment).
