@@ -695,9 +695,15 @@ def _paper_mode(policy, problems, components, reward, config: IPGConfig, rollout
         warnings.warn(
             f"IPG completeness gap: the scores sum to {delta + change:+.4g} but the surrogate "
             f"changes by {change:+.4g} from alpha = 0 to 1 (delta {delta:+.4g}). The integrand "
-            f"varies faster than {config.n_steps} {config.method} points resolve; with a zero "
-            "baseline on a normalised residual stream most of the change happens at alpha < 0.01. "
-            "Rankings may still be useful; for completeness try baseline='mean' or more n_steps.",
+            f"varies faster than {config.n_steps} {config.method} points resolve"
+            + (
+                "; with a zero baseline on a normalised residual stream most of the change happens "
+                "at alpha < 0.01"
+                if "resid" in components.hook_name
+                else ""
+            )
+            + ". Rankings may still be useful; for completeness try baseline='mean' or more "
+            "n_steps.",
             stacklevel=3,
         )
     return {
