@@ -95,8 +95,9 @@ def plot_consistency(consistency: pd.DataFrame, transfer: pd.DataFrame):
     each target family when steered by each source dataset's set."""
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    pairs = consistency.assign(pair=consistency["first"] + "\nvs " + consistency["second"])
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    pairs = consistency.assign(pair=consistency["first"].map(_short) + " vs "
+                               + consistency["second"].map(_short))  # fmt: skip
     labels = list(dict.fromkeys(pairs.pair))
     ps = sorted(pairs.p.unique())
     width = 0.8 / len(ps)
@@ -106,24 +107,32 @@ def plot_consistency(consistency: pd.DataFrame, transfer: pd.DataFrame):
         axes[0].bar(x, rows.dice, width, label=f"p = {p}")
         axes[0].scatter(x, rows.random_p95, marker="_", color="k", s=80,
                         label="random 95th pct" if i == 0 else None)  # fmt: skip
-    axes[0].set_xticks(np.arange(len(labels)) + width * (len(ps) - 1) / 2, labels, fontsize=6)
+    axes[0].set_xticks(np.arange(len(labels)) + width * (len(ps) - 1) / 2, labels, fontsize=7,
+                       rotation=40, ha="right")  # fmt: skip
     axes[0].set(ylabel="Dice", title="Overlap of top-p IPG sets across datasets")
     axes[0].legend(fontsize=7)
-    pivot = transfer.assign(cell=transfer.accuracy - transfer.base_accuracy)
-    for condition, marker in (("suppress", "v"), ("enhance", "^")):
-        rows = pivot[pivot.condition == condition]
-        for target, group in rows.groupby("target", sort=False):
-            axes[1].errorbar(group.source + "\n" + condition, group.cell,
-                             yerr=[group.cell - (group.diff_ci_low), group.diff_ci_high - group.cell],
-                             fmt=marker, capsize=3, label=f"{condition} -> {target}")  # fmt: skip
+    cells = transfer.assign(column=transfer.source.map(_short) + "\n" + transfer.condition)
+    columns = list(dict.fromkeys(cells.column))
+    targets = list(dict.fromkeys(cells.target))
+    for offset, target in enumerate(targets):
+        rows = cells[cells.target == target].set_index("column").loc[columns]
+        x = np.arange(len(columns)) + 0.15 * (offset - (len(targets) - 1) / 2)
+        axes[1].errorbar(x, rows.difference, fmt="o", capsize=3, label=f"on {_short(target)}",
+                         yerr=_errors(rows, "diff_ci_low", "diff_ci_high", "difference"))  # fmt: skip
+    axes[1].set_xticks(range(len(columns)), columns, fontsize=7)
     axes[1].axhline(0, color="k", lw=0.8)
-    axes[1].tick_params(axis="x", labelsize=6)
     axes[1].set(
         ylabel="accuracy change (test, 95% CI)", title="Transfer: set from source -> target"
     )
     axes[1].legend(fontsize=6)
     figure.tight_layout()
     return figure
+
+
+def _short(name: str) -> str:
+    """``arith-word/hard-train (resampled)`` -> ``word-hard (resampled)`` for tick labels."""
+    text = name.replace("arith-", "").replace("/train", "").replace("/hard-train", "-hard")
+    return text.replace("/test", "")
 
 
 def plot_distilled(table: pd.DataFrame, ax=None):
