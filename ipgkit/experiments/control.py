@@ -97,12 +97,12 @@ def capability_control(suite: Suite) -> pd.DataFrame:
                              **condition_row(base, outcomes)})  # fmt: skip
             rows.append({"method": name, "level": sets.level, "condition": condition,
                          "family": "pooled", "p": sets.fixed_p or p, "gamma": gamma,
-                         **condition_row(_pooled(bases), _pooled(steered))})  # fmt: skip
+                         **condition_row(pool_outcomes(bases), pool_outcomes(steered))})  # fmt: skip
     return pd.DataFrame(rows)
 
 
-def _pooled(per_task: list[list[Outcome]]) -> list[Outcome]:
-    """Outcomes of several tasks concatenated, seed by seed."""
+def pool_outcomes(per_task: list[list[Outcome]]) -> list[Outcome]:
+    """Outcomes of several tasks concatenated, seed by seed ([tasks][seeds] -> [seeds])."""
     seeds = len(per_task[0])
     return [Outcome([i for outcomes in per_task for i in outcomes[s].problem_ids],
                     np.concatenate([outcomes[s].correct for outcomes in per_task]),
@@ -119,7 +119,11 @@ def head_to_head(suite: Suite, pairs=HEAD_TO_HEAD) -> pd.DataFrame:
     """IPG against a baseline on the same test problems (pooled over families), per condition:
     the paired difference IPG - baseline with its 95% CI and p-value. Enhancement uses each
     method's own validation choice; suppression the common ``suppress_p``. Reuses Table 1's
-    evaluations (run :func:`capability_control` first, or this runs them)."""
+    evaluations (run :func:`capability_control` first, or this runs them).
+
+    Example:
+        >>> head_to_head(suite).query("condition == 'suppress'")          # doctest: +SKIP
+    """
     config = suite.config
     tasks = suite.tasks("test", config.test)
     rows = []
@@ -133,7 +137,7 @@ def head_to_head(suite: Suite, pairs=HEAD_TO_HEAD) -> pd.DataFrame:
                 p, gamma = (
                     suite.chosen(name) if condition == "enhance" else (config.suppress_p, 0.0)
                 )
-                outcomes = _pooled([suite.evaluate(sets, task, p, gamma) for task in tasks])
+                outcomes = pool_outcomes([suite.evaluate(sets, task, p, gamma) for task in tasks])
                 per_method.append(np.mean([o.correct for o in outcomes], axis=0))
             comparison = paired_comparison(per_method[1], per_method[0])
             rows.append({"method": first, "baseline": second, "condition": condition,
@@ -147,7 +151,13 @@ def head_to_head(suite: Suite, pairs=HEAD_TO_HEAD) -> pd.DataFrame:
 
 def dose_response(suite: Suite, methods=("IPG", "Activation", "Random")) -> pd.DataFrame:
     """Accuracy vs gamma (p = ``dose_p``) and vs p (gamma = 0 and IPG's enhancement gamma) on
-    ``dose_problems`` test problems per family, pooled. Random uses two seeds."""
+    ``dose_problems`` test problems per family, pooled. Random uses two seeds.
+
+    Example:
+        >>> curves = dose_response(suite)                                   # doctest: +SKIP
+        >>> curves[curves.axis == "gamma"].pivot(index="gamma", columns="method",
+        ...                                      values="accuracy")         # doctest: +SKIP
+    """
     config = suite.config
     tasks = suite.tasks("test", config.dose_problems)
     _, enhance_gamma = suite.chosen("IPG")
@@ -158,10 +168,10 @@ def dose_response(suite: Suite, methods=("IPG", "Activation", "Random")) -> pd.D
         sets = suite.methods[name]
         sets = SelectedSets(sets.method, sets.level, sets.policy, sets.policy_key,
                             sets.results[:2], sets.fixed_p)  # fmt: skip
-        base = _pooled([suite.evaluate(None, task, policy=sets.policy, policy_key=sets.policy_key)
+        base = pool_outcomes([suite.evaluate(None, task, policy=sets.policy, policy_key=sets.policy_key)
                         for task in tasks])  # fmt: skip
         for axis, p, gamma in grid:
-            steered = _pooled([suite.evaluate(sets, task, p, gamma) for task in tasks])
+            steered = pool_outcomes([suite.evaluate(sets, task, p, gamma) for task in tasks])
             rows.append({"method": name, "axis": axis, "p": p, "gamma": gamma,
                          **condition_row(base, steered)})  # fmt: skip
     return pd.DataFrame(rows)
@@ -170,13 +180,17 @@ def dose_response(suite: Suite, methods=("IPG", "Activation", "Random")) -> pd.D
 def support_size(suite: Suite) -> pd.DataFrame:
     """IPG from M support prompts (families interleaved) with baseline h' = zero or mean: the
     accuracy after suppressing (gamma = 0) and enhancing (IPG's validation gamma) its top
-    ``dose_p`` units, and the Dice overlap of that set with the largest M's set."""
+    ``dose_p`` units, and the Dice overlap of that set with the largest M's set.
+
+    Example:
+        >>> support_size(suite)[["baseline", "M", "condition", "difference"]]  # doctest: +SKIP
+    """
     config = suite.config
     tasks = suite.tasks("test", config.dose_problems)
     pool = suite.support_rollouts()
     units = suite.neurons()
     _, enhance_gamma = suite.chosen("IPG")
-    base = _pooled([suite.evaluate(None, task) for task in tasks])
+    base = pool_outcomes([suite.evaluate(None, task) for task in tasks])
     largest = min(max(config.support_sizes), len(pool.problems))
     rows = []
     for baseline in ("zero", "mean"):
@@ -188,7 +202,7 @@ def support_size(suite: Suite) -> pd.DataFrame:
         for m, result in results.items():
             sets = SelectedSets("IPG", "neuron", suite.policy, suite.policy_key, [result])
             for condition, gamma in (("suppress", 0.0), ("enhance", enhance_gamma)):
-                steered = _pooled([suite.evaluate(sets, task, config.dose_p, gamma)
+                steered = pool_outcomes([suite.evaluate(sets, task, config.dose_p, gamma)
                                    for task in tasks])  # fmt: skip
                 rows.append({"baseline": baseline, "M": m, "condition": condition,
                              "p": config.dose_p, "gamma": gamma,
@@ -201,7 +215,12 @@ def support_size(suite: Suite) -> pd.DataFrame:
 def site_search(suite: Suite, ps=(10,), gammas=(0.0, 1.5)) -> pd.DataFrame:
     """What was tried before settling on a site: IPG at each ``config.sites`` entry (and, at the
     configured site, on-path mode), its validation accuracy when its top p units are scaled, next
-    to Random (seed 0) and Activation at the same site. Validation split only."""
+    to Random (seed 0) and Activation at the same site. Validation split only.
+
+    Example:
+        >>> site_search(suite).pivot_table(index=["site", "layer"], columns="method",
+        ...                                values="accuracy")               # doctest: +SKIP
+    """
     config = suite.config
     tasks = suite.tasks("validation", config.validation)
     rollouts = suite.support_rollouts().select(range(suite.support_count))

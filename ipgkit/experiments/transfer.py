@@ -12,7 +12,7 @@ from ipgkit.rollouts import sample
 from ipgkit.tasks.rewards import length_reward
 from ipgkit.training.distill import check_rate
 
-from .control import _pooled, condition_row
+from .control import condition_row, pool_outcomes
 from .suite import SelectedSets, Suite
 
 
@@ -42,7 +42,11 @@ def dataset_consistency(suite: Suite) -> pd.DataFrame:
     p-subsets of the same units (exact: the expected Dice, its 95th percentile and the chance
     that random sets overlap as much). Rows with ``second = "<dataset> (resampled)"`` compare a
     dataset's set with the set from a second sample of rollouts on the same prompts: the ceiling
-    that estimator noise puts on any cross-dataset overlap."""
+    that estimator noise puts on any cross-dataset overlap.
+
+    Example:
+        >>> dataset_consistency(suite).query("p == 10")                     # doctest: +SKIP
+    """
     results = dataset_sets(suite)
     resampled = dataset_sets(suite, resample=1)
     width = len(suite.neurons().resolved(suite.policy.model))
@@ -62,7 +66,11 @@ def dataset_consistency(suite: Suite) -> pd.DataFrame:
 
 def dataset_transfer(suite: Suite) -> pd.DataFrame:
     """The IPG set found on one standard-split dataset steering every family's test problems:
-    suppression (``suppress_p`` at gamma = 0) and enhancement (IPG's validation choice)."""
+    suppression (``suppress_p`` at gamma = 0) and enhancement (IPG's validation choice).
+
+    Example:
+        >>> dataset_transfer(suite)[["source", "target", "condition", "difference"]]  # doctest: +SKIP
+    """
     config = suite.config
     results = {d: r for d, r in dataset_sets(suite).items() if d.endswith("/train")}
     p_enhance, gamma_enhance = suite.chosen("IPG")
@@ -87,7 +95,11 @@ def distilled_transfer(suite: Suite) -> pd.DataFrame:
     """The base model's sets, with no new attribution, steering the distilled student: IPG
     (enhance with the base model's validation choice, suppress ``suppress_p``), Random (three
     seeds) and Activation; plus the student's own IPG set for reference. Reports accuracy,
-    mean length and the check rate on ``dose_problems`` test problems per family, pooled."""
+    mean length and the check rate on ``dose_problems`` test problems per family, pooled.
+
+    Example:
+        >>> distilled_transfer(suite).query("model == 'distilled'")         # doctest: +SKIP
+    """
     config = suite.config
     model, key = suite.student
     tasks = suite.tasks("test", config.dose_problems)
@@ -95,7 +107,7 @@ def distilled_transfer(suite: Suite) -> pd.DataFrame:
     units = suite.neurons()
 
     def run(sets, p, gamma, policy, policy_key):
-        return _pooled([suite.evaluate(sets, task, p, gamma, policy=policy, policy_key=policy_key,
+        return pool_outcomes([suite.evaluate(sets, task, p, gamma, policy=policy, policy_key=policy_key,
                                        max_new_tokens=budget) for task in tasks])  # fmt: skip
 
     rows = []
@@ -142,7 +154,12 @@ def reasoning_strength(suite: Suite) -> pd.DataFrame:
     """IPG with a length reward (completion tokens): the top ``strength_p`` units, scaled by each
     of ``strength_gammas``, on the base model and the distilled student (who chooses whether to
     check its steps), with a random set of the same size for contrast. Reports mean length,
-    accuracy and check rate."""
+    accuracy and check rate.
+
+    Example:
+        >>> reasoning_strength(suite).pivot_table(index="gamma", columns=["model", "set"],
+        ...                                       values="mean_length")   # doctest: +SKIP
+    """
     config = suite.config
     tasks = suite.tasks("test", config.dose_problems)
     units = suite.neurons()
@@ -157,12 +174,12 @@ def reasoning_strength(suite: Suite) -> pd.DataFrame:
         rollouts = rollouts.select(range(suite.support_count))
         result = suite.ipg(f"ipg_length_{model_name}", policy, policy_key, units, rollouts)
         sets = {"IPG (length)": [result], "Random": [random_baseline(policy, units, 0)]}
-        base = _pooled([suite.evaluate(None, task, policy=policy, policy_key=policy_key,
+        base = pool_outcomes([suite.evaluate(None, task, policy=policy, policy_key=policy_key,
                                        max_new_tokens=budget) for task in tasks])  # fmt: skip
         for name, results in sets.items():
             chosen = SelectedSets(name, "neuron", policy, policy_key, results)
             for gamma in config.strength_gammas:
-                steered = _pooled([suite.evaluate(chosen, task, config.strength_p, gamma,
+                steered = pool_outcomes([suite.evaluate(chosen, task, config.strength_p, gamma,
                                                   max_new_tokens=budget) for task in tasks])  # fmt: skip
                 row = condition_row(base, steered)
                 lengths = steered[0].length - base[0].length
