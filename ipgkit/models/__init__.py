@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ipgkit.errors import IpgkitError
 from ipgkit.models.arith import WEIGHTS_DIR, load_arith
+from ipgkit.models.hf import is_hf_directory, load_hf_directory
 from ipgkit.models.policy import Policy
 
 EMBEDDED = ("arith",)
@@ -42,11 +43,13 @@ def _load_policy(name: str, device: str) -> Policy:
     if name == "arith":
         return load_arith(WEIGHTS_DIR, device=device)
     path = Path(name)
+    if is_hf_directory(path):
+        return load_hf_directory(path, device=device)
     if (path / "model.safetensors").exists() and (path / "config.json").exists():
         return load_arith(path, device=device)
     raise IpgkitError(
-        f"unknown model {name!r}: use 'arith' (the embedded model) or a directory written by "
-        "`ipgkit train-model`"
+        f"unknown model {name!r}: use 'arith' (the embedded model), a directory written by "
+        "`ipgkit train-model`, or a local Hugging Face checkpoint directory"
     )
 
 
