@@ -17,8 +17,10 @@ def load_model(name: str = "arith", device: str = "cpu", saes: Sequence | None =
     """Load a policy by name.
 
     Args:
-        name: ``"arith"`` for the embedded reasoning model shipped with ipgkit (no network), or a
-            directory written by ``ipgkit train-model`` (``config.json`` + ``model.safetensors``).
+        name: ``"arith"`` for the embedded reasoning model shipped with ipgkit (no network), a
+            directory written by ``ipgkit train-model`` (``config.json`` + ``model.safetensors``),
+            or a local Hugging Face checkpoint directory (Llama and Qwen2 checked; see
+            :func:`ipgkit.models.hf.load_hf_directory`).
         device: torch device for the weights.
         saes: SAEs to splice in, error term kept (see :mod:`ipgkit.saes`): layer numbers of the
             SAEs shipped in ``saes/``, SAE directories, or SAE objects. The model is then a

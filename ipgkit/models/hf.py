@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +21,8 @@ from ipgkit.errors import IpgkitError
 
 from .policy import Policy
 
-#: architectures whose TransformerLens conversion ipgkit has checked against Hugging Face logits
-CHECKED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+#: architectures whose TransformerLens conversion ipgkit's tests check against Hugging Face logits
+CHECKED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 
 
 def is_hf_directory(path: str | os.PathLike) -> bool:
@@ -87,6 +88,12 @@ def load_hf_directory(path: str | os.PathLike, device: str = "cpu", dtype=None) 
             f"{path} is not a Hugging Face checkpoint (no config.json with model_type)"
         )
     architecture = json.loads((path / "config.json").read_text()).get("architectures", ["?"])[0]
+    if architecture not in CHECKED_ARCHITECTURES:
+        warnings.warn(
+            f"{architecture} goes through TransformerLens's converter, but ipgkit's tests check only "
+            f"{CHECKED_ARCHITECTURES}; compare a few logits with the Hugging Face model",
+            stacklevel=2,
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as error:
