@@ -239,33 +239,26 @@ def cmd_experiments(args: argparse.Namespace) -> int:
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from ipgkit.analysis import plot_activation_by_progress
     from ipgkit.experiments.figures import draw_figures
     from ipgkit.training.experiment import plot_int_experiment
 
     out = Path(args.out)
-    tables = out / "data" / "experiments"
-    written = draw_figures(tables, out) if tables.is_dir() else []
+    experiment_tables = out / "data" / "experiments"
+    written = draw_figures(experiment_tables, out) if experiment_tables.is_dir() else []
     int_dir = out / "data" / "int"
     if (int_dir / "steps.csv").exists() and (int_dir / "final.csv").exists():
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import pandas as pd
-
-        tables = {name: pd.read_csv(int_dir / f"{name}.csv") for name in ("steps", "final")}
-        plot_int_experiment(tables, out / "int_grpo.png")
+        int_tables = {name: pd.read_csv(int_dir / f"{name}.csv") for name in ("steps", "final")}
+        plot_int_experiment(int_tables, out / "int_grpo.png")
         written.append(out / "int_grpo.png")
-    progress = sorted((out / "data").glob("sae_features_L*.json"))
-    for path in progress:
-        import json
-
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import pandas as pd
-
-        from ipgkit.analysis import plot_activation_by_progress
-
+    for path in sorted((out / "data").glob("sae_features_L*.json")):
         report = json.loads(path.read_text())
         ax = plot_activation_by_progress(pd.DataFrame(report["progress"]))
         ax.set_title(

@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 
 from ipgkit.analysis import dice
+from ipgkit.attribution import activation_magnitude, random_baseline
+from ipgkit.attribution.ipg import IPGConfig, ipg
 from ipgkit.evaluation import mean_interval, paired_comparison, wilson_interval
 
 from .suite import SelectedSets, Suite
@@ -224,8 +226,6 @@ def site_search(suite: Suite, ps=(10,), gammas=(0.0, 1.5)) -> pd.DataFrame:
     config = suite.config
     tasks = suite.tasks("validation", config.validation)
     rollouts = suite.support_rollouts().select(range(suite.support_count))
-    from ipgkit.attribution import activation_magnitude, random_baseline
-
     rows = []
     trials = [(kind, layer, "paper") for kind, layer in config.sites]
     trials.append((config.site, config.layer, "on_path"))
@@ -256,8 +256,6 @@ def site_search(suite: Suite, ps=(10,), gammas=(0.0, 1.5)) -> pd.DataFrame:
 
 
 def _on_path(suite: Suite, units, rollouts):
-    from ipgkit.attribution.ipg import IPGConfig, ipg
-
     config = IPGConfig(n_rollouts=suite.config.n_rollouts, n_steps=suite.config.n_steps,
                        mode="on_path", seed=suite.config.seed)  # fmt: skip
     task = suite.support_task

@@ -234,14 +234,21 @@ class Suite:
                          max_new_tokens: int | None = None) -> Rollouts:  # fmt: skip
         """The support pool's rollouts (IPG paper settings: N per prompt, T = 0.6, top-p 0.8),
         sampled once per policy and reward."""
-        policy = policy or self.policy
         task = self.support_task
         settings = {"policy": policy_key or self.policy_key, "problems": len(task),
                     "n": self.config.n_rollouts, "seed": self.config.seed, "reward": reward_name,
                     "max_new_tokens": max_new_tokens or task.max_new_tokens}  # fmt: skip
-        return self.ws.rollouts("support", settings, lambda: sample(
+        return self.paper_rollouts("support", settings, task, policy or self.policy,
+                                   self.config.seed, reward, max_new_tokens)  # fmt: skip
+
+    def paper_rollouts(self, name: str, settings, task: Task, policy: Policy, seed: int,
+                       reward: Callable | None = None,
+                       max_new_tokens: int | None = None) -> Rollouts:  # fmt: skip
+        """``n_rollouts`` completions per problem of ``task`` with the IPG paper's sampling
+        settings (T = 0.6, top-p 0.8), drawn once per (name, settings) and cached."""
+        return self.ws.rollouts(name, settings, lambda: sample(
             policy, task.problems, n=self.config.n_rollouts, temperature=0.6, top_p=0.8,
-            max_new_tokens=max_new_tokens or task.max_new_tokens, seed=self.config.seed,
+            max_new_tokens=max_new_tokens or task.max_new_tokens, seed=seed,
             reward=reward or task.correctness, progress=self.progress))  # fmt: skip
 
     # --- components ---------------------------------------------------------------------------

@@ -8,7 +8,6 @@ import pandas as pd
 
 from ipgkit.analysis import dice, random_dice
 from ipgkit.attribution import random_baseline
-from ipgkit.rollouts import sample
 from ipgkit.tasks.rewards import length_reward
 from ipgkit.training.distill import check_rate
 
@@ -28,10 +27,8 @@ def dataset_sets(suite: Suite, resample: int = 0):
         task = suite.task(family, split, config.support)
         settings = {"policy": suite.policy_key, "dataset": dataset, "n": config.n_rollouts,
                     "problems": len(task), "seed": seed}  # fmt: skip
-        rollouts = suite.ws.rollouts(f"support_{family}_{split}", settings, lambda task=task: sample(
-            suite.policy, task.problems, n=config.n_rollouts, temperature=0.6, top_p=0.8,
-            max_new_tokens=task.max_new_tokens, seed=seed, reward=task.correctness,
-            progress=suite.progress))  # fmt: skip
+        rollouts = suite.paper_rollouts(f"support_{family}_{split}", settings, task,
+                                        suite.policy, seed)  # fmt: skip
         results[dataset] = suite.ipg(f"ipg_{family}_{split}", suite.policy, suite.policy_key,
                                      units, rollouts)  # fmt: skip
     return results

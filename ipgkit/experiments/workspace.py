@@ -10,6 +10,7 @@ so a kill loses at most the evaluation that was running.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -135,11 +136,7 @@ class Workspace:
         ])  # fmt: skip
         if key in self._evaluations:
             return Outcome.from_record(self._evaluations[key])
-        if steered:
-            with steer(policy, sets, gamma, positions):
-                greedy, _ = evaluation_rollouts(policy, task, max_new_tokens=max_new_tokens,
-                                                progress=progress)  # fmt: skip
-        else:
+        with steer(policy, sets, gamma, positions) if steered else contextlib.nullcontext():
             greedy, _ = evaluation_rollouts(policy, task, max_new_tokens=max_new_tokens,
                                             progress=progress)  # fmt: skip
         outcome = Outcome([p.id for p in task.problems], greedy.rewards.numpy().astype(float),
