@@ -8,6 +8,11 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+MODEL_HELP = (
+    "'arith' (embedded), 'smollm2-135m-instruct', a trained or Hugging Face model directory, "
+    "a .gguf file, or a hub name such as Qwen/Qwen2.5-Math-1.5B-Instruct"
+)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -41,7 +46,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     frames = []
     for task in tasks:
         frames.append(ipgkit.evaluate(policy, task, n_samples=args.samples, ks=args.ks,
-                                      temperature=args.temperature, progress=True))  # fmt: skip
+                                      temperature=args.temperature, progress=True,
+                                      max_new_tokens=args.max_new_tokens,
+                                      batch_size=args.batch_size))  # fmt: skip
     table = pd.concat(frames, ignore_index=True)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.out:
@@ -49,6 +56,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         atomic_write_text(Path(args.out), table.to_csv(index=False))
         print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_real_model(args: argparse.Namespace) -> int:
+    from ipgkit.experiments.real_model import RealModelConfig, real_model_study, small_real_config
+
+    settings = dict(model=args.model, data=args.data)
+    config = small_real_config(**settings) if args.small else RealModelConfig(**settings)
+    tables = real_model_study(config, args.out)
+    for name, table in tables.items():
+        print(f"\n== {name}: {args.out}/{name}.csv")
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
 
 
@@ -290,7 +309,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     problem = task.problems[0]
     greedy = ipgkit.sample(policy, [problem], temperature=0.0, max_new_tokens=task.max_new_tokens)
     print(
-        f"\n{policy.prompt_format(problem.question)}{greedy.texts[0]}\n(gold: {problem.answer})\n"
+        f"\n{policy.prompt_format(problem.statement)}{greedy.texts[0]}\n(gold: {problem.answer})\n"
     )
     rollouts = ipgkit.sample(policy, task.problems[: args.prompts], n=8, temperature=0.7,
                              max_new_tokens=task.max_new_tokens, reward=task.correctness)  # fmt: skip
@@ -335,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=cmd_train_model)
 
     evaluate = commands.add_parser("evaluate", help="accuracy@1, pass@k and length with 95%% CIs")
-    evaluate.add_argument("--model", default="arith", help="'arith' or a trained model directory")
+    evaluate.add_argument("--model", default="arith", help=MODEL_HELP)
     evaluate.add_argument(
         "--task", default="arith-word", help="arith-word, arith-chain, gsm8k, math500"
     )
@@ -345,13 +364,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--samples", type=int, default=0, help="samples per problem for pass@k")
     evaluate.add_argument("--ks", type=int, nargs="+", default=[1], help="k values for pass@k")
     evaluate.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
+    evaluate.add_argument("--max-new-tokens", type=int, default=None,
+                          help="token budget (default: the task's)")  # fmt: skip
+    evaluate.add_argument("--batch-size", type=int, default=64, help="completions per batch")
     evaluate.add_argument("--out", default=None, help="write the table as CSV here")
     evaluate.set_defaults(run=cmd_evaluate)
 
     card = commands.add_parser(
         "model-card", help="measure accuracy, sample diversity and verifier skill"
     )
-    card.add_argument("--model", default="arith", help="'arith' or a trained model directory")
+    card.add_argument("--model", default="arith", help=MODEL_HELP)
     card.add_argument("--limit", type=int, default=200, help="problems per family and split")
     card.add_argument("--samples", type=int, default=8, help="samples per problem at T=0.7")
     card.add_argument("--out", default="model_card.json", help="where to write the JSON card")
@@ -361,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
         "attribute",
         help="IPG scores for the neurons or SAE features of one layer (table, result file and plot)",
     )
-    attribute.add_argument("--model", default="arith", help="'arith' or a trained model directory")
+    attribute.add_argument("--model", default="arith", help=MODEL_HELP)
     attribute.add_argument("--task", default="arith-word", help="arith-word, arith-chain, gsm8k, math500")  # fmt: skip
     attribute.add_argument("--split", default="train", help="support-set split (default: train)")
     attribute.add_argument("--path", default=None, help="data file or directory (gsm8k, math500)")
@@ -394,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_sae = commands.add_parser(
         "train-sae", help="train TopK SAEs on the model's own traces (what saes/ ships)"
     )
-    train_sae.add_argument("--model", default="arith", help="'arith' or a trained model directory")
+    train_sae.add_argument("--model", default="arith", help=MODEL_HELP)
     train_sae.add_argument("--layer", default="all", help="block index, or 'all' (default)")
     train_sae.add_argument("--k", type=int, default=32, help="active latents per token")
     train_sae.add_argument("--expansion", type=int, default=16, help="d_sae / d_model")
@@ -409,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     int_parser = commands.add_parser(
         "int", help="InT experiment: hard pool, interventions, SFT, GRPO arms (resumable)"
     )
-    int_parser.add_argument("--model", default="arith", help="'arith' or a trained model directory")
+    int_parser.add_argument("--model", default="arith", help=MODEL_HELP)
     int_parser.add_argument("--out", default="runs/int", help="output folder (a rerun resumes)")
     int_parser.add_argument("--small", action="store_true", help="a minutes-long version")
     int_parser.add_argument("--family", default=None, help="arith-word (default) or arith-chain")
@@ -420,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     int_parser.set_defaults(run=cmd_int)
 
     grpo = commands.add_parser("grpo", help="GRPO on a task (TRL option names; resumable)")
-    grpo.add_argument("--model", default="arith", help="'arith' or a trained model directory")
+    grpo.add_argument("--model", default="arith", help=MODEL_HELP)
     grpo.add_argument("--task", default="arith-word")
     grpo.add_argument("--split", default="train")
     grpo.add_argument("--path", default=None, help="data file or directory (gsm8k, math500)")
@@ -442,6 +464,16 @@ def build_parser() -> argparse.ArgumentParser:
     grpo.add_argument("--out", default="runs/grpo", help="checkpoint folder (a rerun resumes)")
     grpo.set_defaults(run=cmd_grpo)
 
+    real = commands.add_parser(
+        "real-model",
+        help="a real LLM on GSM8K/MATH500, and IPG length attribution with steering (resumable)",
+    )
+    real.add_argument("--model", default="smollm2-135m-instruct", help="what load_model loads")
+    real.add_argument("--data", default="../shared/data", help="folder with gsm8k/ and math500/")
+    real.add_argument("--out", default="runs/smollm2", help="workspace folder (a rerun resumes)")
+    real.add_argument("--small", action="store_true", help="a minutes-long version")
+    real.set_defaults(run=cmd_real_model)
+
     experiments = commands.add_parser(
         "experiments", help="the IPG paper's control experiments (resumable; tables and figures)"
     )
@@ -449,9 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiments.add_argument("--only", nargs="+", default=None, metavar="NAME",
                              help="run these: validation_grid control head_to_head dose support "
                                   "consistency transfer distilled strength sites")  # fmt: skip
-    experiments.add_argument(
-        "--model", default="arith", help="'arith' or a trained model directory"
-    )
+    experiments.add_argument("--model", default="arith", help=MODEL_HELP)
     experiments.add_argument("--out", default="runs/experiments",
                              help="workspace folder (a rerun resumes from it)")  # fmt: skip
     experiments.add_argument("--small", action="store_true", help="a minutes-long version")

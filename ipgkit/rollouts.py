@@ -536,7 +536,9 @@ def sample(
     ]
     if not problems:
         raise IpgkitError("no problems to sample from (empty list)")
-    prompts = [policy.prompt_format(p.question) if format_prompts else p.question for p in problems]
+    prompts = [
+        policy.prompt_format(p.statement) if format_prompts else p.question for p in problems
+    ]
     prompt_ids = policy.encode(prompts)
     check_context(policy, max(len(ids) for ids in prompt_ids), max_new_tokens, prompt_ids)
     # sort groups by prompt length so batches carry little padding; rows keep problem order

@@ -273,7 +273,7 @@ def _occurrences(sequence: Sequence[int], variants: Sequence[Sequence[int]]):
 
 
 def _reference_rows(policy: Policy, problems: Sequence[Problem], text: Callable[[Problem], str]):
-    prompts = policy.encode([policy.prompt_format(p.question) for p in problems])
+    prompts = policy.encode([policy.prompt_format(p.statement) for p in problems])
     return prompts, policy.encode_completions([text(p) for p in problems])
 
 

@@ -20,7 +20,7 @@ from ipgkit.tasks.base import (
     reward_columns,
     split_lines,
 )
-from ipgkit.tasks.jsonl import load_gsm8k, load_math500
+from ipgkit.tasks.jsonl import BOXED_INSTRUCTION, load_gsm8k, load_math500
 from ipgkit.tasks.rewards import keyword_count, length_reward
 
 TASKS = (*FAMILIES, "gsm8k", "math500")
@@ -32,6 +32,7 @@ def load(
     path: str | Path | None = None,
     n: int | None = None,
     seed: int = 0,
+    instruction: str | None = None,
 ) -> Task:
     """Load a task by name.
 
@@ -43,10 +44,13 @@ def load(
         path: the JSONL file or its directory (GSM8K, MATH500 only).
         n: number of problems (arithmetic: how many to generate, default 500; files: first n).
         seed: generation seed (arithmetic only).
+        instruction: GSM8K and MATH500 only: the answer-format instruction after each question
+            (default :data:`BOXED_INSTRUCTION`, the paper's format; ``""`` for none).
     """
     if name in FAMILIES:
-        if path is not None:
-            raise IpgkitError(f"{name} is generated; it takes no path")
+        if path is not None or instruction is not None:
+            raise IpgkitError(f"{name} is generated in the embedded model's format; it takes no "
+                              "path and no instruction")  # fmt: skip
         return load_arith(name, split=split, n=500 if n is None else n, seed=seed)
     if name in ("gsm8k", "math500"):
         if path is None:
@@ -54,12 +58,14 @@ def load(
                 f"{name} is read from disk: pass path=<directory or .jsonl file> "
                 "(ipgkit ships no benchmark data)"
             )
-        task = load_gsm8k(path, split) if name == "gsm8k" else load_math500(path, split)
+        loader = load_gsm8k if name == "gsm8k" else load_math500
+        task = loader(path, split, BOXED_INSTRUCTION if instruction is None else instruction)
         return task.subset(n)
     raise IpgkitError(f"unknown task {name!r}; choose one of {TASKS}")
 
 
 __all__ = [
+    "BOXED_INSTRUCTION",
     "TASKS",
     "Problem",
     "RewardFunction",

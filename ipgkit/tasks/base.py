@@ -20,6 +20,9 @@ class Problem:
         reference: a worked solution in the task's step format (one step per line for arithmetic).
         answer: the gold final answer as a string (``"62"``, ``"\\frac{1}{2}"``).
         metadata: anything else (number of steps, level, subject, ...).
+        instruction: the task's answer-format instruction, appended to the question when the
+            model is prompted (GSM8K and MATH500: reason step by step, answer in ``\\boxed{}``);
+            empty for tasks whose model needs none.
     """
 
     id: str
@@ -27,6 +30,13 @@ class Problem:
     reference: str
     answer: str
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    instruction: str = ""
+
+    @property
+    def statement(self) -> str:
+        """What the model is asked: the question, then the instruction (if any) on a new line.
+        Policies format this into a prompt; verifiers and rewards see the bare question."""
+        return f"{self.question}\n{self.instruction}" if self.instruction else self.question
 
 
 class RewardFunction(Protocol):

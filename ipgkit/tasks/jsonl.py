@@ -13,6 +13,9 @@ from ipgkit.tasks.grading import grade_math, grade_numeric, last_boxed
 
 _CALCULATOR = re.compile(r"<<[^>]*>>")
 
+#: the answer format of the IPG paper's models (Qwen2.5-Math, DeepSeek-R1-Distill) in evaluation
+BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
 
 def read_jsonl(path: str | Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
     """Rows of a JSONL file; errors name the file and line (missing file, bad JSON, missing keys)."""
@@ -57,11 +60,12 @@ def _resolve(path: str | Path, split: str, name: str) -> Path:
     return path
 
 
-def load_gsm8k(path: str | Path, split: str = "test") -> Task:
+def load_gsm8k(path: str | Path, split: str = "test", instruction: str = BOXED_INSTRUCTION) -> Task:
     """GSM8K from ``path`` (a ``.jsonl`` file, or a directory holding ``{split}.jsonl``).
 
     The reference keeps the worked solution without calculator annotations; the answer is the
-    number after ``####``.
+    number after ``####``. ``instruction`` follows each question in the prompt (see
+    :attr:`Problem.statement`); the grader reads ``####``, ``\\boxed{}`` or the last number.
     """
     file = _resolve(path, split, "GSM8K")
     problems = []
@@ -70,14 +74,19 @@ def load_gsm8k(path: str | Path, split: str = "test") -> Task:
         if "####" not in solution:
             raise DataFormatError(f"{file}:{index + 1}: answer has no '#### <final>' line")
         answer = solution.rsplit("####", 1)[1].strip().replace(",", "")
+        question = row["question"].strip()
+        problem_id = f"gsm8k/{split}/{index}"
         problems.append(
-            Problem(f"gsm8k/{split}/{index}", row["question"].strip(), solution.strip(), answer)
+            Problem(problem_id, question, solution.strip(), answer, instruction=instruction)
         )
     return Task(name="gsm8k", split=split, problems=problems, grade=grade_numeric)
 
 
-def load_math500(path: str | Path, split: str = "test") -> Task:
-    """MATH500 from ``path`` (a ``.jsonl`` file, or a directory holding ``test.jsonl``)."""
+def load_math500(
+    path: str | Path, split: str = "test", instruction: str = BOXED_INSTRUCTION
+) -> Task:
+    """MATH500 from ``path`` (a ``.jsonl`` file, or a directory holding ``test.jsonl``);
+    ``instruction`` follows each question in the prompt."""
     file = _resolve(path, split, "MATH500")
     problems = []
     for index, row in enumerate(read_jsonl(file, ("problem", "solution", "answer"))):
@@ -91,6 +100,7 @@ def load_math500(path: str | Path, split: str = "test") -> Task:
                 row["solution"].strip(),
                 str(row["answer"]).strip(),
                 metadata,
+                instruction=instruction,
             )
         )
     return Task(name="math500", split=split, problems=problems, grade=grade_math)

@@ -141,7 +141,7 @@ def distillation_examples(
             continue
         if rng.random() < config.check_fraction:
             trace, checked = add_checks(trace), checked + 1
-        examples.append(text_example(teacher, teacher.prompt_format(problem.question), trace,
+        examples.append(text_example(teacher, teacher.prompt_format(problem.statement), trace,
                                      eos=True, source=problem.id))  # fmt: skip
     if not examples:
         raise IpgkitError(f"the teacher solved none of the {len(task)} problems; nothing to distil")

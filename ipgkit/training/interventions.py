@@ -352,7 +352,7 @@ def continue_from(
         elif condition == "intervention":
             head += fix.content + "\n"
         heads.append(head)
-    prompts = [policy.prompt_format(a.problem.question) + head for a, head in zip(attempts, heads, strict=True)]  # fmt: skip
+    prompts = [policy.prompt_format(a.problem.statement) + head for a, head in zip(attempts, heads, strict=True)]  # fmt: skip
     rollouts = sample(policy, prompts, n=n, temperature=temperature, seed=seed,
                       max_new_tokens=task.max_new_tokens, format_prompts=False,
                       progress=progress)  # fmt: skip
@@ -415,7 +415,7 @@ def int_examples(
     found by the filter, with EOS)."""
     examples = []
     for attempt, fix, continuation in interventions.kept():
-        prompt = policy.prompt_format(attempt.problem.question)
+        prompt = policy.prompt_format(attempt.problem.statement)
         prefix = attempt.prefix(fix.location)
         if variant == "prefix+intervention":
             examples.append(text_example(policy, prompt, prefix + fix.content + "\n", eos=False,

@@ -57,7 +57,7 @@ def text_example(policy: Policy, prompt: str, completion: str, eos: bool, source
 
 def reference_examples(policy: Policy, problems: Sequence[Problem]) -> list[SFTExample]:
     """prompt -> reference solution + EOS: the reference-solution SFT baseline of the InT paper."""
-    return [text_example(policy, policy.prompt_format(p.question), p.reference, eos=True,
+    return [text_example(policy, policy.prompt_format(p.statement), p.reference, eos=True,
                          source=p.id) for p in problems]  # fmt: skip
 
 

@@ -60,3 +60,20 @@ def test_missing_fields_empty_files_and_paths(tmp_path):
     path.write_bytes(b"\xff\xfe{}")
     with pytest.raises(DataFormatError, match="not UTF-8"):
         load("gsm8k", path=path)
+
+
+def test_the_paper_answer_format_follows_each_question_in_the_prompt(tmp_path, policy):
+    import ipgkit
+    from ipgkit.tasks import BOXED_INSTRUCTION
+
+    data = tmp_path / "test.jsonl"
+    data.write_text('{"question": "How many?", "answer": "2+1=3\\n#### 3"}\n')
+    problem = load("gsm8k", path=data).problems[0]
+    assert problem.question == "How many?" and problem.instruction == BOXED_INSTRUCTION
+    assert problem.statement == f"How many?\n{BOXED_INSTRUCTION}"
+    plain = load("gsm8k", path=data, instruction="").problems[0]
+    assert plain.statement == "How many?"
+    rollouts = ipgkit.sample(policy, [problem], max_new_tokens=2)
+    assert rollouts.prompts == [policy.prompt_format(problem.statement)]
+    with pytest.raises(IpgkitError, match="no instruction"):
+        load("arith-word", instruction="Answer briefly.")
