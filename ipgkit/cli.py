@@ -8,6 +8,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+OVERWRITE_HELP = "if --out holds results of other settings, move it aside and start afresh"
 MODEL_HELP = (
     "'arith' (embedded), 'smollm2-135m-instruct', a trained or Hugging Face model directory, "
     "a .gguf file, or a hub name such as Qwen/Qwen2.5-Math-1.5B-Instruct"
@@ -64,7 +65,7 @@ def cmd_real_model(args: argparse.Namespace) -> int:
 
     settings = dict(model=args.model, data=args.data)
     config = small_real_config(**settings) if args.small else RealModelConfig(**settings)
-    tables = real_model_study(config, args.out)
+    tables = real_model_study(config, args.out, overwrite=args.overwrite)
     for name, table in tables.items():
         print(f"\n== {name}: {args.out}/{name}.csv")
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -242,7 +243,8 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     if not args.all and not args.only:
         raise IpgkitError(f"say --all or --only NAME ...; experiments: {', '.join(EXPERIMENTS)}")
     config = small_config() if args.small else ExperimentConfig()
-    suite = Suite(args.out, config, policy=ipgkit.load_model(args.model))
+    suite = Suite(args.out, config, policy=ipgkit.load_model(args.model),
+                  overwrite=args.overwrite)  # fmt: skip
     tables = run_experiments(suite, None if args.all else args.only)
     for name, table in tables.items():
         print(f"\n== {name} ({len(table)} rows): {args.out}/{name}.csv")
@@ -472,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     real.add_argument("--data", default="../shared/data", help="folder with gsm8k/ and math500/")
     real.add_argument("--out", default="runs/smollm2", help="workspace folder (a rerun resumes)")
     real.add_argument("--small", action="store_true", help="a minutes-long version")
+    real.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     real.set_defaults(run=cmd_real_model)
 
     experiments = commands.add_parser(
@@ -485,6 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiments.add_argument("--out", default="runs/experiments",
                              help="workspace folder (a rerun resumes from it)")  # fmt: skip
     experiments.add_argument("--small", action="store_true", help="a minutes-long version")
+    experiments.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     experiments.add_argument("--figures", default=None,
                              help="also copy the tables to <dir>/data/experiments and draw the "
                                   "figures into <dir> (e.g. figures)")  # fmt: skip

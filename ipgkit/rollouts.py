@@ -503,6 +503,39 @@ def check_context(policy: Policy, prompt_length: int, new_tokens: int, prompt_id
         )
 
 
+def _available_bytes(device: torch.device) -> int | None:
+    """Memory free for new tensors on ``device`` (None where it cannot be read)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(policy: Policy, rows: int, positions: int) -> None:
+    """Refuse a sampling batch whose KV cache and logits would not fit in free memory (a clear
+    error up front, instead of the machine swapping or the process being killed)."""
+    cfg = policy.model.cfg
+    kv_heads = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    element = torch.finfo(cfg.dtype).bits // 8
+    # keys and values per layer, plus TransformerLens's per-step copy of them (GQA repeat,
+    # concatenation) and one row of logits per sequence
+    needed = rows * positions * cfg.n_layers * 2 * kv_heads * cfg.d_head * element * 2
+    needed += rows * cfg.d_vocab * 4 * 4
+    free = _available_bytes(torch.device(cfg.device))
+    if free is not None and needed > 0.9 * free:
+        raise IpgkitError(
+            f"a sampling batch of {rows} rows x {positions} positions needs about "
+            f"{needed / 2**30:.1f} GiB (KV cache), but {free / 2**30:.1f} GiB is free on "
+            f"{cfg.device}: lower batch_size (rollouts are sampled batch_size rows at a time)"
+        )
+
+
 def sample(
     policy: Policy,
     problems: Sequence[Problem] | Sequence[str],
@@ -544,6 +577,7 @@ def sample(
     # sort groups by prompt length so batches carry little padding; rows keep problem order
     order = sorted(range(len(problems)), key=lambda g: len(prompt_ids[g]))
     rows = [g for g in order for _ in range(n)]
+    check_memory(policy, min(batch_size, len(rows)), max(map(len, prompt_ids)) + max_new_tokens)
     generator = torch.Generator().manual_seed(seed)
     generated: list[tuple[Tensor, Tensor, Tensor]] = []
     bar = tqdm(total=len(rows), desc="sample", unit="completion", disable=not progress)

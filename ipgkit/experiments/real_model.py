@@ -123,9 +123,10 @@ def steering_row(method: str, gamma: float, base: Outcome, steered: list[Outcome
 
 
 def real_model_study(
-    config: RealModelConfig, out: str | os.PathLike, progress: bool = True
+    config: RealModelConfig, out: str | os.PathLike, progress: bool = True, overwrite: bool = False
 ) -> dict[str, pd.DataFrame]:
-    """Run (or resume) the study and write its tables as CSV files in ``out``.
+    """Run (or resume) the study and write its tables as CSV files in ``out`` (a folder holding
+    results of other settings is refused unless ``overwrite``, which moves it aside).
 
     Returns:
         ``benchmarks`` (GSM8K and MATH500 accuracy), ``top_neurons`` (the IPG ranking's head) and
@@ -135,7 +136,7 @@ def real_model_study(
     for name in ("gsm8k", "math500"):
         if not (data / name).is_dir():
             raise IpgkitError(f"{data / name} not found: pass data=<folder with gsm8k/, math500/>")
-    ws = Workspace(out)
+    ws = Workspace(out, asdict(config), overwrite=overwrite)
     started = time.perf_counter()
     policy = load_model(config.model)
     key = config.model

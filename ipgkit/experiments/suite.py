@@ -197,13 +197,15 @@ class Suite:
     """
 
     def __init__(self, out_dir: str | os.PathLike, config: ExperimentConfig | None = None,
-                 policy: Policy | None = None, sae=None, progress: bool = True) -> None:  # fmt: skip
+                 policy: Policy | None = None, sae=None, progress: bool = True,
+                 overwrite: bool = False) -> None:  # fmt: skip
         from ipgkit.models import load_model
 
         self.config = config or ExperimentConfig()
-        self.ws = Workspace(out_dir)
         self.policy = policy if policy is not None else load_model("arith")
         self.policy_key = f"{self.policy.name}:{_weights_digest(self.policy)}"
+        settings = {"config": asdict(self.config), "policy": self.policy_key}
+        self.ws = Workspace(out_dir, settings, overwrite=overwrite)
         if sae is None and self.policy.name == "arith":
             sae = self.config.layer
         self.sae = sae if sae is not False else None

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,10 @@ def digest(value) -> str:
     """A short stable hash of a JSON-able value (keys of cached results)."""
     text = json.dumps(value, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _settings_text(settings: dict) -> str:
+    return json.dumps(settings, sort_keys=True, indent=1, default=str)
 
 
 def set_signature(components: ComponentSet | None) -> str:
@@ -85,9 +90,26 @@ class Workspace:
         >>> outcome = ws.evaluate(policy, "arith", task, result.top(10), gamma=2.0)  # doctest: +SKIP
     """
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(
+        self, root: str | os.PathLike, settings: dict | None = None, overwrite: bool = False
+    ) -> None:
+        """Open (or create) the workspace at ``root``.
+
+        Args:
+            settings: what the results in it were computed with (a JSON-able dict), recorded in
+                ``settings.json``. A folder that holds results of other settings is refused, so
+                two configurations never mix in one folder.
+            overwrite: with different settings, move the old folder aside to
+                ``<root>.replaced-<time>`` (nothing is deleted) and start afresh.
+        """
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise IpgkitError(f"workspace {self.root} is a file, not a folder")
+        if settings is not None:
+            self._claim(settings, overwrite)
         self.root.mkdir(parents=True, exist_ok=True)
+        if settings is not None and not (self.root / "settings.json").exists():
+            atomic_write_text(self.root / "settings.json", _settings_text(settings))
         self.evaluations_path = self.root / "evaluations.jsonl"
         self._evaluations: dict[str, dict] = {}
         if self.evaluations_path.exists():
@@ -104,6 +126,24 @@ class Workspace:
                 # drop the broken line now, or the next append would be glued onto it
                 atomic_write_text(self.evaluations_path, "".join(f"{line}\n" for line in good))
         self.computed = 0  # evaluations run by this process (the rest came from the cache)
+
+    def _claim(self, settings: dict, overwrite: bool) -> None:
+        recorded = self.root / "settings.json"
+        if not recorded.exists():
+            return
+        previous = json.loads(recorded.read_text())
+        wanted = json.loads(_settings_text(settings))
+        if previous == wanted:
+            return
+        changed = sorted(k for k in previous.keys() | wanted.keys()
+                         if previous.get(k) != wanted.get(k))  # fmt: skip
+        if not overwrite:
+            raise IpgkitError(
+                f"{self.root} holds results of other settings (differing: {', '.join(changed)}); "
+                "use another output folder, or overwrite=True (--overwrite) to move it aside"
+            )
+        aside = self.root.with_name(f"{self.root.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        self.root.rename(aside)
 
     # --- evaluations ------------------------------------------------------------------------
 

@@ -135,7 +135,10 @@ def call_reward(
 ) -> list[float]:
     """Call a reward function and check its output: one finite float per completion."""
     name = getattr(reward, "__name__", type(reward).__name__)
-    values = reward(prompts, completions, **columns)
+    try:
+        values = reward(prompts, completions, **columns)
+    except Exception as exc:  # the user's code: say which reward failed, keep its traceback
+        raise RewardError(f"reward {name!r} raised {type(exc).__name__}: {exc}") from exc
     try:
         values = [float(v) for v in values]
     except (TypeError, ValueError) as exc:

@@ -8,6 +8,7 @@ import pytest
 
 import ipgkit
 from ipgkit.components import mlp_neurons
+from ipgkit.errors import IpgkitError
 from ipgkit.experiments import workspace as workspace_module
 from ipgkit.experiments.workspace import Workspace, set_signature
 from ipgkit.tasks import load
@@ -88,3 +89,17 @@ def test_tables_are_recomputed_only_when_settings_change(tmp_path):
     assert ws.table("t", {"a": 1}, compute).x.tolist() == [1]
     assert ws.table("t", {"a": 2}, compute).x.tolist() == [2]
     assert len(calls) == 2
+
+
+def test_other_settings_are_refused_and_overwrite_moves_the_old_results_aside(tmp_path):
+    root = tmp_path / "run"
+    Workspace(root, {"layer": 2, "p": 5})
+    (root / "evaluations.jsonl").write_text('{"key": "k"}\n')
+    Workspace(root, {"p": 5, "layer": 2})  # the same settings: resumes
+    with pytest.raises(IpgkitError, match=r"differing: layer"):
+        Workspace(root, {"layer": 3, "p": 5})
+    Workspace(root, {"layer": 3, "p": 5}, overwrite=True)
+    (aside,) = tmp_path.glob("run.replaced-*")
+    assert (aside / "evaluations.jsonl").read_text() == '{"key": "k"}\n'
+    assert json.loads((root / "settings.json").read_text()) == {"layer": 3, "p": 5}
+    assert not (root / "evaluations.jsonl").exists()
