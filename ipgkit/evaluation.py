@@ -66,7 +66,8 @@ def evaluation_table(
 ) -> pd.DataFrame:  # fmt: skip
     """Metrics of already-sampled rollouts (rewards filled in with ``task.correctness``).
 
-    ``greedy`` (one completion per problem) gives ``accuracy@1`` and ``mean_length``; ``sampled``
+    ``greedy`` (one completion per problem) gives ``accuracy@1``, ``mean_length`` and
+    ``frac_at_budget`` (completions that ran to ``max_new_tokens``); ``sampled``
     (n per problem) gives ``pass@k`` for each k in ``ks``, ``sample_accuracy``, ``frac_mixed``
     and ``frac_all_wrong``. Returns the tidy table :func:`evaluate` returns.
     """
@@ -79,6 +80,9 @@ def evaluation_table(
     correct = float(greedy.rewards_by_group()[:, 0].sum())
     add("accuracy@1", correct / len(task), *wilson_interval(correct, len(task)))
     add("mean_length", *mean_interval(greedy.completion_lengths.float().tolist()))
+    # completions that used the whole token budget: cut off (or stopping on its very last token)
+    at_budget = float((greedy.completion_lengths >= greedy.config.max_new_tokens).sum())
+    add("frac_at_budget", at_budget / len(task), *wilson_interval(at_budget, len(task)))
     if sampled is not None:
         if max(ks) > sampled.n:
             raise IpgkitError(

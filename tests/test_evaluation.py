@@ -55,6 +55,7 @@ def test_evaluate_returns_tidy_metrics(policy):
     assert set(metrics) == {
         "accuracy@1",
         "mean_length",
+        "frac_at_budget",
         "pass@1",
         "pass@3",
         "sample_accuracy",
@@ -63,6 +64,9 @@ def test_evaluate_returns_tidy_metrics(policy):
     }
     assert metrics["pass@1"] == pytest.approx(metrics["sample_accuracy"])
     assert 0 < metrics["mean_length"] <= 8
+    greedy, _ = ipgkit.evaluation_rollouts(policy, task, max_new_tokens=8)
+    at_budget = (greedy.completion_lengths == 8).float().mean().item()
+    assert metrics["frac_at_budget"] == pytest.approx(at_budget)
     with pytest.raises(IpgkitError, match="k <= n_samples"):
         ipgkit.evaluate(policy, task, n_samples=2, ks=(4,), max_new_tokens=4)
 
