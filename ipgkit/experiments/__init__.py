@@ -31,6 +31,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ipgkit.errors import IpgkitError
+from ipgkit.io import atomic_write_text
 
 from .control import (
     capability_control,
@@ -87,7 +88,7 @@ def run_experiments(
             timings = [t for t in timings if t["experiment"] != name]
             timings.append({"experiment": name, "seconds": round(time.perf_counter() - started, 1),
                             "evaluations_run": suite.ws.computed - before})  # fmt: skip
-            pd.DataFrame(timings).to_csv(timing_path, index=False)
+            atomic_write_text(timing_path, pd.DataFrame(timings).to_csv(index=False))
     return tables
 
 
