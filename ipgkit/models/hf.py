@@ -20,6 +20,9 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+
 from ipgkit.errors import IpgkitError
 
 from .policy import Policy
@@ -115,7 +118,45 @@ def hooked_from_hf(hf_model, config_dir: str | os.PathLike, device: str = "cpu",
         state = loading.get_pretrained_state_dict(readable, config, hf_model)
     model.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False,
                                       center_unembed=False, fold_value_biases=False)  # fmt: skip
+    _use_weights_in_place(model)
     return model.eval()
+
+
+def _gated_mlp_forward(self, x):
+    """TransformerLens 3.9's GatedMLP forward with the same hooks, reading each weight in place
+    (``F.linear`` on the transposed view) instead of copying it (``W.T.contiguous()``, there to
+    match Hugging Face's bfloat16 rounding) on every call."""
+    if self.W_gate.device != x.device:
+        x = x.to(self.W_gate.device)
+    pre_act = self.hook_pre(F.linear(x, self.W_gate.T))
+    pre_linear = self.hook_pre_linear(F.linear(x, self.W_in.T))
+    post_act = self.hook_post(self.act_fn(pre_act) * pre_linear + self.b_in)
+    return F.linear(post_act, self.W_out.T, self.b_out)
+
+
+def _unembed_forward(self, residual):
+    """TransformerLens 3.9's Unembed without its per-call copy of W_U (113 MB for a 49k vocabulary)."""
+    return F.linear(residual, self.W_U.T, self.b_U)
+
+
+def _use_weights_in_place(model) -> None:
+    """Swap in :func:`_gated_mlp_forward` and :func:`_unembed_forward` for float32 models: the
+    weight copies they skip were 60% of a SmolLM2 decode step. bfloat16 models keep
+    TransformerLens's own forwards, whose layout reproduces Hugging Face's rounding there."""
+    import types
+
+    from transformer_lens.components import Unembed
+    from transformer_lens.components.mlps.gated_mlp import GatedMLP
+
+    if model.cfg.dtype != torch.float32:
+        return
+    if type(model.unembed) is Unembed:
+        model.unembed.forward = types.MethodType(_unembed_forward, model.unembed)
+    if model.cfg.is_layer_norm_activation():
+        return
+    for block in model.blocks:
+        if type(block.mlp) is GatedMLP:
+            block.mlp.forward = types.MethodType(_gated_mlp_forward, block.mlp)
 
 
 def hf_policy(model, tokenizer, name: str) -> Policy:
