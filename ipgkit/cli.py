@@ -135,9 +135,15 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         n_rollouts=args.n_rollouts, n_steps=args.n_steps, method=args.method, mode=args.mode,
         baseline=args.baseline, positions=args.positions, temperature=args.temperature,
         top_p=args.top_p, max_new_tokens=args.max_new_tokens or task.max_new_tokens, seed=args.seed,
-        internal_batch_size=args.internal_batch_size,
+        internal_batch_size=args.internal_batch_size, seeding=args.seeding,
     )  # fmt: skip
+    from ipgkit import distributed
+
+    if distributed.init_from_environment() and args.seeding != "problem":
+        raise IpgkitError("under torchrun pass --seeding problem (each rank samples its prompts)")
     result = ipgkit.ipg(policy, task.problems, components, _reward(args.reward, task), config)
+    if not distributed.is_main():  # every rank holds the same result; rank 0 writes it
+        return 0
     _write_table(result.to_dataframe(), out)
     saved = result.save(out.with_suffix(".safetensors"))
     ax = result.plot(top=args.top)
@@ -417,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="(default: the task's budget)")  # fmt: skip
     attribute.add_argument("--internal-batch-size", type=int, default=64)
     attribute.add_argument("--seed", type=int, default=0)
+    attribute.add_argument("--seeding", choices=["batch", "problem"], default="batch",
+                           help="'problem': rollouts independent of batching (needed under "
+                                "torchrun, where prompts are sharded by rank)")  # fmt: skip
     attribute.add_argument("--top", type=int, default=20, help="components to print and highlight")
     attribute.add_argument("--out", default="scores.parquet",
                            help="table (.parquet or .csv); the result file and plot go next to it")  # fmt: skip

@@ -15,6 +15,7 @@ Sampling left-pads prompts; scoring right-pads prompt + completion. Both set a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -49,6 +50,10 @@ class SamplingConfig:
         max_new_tokens: longest completion, EOS included.
         seed: seeds the sampler's own generator (global torch RNG is untouched).
         batch_size: rollout rows per sampling batch (prompts x n).
+        seeding: ``"batch"``: one generator runs through all batches (the default; the tokens
+            depend on which problems are sampled together). ``"problem"``: every row has its own
+            generator, seeded by (seed, problem id, sample index), so a problem's completions are
+            the same whichever batch, order or shard it is sampled in (needed under torchrun).
     """
 
     n: int = 1
@@ -58,8 +63,11 @@ class SamplingConfig:
     max_new_tokens: int = 256
     seed: int = 0
     batch_size: int = 64
+    seeding: Literal["batch", "problem"] = "batch"
 
     def __post_init__(self) -> None:
+        if self.seeding not in ("batch", "problem"):
+            raise IpgkitError(f"seeding must be 'batch' or 'problem', got {self.seeding!r}")
         if self.n < 1:
             raise IpgkitError(f"n (completions per prompt) must be >= 1, got {self.n}")
         if not (self.temperature >= 0 and math.isfinite(self.temperature)):
@@ -419,10 +427,24 @@ def _rotate_new_keys_only(model, cache: _PreallocatedCache) -> Iterator[None]:
             del attention.apply_rotary
 
 
+def row_generators(seed: int, problem_ids: Sequence[str], n: int) -> list[torch.Generator]:
+    """One generator per row (problem-major, ``n`` rows per problem), seeded by
+    (seed, problem id, sample index) alone: ``seeding="problem"``."""
+    generators = []
+    for problem_id in problem_ids:
+        for index in range(n):
+            digest = hashlib.sha256(f"{seed}\x00{problem_id}\x00{index}".encode()).digest()
+            generators.append(torch.Generator().manual_seed(int.from_bytes(digest[:8], "little")))
+    return generators
+
+
 def choose_tokens(
-    logits: Float[Tensor, "batch vocab"], config: SamplingConfig, generator: torch.Generator
+    logits: Float[Tensor, "batch vocab"],
+    config: SamplingConfig,
+    generator: torch.Generator | Sequence[torch.Generator],
 ) -> Int[Tensor, " batch"]:
-    """Greedy, or sample after temperature, top-k and top-p filtering."""
+    """Greedy, or sample after temperature, top-k and top-p filtering (with one generator, or
+    one per row)."""
     if config.temperature == 0:
         return logits.argmax(-1)
     logits = logits.float() / config.temperature
@@ -436,14 +458,17 @@ def choose_tokens(
         sorted_logits = sorted_logits.masked_fill(drop, -math.inf)
         logits = torch.full_like(logits, -math.inf).scatter(-1, order, sorted_logits)
     probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    if isinstance(generator, torch.Generator):
+        return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    return torch.cat([torch.multinomial(row[None], 1, generator=g)[0]
+                      for row, g in zip(probs.cpu(), generator, strict=True)])  # fmt: skip
 
 
 def generate(
     policy: Policy,
     prompt_ids: Sequence[Sequence[int]],
     config: SamplingConfig,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> tuple[Int[Tensor, "batch new"], Bool[Tensor, "batch new"], Float[Tensor, "batch new"]]:
     """Generate one completion per prompt with a KV cache (inference mode, hooks active).
 
@@ -549,6 +574,7 @@ def sample(
     reward: RewardFunction | None = None,
     progress: bool = False,
     format_prompts: bool = True,
+    seeding: Literal["batch", "problem"] = "batch",
 ) -> Rollouts:
     """Sample ``n`` completions for each problem (or question string) with a KV cache.
 
@@ -562,7 +588,7 @@ def sample(
         ...                   reward=task.correctness)                       # doctest: +SKIP
         >>> rollouts.rewards.mean(), rollouts.frac_reward_zero_std          # doctest: +SKIP
     """
-    config = SamplingConfig(n, temperature, top_p, top_k, max_new_tokens, seed, batch_size)
+    config = SamplingConfig(n, temperature, top_p, top_k, max_new_tokens, seed, batch_size, seeding)
     problems = [
         p if isinstance(p, Problem) else Problem(f"prompt/{i}", p, "", "")
         for i, p in enumerate(problems)
@@ -579,10 +605,13 @@ def sample(
     rows = [g for g in order for _ in range(n)]
     check_memory(policy, min(batch_size, len(rows)), max(map(len, prompt_ids)) + max_new_tokens)
     generator = torch.Generator().manual_seed(seed)
+    per_row = row_generators(seed, [p.id for p in problems], n) if seeding == "problem" else None
     generated: list[tuple[Tensor, Tensor, Tensor]] = []
     bar = tqdm(total=len(rows), desc="sample", unit="completion", disable=not progress)
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
+        if per_row is not None:  # rows[i] is group g's (i mod n)-th sample
+            generator = [per_row[g * n + (start + i) % n] for i, g in enumerate(chunk)]
         generated.append(generate(policy, [prompt_ids[g] for g in chunk], config, generator))
         bar.update(len(chunk))
     bar.close()

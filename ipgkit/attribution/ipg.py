@@ -38,6 +38,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ipgkit import distributed
 from ipgkit.components import ComponentSet, scaling_hook
 from ipgkit.errors import IpgkitError
 from ipgkit.io import atomic_torch_save
@@ -375,6 +376,9 @@ class IPGConfig:
         sampling_batch_size: rollouts per sampling batch.
         pack: put all alpha points of all prompts in the batch dimension (chunked by length); with
             False, one pass per (prompt, alpha), the slow reference path.
+        seeding: the sampler's seeding (see :class:`ipgkit.rollouts.SamplingConfig`);
+            ``"problem"`` makes each prompt's rollouts independent of the others', which lets a
+            torchrun launch shard prompts and still equal the single-process result.
     """
 
     n_rollouts: int = 5
@@ -391,6 +395,7 @@ class IPGConfig:
     internal_batch_size: int = 32
     sampling_batch_size: int = 64
     pack: bool = True
+    seeding: Literal["batch", "problem"] = "batch"
 
     def __post_init__(self) -> None:
         integration_points(self.method, self.n_steps)  # validates both
@@ -426,6 +431,8 @@ class IPGConfig:
         settings = asdict(replace(self, baseline="zero"))
         settings["baseline"] = self.baseline if isinstance(self.baseline, str) else "tensor"
         settings["advantage"] = self.advantages
+        if self.seeding == "batch":  # the default before the option existed: cache keys stay valid
+            del settings["seeding"]
         return settings
 
 
@@ -484,6 +491,9 @@ def ipg(
     if reward is None and (rollouts is None or rollouts.rewards is None):
         raise IpgkitError("IPG needs a reward function (or, in paper mode, rollouts with rewards)")
     problems = list(problems)
+    if distributed.world()[1] > 1:
+        return _sharded_ipg(policy, problems, components, reward, config, rollouts, progress,
+                            checkpoint)  # fmt: skip
     started = time.perf_counter()
     store = None
     if checkpoint is not None:
@@ -509,6 +519,55 @@ def ipg(
     return AttributionResult.from_per_prompt(
         components.resolved(policy.model), per_prompt, method="ipg", info=info
     )
+
+
+def _sharded_ipg(policy, problems, components, reward, config: IPGConfig, rollouts, progress,
+                 checkpoint) -> AttributionResult:  # fmt: skip
+    """IPG under torchrun: each rank attributes a contiguous block of prompts, the per-prompt
+    sums and the surrogate's sums are gathered, and every rank returns the same result."""
+    if config.mode != "paper" or not (
+        isinstance(config.baseline, str) and config.baseline == "zero"
+    ):
+        raise IpgkitError(
+            "under torchrun IPG shards paper mode with the zero baseline; run on_path mode or the "
+            "mean baseline in one process"
+        )
+    if rollouts is None and config.seeding != "problem":
+        raise IpgkitError(
+            "under torchrun each rank samples its own prompts: use seeding='problem' (the same "
+            "rollouts whatever the number of processes), or pass rollouts"
+        )
+    rank, size = distributed.world()
+    block = distributed.shard(len(problems))
+    mine = None if rollouts is None else rollouts.select(block)
+    if checkpoint is not None:
+        checkpoint = f"{checkpoint}.rank{rank}-of-{size}"
+    with distributed.local():
+        part = ipg(policy, [problems[i] for i in block], components, reward, config, mine,
+                   progress=progress and rank == 0, checkpoint=checkpoint)  # fmt: skip
+    pieces = distributed.gather({"per_prompt": part.per_prompt, "info": part.info})
+    per_prompt = torch.cat([piece["per_prompt"] for piece in pieces])
+    counts = [len(piece["info"]["problem_ids"]) for piece in pieces]
+
+    def weighted(read) -> float:  # a mean over prompts, from each block's mean
+        return sum(read(piece["info"]) * n for piece, n in zip(pieces, counts, strict=True)) / sum(
+            counts
+        )
+
+    surrogate = {end: weighted(lambda info, end=end: info["surrogate"][end])
+                 for end in ("S(0)", "S(1)")}  # fmt: skip
+    info = {
+        **part.info,
+        "problem_ids": [p.id for p in problems],
+        "surrogate": surrogate,
+        "delta": float(per_prompt.sum(1).mean() - (surrogate["S(1)"] - surrogate["S(0)"])),
+        "frac_reward_zero_std": weighted(lambda info: info["frac_reward_zero_std"]),
+        "mean_reward": weighted(lambda info: info["mean_reward"]),
+        "rows_scored": sum(piece["info"]["rows_scored"] for piece in pieces),
+        "seconds": max(piece["info"]["seconds"] for piece in pieces),
+        "processes": size,
+    }
+    return AttributionResult.from_per_prompt(part.components, per_prompt, method="ipg", info=info)
 
 
 class _Checkpoint:
@@ -592,8 +651,8 @@ def _support_baseline(policy, components, config: IPGConfig, rollouts: Rollouts)
 def _sample(policy, problems, reward, config: IPGConfig, seed: int, progress: bool) -> Rollouts:
     return sample(policy, problems, n=config.n_rollouts, temperature=config.temperature,
                   top_p=config.top_p, max_new_tokens=config.max_new_tokens, seed=seed,
-                  batch_size=config.sampling_batch_size, reward=reward,
-                  progress=progress)  # fmt: skip
+                  batch_size=config.sampling_batch_size, reward=reward, progress=progress,
+                  seeding=config.seeding)  # fmt: skip
 
 
 @dataclass

@@ -1,0 +1,82 @@
+"""Data parallelism on torch.distributed: run the same command under ``torchrun`` and prompts are
+sharded by rank, per-prompt results gathered, and rank 0 writes.
+
+Attribution and evaluation are sums over prompts, so sharding prompts is exact: each rank handles
+a contiguous block of them and the blocks are put back together in order. gloo on CPU, NCCL on
+GPUs (one rank per GPU).
+
+Example:
+    torchrun --nproc_per_node 2 -m ipgkit.cli attribute --task arith-word --seeding problem
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ipgkit.errors import IpgkitError
+
+_LOCAL = False  # set inside local(): the ranks work on their shards independently
+
+
+def init_from_environment() -> bool:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1); False when not launched by
+    torchrun. Idempotent."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    return True
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size): (0, 1) outside torchrun, and inside :func:`local`."""
+    if _LOCAL or not (dist.is_available() and dist.is_initialized()):
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def is_main() -> bool:
+    """Whether this process writes results (rank 0)."""
+    return dist.get_rank() == 0 if dist.is_available() and dist.is_initialized() else True
+
+
+def shard(count: int) -> range:
+    """The contiguous block of ``count`` items that this rank handles (sizes differ by at most 1)."""
+    rank, size = world()
+    if count < size:
+        raise IpgkitError(f"{count} prompts cannot be shared among {size} processes; use fewer")
+    base, extra = divmod(count, size)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (rank < extra))
+
+
+def gather(value: Any) -> list[Any]:
+    """Every rank's ``value``, in rank order, on every rank (pickled; CPU tensors travel as is)."""
+    if world()[1] == 1:
+        return [value]
+    gathered: list[Any] = [None] * world()[1]
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+@contextlib.contextmanager
+def local() -> Iterator[None]:
+    """Inside this block the library runs as a single process (each rank on its own shard)."""
+    global _LOCAL
+    previous, _LOCAL = _LOCAL, True
+    try:
+        yield
+    finally:
+        _LOCAL = previous
+
+
+__all__ = ["gather", "init_from_environment", "is_main", "local", "shard", "world"]
