@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
+from ipgkit import distributed
 from ipgkit.errors import IpgkitError
 from ipgkit.models.policy import Policy
 from ipgkit.rollouts import Rollouts, sample
@@ -112,13 +115,15 @@ def evaluate(
     batch_size: int = 64,
     seed: int = 0,
     progress: bool = False,
+    seeding: Literal["batch", "problem"] = "batch",
 ) -> pd.DataFrame:
     """Evaluate ``policy`` on ``task`` (the first ``limit`` problems).
 
     Greedy decoding gives ``accuracy@1`` and ``mean_length`` (tokens). With ``n_samples > 0``,
     ``n_samples`` completions per problem at ``temperature`` give ``pass@k`` for each k in ``ks``,
     ``sample_accuracy``, ``frac_mixed`` (problems with some right and some wrong samples) and
-    ``frac_all_wrong`` (pass@n = 0).
+    ``frac_all_wrong`` (pass@n = 0). Under torchrun, problems are sharded by rank (see
+    :func:`evaluation_rollouts`); ``seeding="problem"`` makes the samples independent of sharding.
 
     Returns:
         A tidy DataFrame: model, task, split, metric, value, ci_low, ci_high (95%), n (problems).
@@ -130,7 +135,8 @@ def evaluate(
     if n_samples and max(ks) > n_samples:
         raise IpgkitError(f"pass@k needs k <= n_samples; got ks={tuple(ks)}, n_samples={n_samples}")
     greedy, sampled = evaluation_rollouts(policy, task, n_samples, temperature, top_p,
-                                          max_new_tokens, batch_size, seed, progress)  # fmt: skip
+                                          max_new_tokens, batch_size, seed, progress,
+                                          seeding)  # fmt: skip
     return evaluation_table(policy.name, task, greedy, sampled, ks)
 
 
@@ -144,17 +150,35 @@ def evaluation_rollouts(
     batch_size: int = 64,
     seed: int = 0,
     progress: bool = False,
+    seeding: Literal["batch", "problem"] = "batch",
 ) -> tuple[Rollouts, Rollouts | None]:
     """The rollouts :func:`evaluate` scores, for callers that also want the completions: one greedy
     completion per problem (seed ``seed``) and, with ``n_samples > 0``, ``n_samples`` sampled ones
-    (seed ``seed + 1``), rewarded with ``task.correctness``."""
+    (seed ``seed + 1``), rewarded with ``task.correctness``.
+
+    Under torchrun each rank decodes a contiguous block of problems and the blocks are gathered,
+    so every rank returns the whole task's rollouts (sampled ones need ``seeding="problem"``)."""
+    rank, size = distributed.world()
+    if size > 1:
+        if n_samples and seeding != "problem":
+            raise IpgkitError("under torchrun, sampled evaluation needs seeding='problem'")
+        block = distributed.shard(len(task))
+        with distributed.local():
+            mine = evaluation_rollouts(policy, replace(task, problems=task.problems[block.start : block.stop]),
+                                       n_samples, temperature, top_p, max_new_tokens, batch_size,
+                                       seed, progress and rank == 0, seeding)  # fmt: skip
+        parts = distributed.gather(mine)
+        greedy = Rollouts.concat([part[0] for part in parts], policy.pad_token_id)
+        sampled = None if not n_samples else Rollouts.concat([part[1] for part in parts],
+                                                             policy.pad_token_id)  # fmt: skip
+        return greedy, sampled
     settings = dict(max_new_tokens=max_new_tokens or task.max_new_tokens, batch_size=batch_size,
                     reward=task.correctness, progress=progress)  # fmt: skip
     greedy = sample(policy, task.problems, n=1, temperature=0.0, seed=seed, **settings)
     sampled = None
     if n_samples:
         sampled = sample(policy, task.problems, n=n_samples, temperature=temperature, top_p=top_p,
-                         seed=seed + 1, **settings)  # fmt: skip
+                         seed=seed + 1, seeding=seeding, **settings)  # fmt: skip
     return greedy, sampled
 
 

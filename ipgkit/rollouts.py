@@ -154,6 +154,38 @@ class Rollouts:
             rewards=None if self.rewards is None else self.rewards[rows],
         )
 
+    @classmethod
+    def concat(cls, parts: Sequence[Rollouts], pad_id: int) -> Rollouts:
+        """Rollouts of several problem lists, one after the other (e.g. the shards of a torchrun
+        launch, in rank order); completions are right-padded with ``pad_id`` to the widest part."""
+        if not parts:
+            raise IpgkitError("concat needs at least one Rollouts")
+        if len({part.n for part in parts}) > 1:
+            raise IpgkitError(f"cannot concat rollouts with different n: {[p.n for p in parts]}")
+        width = max(part.completion_ids.shape[1] for part in parts)
+
+        def joined(name: str, value) -> Tensor:
+            return torch.cat([_pad_right(getattr(part, name), width, value) for part in parts])
+
+        starts = torch.tensor([len(part.problems) for part in parts]).cumsum(0) - len(
+            parts[0].problems
+        )
+        rewards = [part.rewards for part in parts]
+        return replace(
+            parts[0],
+            problems=[p for part in parts for p in part.problems],
+            prompts=[p for part in parts for p in part.prompts],
+            prompt_ids=[p for part in parts for p in part.prompt_ids],
+            group_ids=torch.cat(
+                [part.group_ids + start for part, start in zip(parts, starts, strict=True)]
+            ),
+            completion_ids=joined("completion_ids", pad_id),
+            completion_mask=joined("completion_mask", False),
+            sample_logprobs=joined("sample_logprobs", 0.0),
+            texts=[text for part in parts for text in part.texts],
+            rewards=None if any(r is None for r in rewards) else torch.cat(rewards),
+        )
+
     def with_rewards(self, reward: RewardFunction) -> Rollouts:
         """A copy with ``rewards`` filled in by a TRL-style reward function (checked for NaN/length)."""
         columns = reward_columns(self.problems, repeats=self.n)

@@ -1,5 +1,6 @@
-"""torchrun with 2 gloo processes: IPG with prompts sharded by rank equals the single-process result
-(same seeds) to 1e-6, and per-problem seeding makes rollouts independent of batching."""
+"""torchrun with 2 gloo processes: IPG and evaluation with prompts sharded by rank equal the
+single-process results (same seeds; IPG to 1e-6, rollouts exactly), and per-problem seeding makes
+rollouts independent of batching."""
 
 import os
 import subprocess
@@ -14,6 +15,7 @@ from ipgkit import distributed
 from ipgkit.attribution.result import AttributionResult
 from ipgkit.components import mlp_neurons
 from ipgkit.errors import IpgkitError
+from ipgkit.rollouts import Rollouts
 from ipgkit.tasks import length_reward
 from tests.conftest import tiny_policy
 
@@ -34,8 +36,12 @@ assert distributed.init_from_environment()
 torch.set_num_threads(1)
 result = ipgkit.ipg(tiny_policy(seed=4, n_ctx=256), problems(), mlp_neurons(1), length_reward,
                     progress=False, **SETTINGS)
+task = ipgkit.tasks.load("arith-word", split="test", n=5)
+greedy, sampled = ipgkit.evaluation_rollouts(tiny_policy(seed=4, n_ctx=256), task, n_samples=2,
+                                             max_new_tokens=10, seeding="problem")
 if distributed.is_main():
     result.save(sys.argv[1])
+    torch.save([greedy.state_dict(), sampled.state_dict()], sys.argv[1] + ".pt")
 """
 
 
@@ -73,6 +79,16 @@ def test_two_processes_under_torchrun_equal_one(tmp_path):
     for key in ("frac_reward_zero_std", "mean_reward", "rows_scored"):
         assert sharded.info[key] == pytest.approx(single.info[key], abs=1e-9), key
     assert sharded.info["delta"] == pytest.approx(single.info["delta"], abs=1e-6)
+
+    task = ipgkit.tasks.load("arith-word", split="test", n=5)
+    alone = ipgkit.evaluation_rollouts(tiny_policy(seed=4, n_ctx=256), task, n_samples=2,
+                                       max_new_tokens=10, seeding="problem")  # fmt: skip
+    states = torch.load(f"{out}.pt", weights_only=True)
+    for state, expected in zip(states, alone, strict=True):
+        gathered = Rollouts.from_state_dict(state)
+        assert gathered.texts == expected.texts
+        assert torch.equal(gathered.completion_ids, expected.completion_ids)
+        assert torch.equal(gathered.rewards, expected.rewards)
 
 
 def test_shards_are_contiguous_blocks_that_cover_every_prompt(monkeypatch):

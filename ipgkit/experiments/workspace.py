@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ipgkit import distributed
 from ipgkit.attribution.result import AttributionResult
 from ipgkit.components import ComponentSet, Positions
 from ipgkit.errors import IpgkitError
@@ -182,12 +183,14 @@ class Workspace:
         outcome = Outcome([p.id for p in task.problems], greedy.rewards.numpy().astype(float),
                           greedy.completion_lengths.numpy().astype(float), list(greedy.texts))  # fmt: skip
         record = {"key": key, **outcome.to_record()}
+        self._evaluations[key] = record
+        self.computed += 1
+        if not distributed.is_main():  # under torchrun every rank holds the outcome; rank 0 writes
+            return outcome
         with self.evaluations_path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
-        self._evaluations[key] = record
-        self.computed += 1
         return outcome
 
     # --- objects ----------------------------------------------------------------------------
