@@ -141,7 +141,12 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 
     if distributed.init_from_environment() and args.seeding != "problem":
         raise IpgkitError("under torchrun pass --seeding problem (each rank samples its prompts)")
-    result = ipgkit.ipg(policy, task.problems, components, _reward(args.reward, task), config)
+    # rollouts and scored rows are kept next to the output, so a rerun after a kill resumes
+    checkpoint = out.with_name(f".{out.stem}.checkpoint.pt")
+    if args.overwrite:  # a checkpoint of other settings would otherwise be refused
+        checkpoint.unlink(missing_ok=True)
+    result = ipgkit.ipg(policy, task.problems, components, _reward(args.reward, task), config,
+                        checkpoint=checkpoint)  # fmt: skip
     if not distributed.is_main():  # every rank holds the same result; rank 0 writes it
         return 0
     _write_table(result.to_dataframe(), out)
@@ -423,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="(default: the task's budget)")  # fmt: skip
     attribute.add_argument("--internal-batch-size", type=int, default=64)
     attribute.add_argument("--seed", type=int, default=0)
+    attribute.add_argument("--overwrite", action="store_true",
+                           help="discard a checkpoint left by a run with other settings")  # fmt: skip
     attribute.add_argument("--seeding", choices=["batch", "problem"], default="batch",
                            help="'problem': rollouts independent of batching (needed under "
                                 "torchrun, where prompts are sharded by rank)")  # fmt: skip

@@ -613,7 +613,8 @@ def _sampled(store: _Checkpoint | None, name: str, draw: Callable[[], Rollouts])
     return draw() if store is None else store.sampled(name, draw)
 
 
-CHECKPOINT_EVERY_SECONDS = 30.0
+#: seconds between checkpoint writes while scoring (IPGKIT_CHECKPOINT_SECONDS overrides it)
+CHECKPOINT_EVERY_SECONDS = float(os.environ.get("IPGKIT_CHECKPOINT_SECONDS", "30"))
 
 
 def _scoring_hooks(store: _Checkpoint | None) -> dict:
