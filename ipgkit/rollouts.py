@@ -167,9 +167,8 @@ class Rollouts:
         def joined(name: str, value) -> Tensor:
             return torch.cat([_pad_right(getattr(part, name), width, value) for part in parts])
 
-        starts = torch.tensor([len(part.problems) for part in parts]).cumsum(0) - len(
-            parts[0].problems
-        )
+        sizes = torch.tensor([len(part.problems) for part in parts])
+        starts = sizes.cumsum(0) - sizes  # where each part's problems begin in the whole
         rewards = [part.rewards for part in parts]
         return replace(
             parts[0],

@@ -88,6 +88,7 @@ def test_two_processes_under_torchrun_equal_one(tmp_path):
         gathered = Rollouts.from_state_dict(state)
         assert gathered.texts == expected.texts
         assert torch.equal(gathered.completion_ids, expected.completion_ids)
+        assert torch.equal(gathered.group_ids, expected.group_ids)
         assert torch.equal(gathered.rewards, expected.rewards)
 
 
