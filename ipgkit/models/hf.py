@@ -94,7 +94,6 @@ def hooked_from_hf(hf_model, config_dir: str | os.PathLike, device: str = "cpu",
         device: torch device of the hooked model.
         dtype: its dtype (default float32).
     """
-    import torch
     import transformer_lens.loading_from_pretrained as loading
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -188,7 +187,6 @@ def load_hf_directory(path: str | os.PathLike, device: str = "cpu", dtype=None) 
         >>> policy.model.cfg.original_architecture                           # doctest: +SKIP
         'Qwen2ForCausalLM'
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
@@ -227,7 +225,6 @@ def load_gguf(path: str | os.PathLike, device: str = "cpu", dtype=None, name: st
     Example:
         >>> policy = load_gguf("models/SmolLM2-135M-Instruct.Q4_1.gguf")     # doctest: +SKIP
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
