@@ -7,7 +7,12 @@ runs in a fresh process; the figure is the growth of its peak resident memory ov
 process held before the attribution (model and inputs built), so the lengths compare side by side.
 A ratio of 2.0 per doubling is linear growth; 4.0 is quadratic.
 
-    python benchmarks/memory.py [--lengths 256 512 1024 2048] [--rollouts 2] [--steps 4]
+With a memory budget (``path_gradients(memory_budget=...)``) attention is fused, blocks above the
+hook are recomputed in the backward and rows per pass follow the budget: the script fails (exit 1)
+unless every budgeted peak stays under its budget and grows at most linearly (<= 2.2x per
+doubling, noise included).
+
+    python benchmarks/memory.py [--lengths 256 512 1024 2048] [--budgets none 512]
 """
 
 from __future__ import annotations
@@ -27,12 +32,16 @@ def current_rss() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def one_length(length: int, rollouts: int, steps: int, batch: int) -> dict:
+def one_length(length: int, rollouts: int, steps: int, batch: int, budget: float | None) -> dict:
+    import time
+
     import torch
     from transformer_lens import HookedTransformer
 
     from ipgkit.attribution.ipg import path_gradients
     from ipgkit.components import mlp_neurons
+    from ipgkit.errors import IpgkitError
+    from ipgkit.memory import MemoryBudget
     from ipgkit.models.arith import arith_config, build_policy
 
     torch.set_num_threads(2)
@@ -45,12 +54,42 @@ def one_length(length: int, rollouts: int, steps: int, batch: int) -> dict:
     completions = [torch.randint(4, vocab, (length,), generator=generator).tolist()
                    for _ in range(rollouts)]  # fmt: skip
     rows = [(c, (k + 1) / steps) for c in completions for k in range(steps)]
+    components = mlp_neurons(2)
+    passes = len(rows) // batch + bool(len(rows) % batch)
+    if budget is not None:
+        widths = [len(prompt) + length] * len(rows)
+        chunks = [list(range(len(rows)))[i : i + batch] for i in range(0, len(rows), batch)]
+        try:
+            passes = len(MemoryBudget(budget).split(chunks, widths, policy.model.cfg,
+                                                    units=components.hook_width(policy.model)))  # fmt: skip
+        except IpgkitError as error:
+            return {"length": length, "rows": len(rows), "refused": str(error)}
     before = current_rss()
-    path_gradients(policy, mlp_neurons(2), [prompt] * len(rows), [c for c, _ in rows],
+    started = time.perf_counter()
+    path_gradients(policy, components, [prompt] * len(rows), [c for c, _ in rows],
                    torch.tensor([a for _, a in rows]), torch.ones(len(rows)),
-                   internal_batch_size=batch)  # fmt: skip
+                   internal_batch_size=batch, memory_budget=budget)  # fmt: skip
+    seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"length": length, "rows": len(rows), "peak_over_start_mib": (peak - before) / 2**20}
+    return {"length": length, "rows": len(rows), "passes": passes, "seconds": seconds,
+            "peak_over_start_mib": (peak - before) / 2**20}  # fmt: skip
+
+
+def run_lengths(args, budget: float | None) -> list[dict]:
+    results = []
+    for length in args.lengths:
+        command = [sys.executable, __file__, "--one", str(length), "--rollouts",
+                   str(args.rollouts), "--steps", str(args.steps), "--batch", str(args.batch),
+                   "--budgets", "none" if budget is None else str(budget)]  # fmt: skip
+        out = subprocess.run(command, capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"{length} tokens failed:\n{out.stderr[-3000:]}")
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return results
+
+
+def budget_value(text: str) -> float | None:
+    return None if text == "none" else float(text)
 
 
 def main() -> None:
@@ -59,26 +98,43 @@ def main() -> None:
     parser.add_argument("--rollouts", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch", type=int, default=8, help="internal_batch_size")
+    parser.add_argument("--budgets", nargs="+", default=["none", "512"],
+                        help="memory budgets in MiB to compare ('none': internal_batch_size only)")  # fmt: skip
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    budgets = [budget_value(b) for b in args.budgets]
     if args.one is not None:
-        print(json.dumps(one_length(args.one, args.rollouts, args.steps, args.batch)))
+        print(json.dumps(one_length(args.one, args.rollouts, args.steps, args.batch, budgets[0])))
         return
-    results = []
-    for length in args.lengths:
-        command = [sys.executable, __file__, "--one", str(length), "--rollouts",
-                   str(args.rollouts), "--steps", str(args.steps), "--batch", str(args.batch)]  # fmt: skip
-        out = subprocess.run(command, capture_output=True, text=True, check=True)
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"IPG engine, random 6-layer model, {args.rollouts} rollouts x {args.steps} alpha points, "
-          f"internal_batch_size {args.batch}")  # fmt: skip
-    print("| completion tokens | rows | peak over start (MiB) | ratio to previous |")
-    print("|---|---|---|---|")
-    previous = None
-    for row in results:
-        ratio = "" if previous is None else f"{row['peak_over_start_mib'] / previous:.2f}"
-        print(f"| {row['length']} | {row['rows']} | {row['peak_over_start_mib']:.0f} | {ratio} |")
-        previous = row["peak_over_start_mib"]
+          f"internal_batch_size {args.batch}; peak memory over the start of the attribution")  # fmt: skip
+    failures = []
+    for budget in budgets:
+        results = run_lengths(args, budget)
+        name = "no budget" if budget is None else f"memory_budget {budget:g} MiB"
+        print(f"\n{name}")
+        print("| completion tokens | rows | passes | seconds | peak (MiB) | ratio to previous |")
+        print("|---|---|---|---|---|---|")
+        previous = None
+        for row in results:
+            if "refused" in row:
+                print(f"| {row['length']} | {row['rows']} | refused: {row['refused']} | | | |")
+                continue
+            peak = row["peak_over_start_mib"]
+            ratio = "" if previous is None else f"{peak / previous:.2f}"
+            print(f"| {row['length']} | {row['rows']} | {row['passes']} | {row['seconds']:.1f} "
+                  f"| {peak:.0f} | {ratio} |")  # fmt: skip
+            if budget is not None and peak > budget:
+                failures.append(f"{name}: {peak:.0f} MiB at {row['length']} tokens")
+            # at most linear: each doubling may at most double the peak (10% noise allowed)
+            if budget is not None and previous is not None and peak > 2.2 * previous:
+                failures.append(f"{name}: grew {peak / previous:.2f}x at {row['length']} tokens")
+            previous = peak
+    if failures:
+        print("\nFAILED: " + "; ".join(failures))
+        sys.exit(1)
+    if any(b is not None for b in budgets):
+        print("\nbudgeted runs: at most linear growth and under the budget at every length")
 
 
 if __name__ == "__main__":

@@ -136,6 +136,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         baseline=args.baseline, positions=args.positions, temperature=args.temperature,
         top_p=args.top_p, max_new_tokens=args.max_new_tokens or task.max_new_tokens, seed=args.seed,
         internal_batch_size=args.internal_batch_size, seeding=args.seeding,
+        memory_budget_mib=args.memory_budget_mib,
     )  # fmt: skip
     from ipgkit import distributed
 
@@ -427,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.add_argument("--max-new-tokens", type=int, default=None,
                            help="(default: the task's budget)")  # fmt: skip
     attribute.add_argument("--internal-batch-size", type=int, default=64)
+    attribute.add_argument("--memory-budget-mib", type=float, default=None,
+                           help="working memory per scoring pass: rows per pass follow it, "
+                                "attention is fused (for long chains of thought)")  # fmt: skip
     attribute.add_argument("--seed", type=int, default=0)
     attribute.add_argument("--overwrite", action="store_true",
                            help="discard a checkpoint left by a run with other settings")  # fmt: skip

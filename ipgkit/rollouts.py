@@ -32,6 +32,7 @@ from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValue
 
 from ipgkit.components import SequenceLayout, sequence_layout, set_layout_offset
 from ipgkit.errors import IpgkitError
+from ipgkit.memory import MemoryBudget, bounded_passes
 from ipgkit.models.policy import Policy
 from ipgkit.tasks.base import Problem, RewardFunction, call_reward, reward_columns
 
@@ -717,6 +718,8 @@ def iter_scores(
     with_entropy: bool = True,
     shared_prefix_layer: int | None = None,
     position_chunk_size: int = 256,
+    memory: MemoryBudget | None = None,
+    gradient_from_block: int = -1,
 ) -> Iterator[tuple[slice, TokenScores]]:
     """Teacher-forced scores chunk by chunk (``chunk_size`` rows each), so callers can backward per
     chunk and keep memory bounded. Yields ``(rows, scores)`` with ``rows`` a slice of the inputs.
@@ -732,15 +735,29 @@ def iter_scores(
     Logits are computed ``position_chunk_size`` completion positions at a time (checkpointed under
     gradient), so long completions do not hold [rows, completion, vocab] in memory; hooks on
     ``ln_final``/``unembed`` then also run again in the backward pass.
+
+    With a ``memory`` budget (:class:`ipgkit.memory.MemoryBudget`) each chunk runs with fused
+    attention and the blocks above ``gradient_from_block`` checkpointed, until the caller resumes
+    the iterator (so a backward in the loop body is bounded too); rows per chunk (when
+    ``chunk_size`` is None) and positions per logits block follow the budget.
     """
     if len(prompt_ids) != len(completion_ids):
         raise IpgkitError(f"{len(prompt_ids)} prompts but {len(completion_ids)} completions")
     if not prompt_ids:
         raise IpgkitError("nothing to score (no completions)")
-    chunk_size = chunk_size or len(prompt_ids)
     model, device = policy.model, policy.model.cfg.device
-    for start in range(0, len(prompt_ids), chunk_size):
-        rows = slice(start, min(start + chunk_size, len(prompt_ids)))
+    everything = list(range(len(prompt_ids)))
+    if chunk_size is not None:
+        chunks = [everything[i : i + chunk_size] for i in range(0, len(everything), chunk_size)]
+    elif memory is not None:
+        widths = [len(p) + len(c) for p, c in zip(prompt_ids, completion_ids, strict=True)]
+        chunks = memory.split([everything], widths, model.cfg)
+    else:
+        chunks = [everything]
+    if memory is not None:
+        position_chunk_size = memory.position_chunk_size(model.cfg)
+    for chunk in chunks:
+        rows = slice(chunk[0], chunk[-1] + 1)
         prompts, completions = prompt_ids[rows], completion_ids[rows]
         prompt_lengths = torch.tensor([len(p) for p in prompts])
         completion_lengths = torch.tensor([len(c) for c in completions])
@@ -756,16 +773,21 @@ def iter_scores(
         positions = (prompt_lengths[:, None] - 1 + steps[None, :]).clamp(max=total - 1)
         targets = tokens.gather(1, (positions + 1).clamp(max=total - 1))
         layout = SequenceLayout(generated_start=prompt_lengths)
-        with sequence_layout(layout):
-            resid = _final_residual(model, tokens.to(device), attention.to(device),
-                                    shared_prefix_layer, layout)  # fmt: skip
-            resid = resid.gather(1, positions.to(device)[..., None].expand(-1, -1, resid.shape[-1]))
-            token_logprobs, entropy = _token_scores(model, resid, targets.to(device), with_entropy,
-                                                    position_chunk_size)  # fmt: skip
-        mask = mask.to(token_logprobs.device)
-        token_logprobs = token_logprobs.masked_fill(~mask, 0.0)
-        entropy = entropy.masked_fill(~mask, 0.0) if with_entropy else None
-        yield rows, TokenScores(token_logprobs, entropy, mask)
+        passes = (contextlib.nullcontext() if memory is None
+                  else bounded_passes(model, gradient_from_block))  # fmt: skip
+        with passes:
+            with sequence_layout(layout):
+                resid = _final_residual(model, tokens.to(device), attention.to(device),
+                                        shared_prefix_layer, layout)  # fmt: skip
+                resid = resid.gather(
+                    1, positions.to(device)[..., None].expand(-1, -1, resid.shape[-1])
+                )
+                token_logprobs, entropy = _token_scores(model, resid, targets.to(device),
+                                                        with_entropy, position_chunk_size)  # fmt: skip
+            mask = mask.to(token_logprobs.device)
+            token_logprobs = token_logprobs.masked_fill(~mask, 0.0)
+            entropy = entropy.masked_fill(~mask, 0.0) if with_entropy else None
+            yield rows, TokenScores(token_logprobs, entropy, mask)
 
 
 def score_completions(

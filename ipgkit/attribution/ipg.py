@@ -42,6 +42,7 @@ from ipgkit import distributed
 from ipgkit.components import ComponentSet, scaling_hook
 from ipgkit.errors import IpgkitError
 from ipgkit.io import atomic_torch_save
+from ipgkit.memory import MemoryBudget, as_budget, gradient_block
 from ipgkit.models.policy import Policy
 from ipgkit.rollouts import (
     AdvantageMode,
@@ -177,6 +178,7 @@ def path_gradients(
     resume_from: PathGradients | None = None,
     on_progress: Callable[[PathGradients], None] | None = None,
     save_every: float = 30.0,
+    memory_budget: MemoryBudget | float | None = None,
 ) -> PathGradients:
     """Per-row gradient contributions along the scaled-activation path (the IPG engine).
 
@@ -204,6 +206,10 @@ def path_gradients(
             done are not computed again.
         on_progress: called with the partial result at most every ``save_every`` seconds (and
             after the last chunk), e.g. to write a checkpoint.
+        memory_budget: a :class:`~ipgkit.memory.MemoryBudget` (or its size in MiB) for each
+            pass: chunks are split to fit it at their padded length, attention is fused and the
+            blocks above the hook are recomputed in the backward, so memory grows linearly
+            with the completion length. None (default) chunks by ``internal_batch_size`` only.
 
     Returns:
         :class:`PathGradients` with [rows, units] contributions.
@@ -233,9 +239,13 @@ def path_gradients(
     hook_name, shared_layer = path_site(model, components.hook_name)
     if not share_prefix:
         hook_name, shared_layer = components.hook_name, None
+    lengths = [len(p) + len(c) for p, c in zip(prompt_ids, completion_ids, strict=True)]
     if chunks is None:
-        lengths = [len(p) + len(c) for p, c in zip(prompt_ids, completion_ids, strict=True)]
         chunks = packed_chunks(lengths, internal_batch_size)
+    memory_budget = as_budget(memory_budget)
+    if memory_budget is not None:
+        chunks = memory_budget.split(chunks, lengths, model.cfg,
+                                     units=components.hook_width(model))  # fmt: skip
     if resume_from is not None:
         if resume_from.contributions.shape != (rows, len(components)):
             raise IpgkitError(
@@ -263,7 +273,7 @@ def path_gradients(
             per_row, sequence = _chunk_contributions(
                 policy, components, hook_name, shared_layer, [prompt_ids[r] for r in chunk],
                 [completion_ids[r] for r in chunk], alphas[chunk], weights[chunk], positions,
-                baseline_tensor,
+                baseline_tensor, memory_budget,
             )  # fmt: skip
             contributions[chunk], sequence_logprobs[chunk] = per_row, sequence
             done[chunk] = True
@@ -293,7 +303,7 @@ def _warn_about_error_terms(policy: Policy, hook_name: str) -> None:
 
 
 def _chunk_contributions(policy, components, hook_name, shared_layer, prompts, completions,
-                         alphas, weights, positions, baseline):  # fmt: skip
+                         alphas, weights, positions, baseline, memory=None):  # fmt: skip
     """One forward/backward: per-row contributions [rows, units] and sum log pi [rows]."""
     scale = scaling_hook(components, alphas, positions, baseline)
     captured: dict[str, Tensor] = {}
@@ -306,14 +316,19 @@ def _chunk_contributions(policy, components, hook_name, shared_layer, prompts, c
         captured["original"], captured["scaled"] = original, scaled
         return scaled
 
+    # the backward runs inside the loop, under the memory budget's fused attention and
+    # checkpointed blocks (a budgeted iter_scores holds them until it is resumed)
     with policy.model.hooks(fwd_hooks=[(hook_name, scale_and_capture)]):
-        ((_, scores),) = iter_scores(policy, prompts, completions, with_entropy=False,
-                                     shared_prefix_layer=shared_layer)  # fmt: skip
-    if "scaled" not in captured:
-        raise IpgkitError(f"hook {hook_name} did not run in the forward pass")
-    sequence = scores.logprobs.sum(-1)
-    objective = (weights.to(sequence.device, sequence.dtype) * sequence).sum()
-    (gradient,) = torch.autograd.grad(objective, captured["scaled"])
+        for _, scores in iter_scores(policy, prompts, completions, len(prompts),
+                                     with_entropy=False, shared_prefix_layer=shared_layer,
+                                     memory=memory,
+                                     gradient_from_block=gradient_block(
+                                         hook_name, policy.model.cfg.n_layers)):  # fmt: skip
+            if "scaled" not in captured:
+                raise IpgkitError(f"hook {hook_name} did not run in the forward pass")
+            sequence = scores.logprobs.sum(-1)
+            objective = (weights.to(sequence.device, sequence.dtype) * sequence).sum()
+            (gradient,) = torch.autograd.grad(objective, captured["scaled"])
     # reduce in at least float32, whatever the model's dtype
     precision = torch.promote_types(gradient.dtype, torch.float32)
     difference = components.coordinates(captured["original"].to(precision))
@@ -336,13 +351,17 @@ def scaled_sequence_logprobs(
     positions: PathPositions = "all",
     baseline: Float[Tensor, " units"] | float | None = None,
     internal_batch_size: int = 32,
+    memory_budget: MemoryBudget | float | None = None,
 ) -> Float[Tensor, " rows"]:
-    """``sum_s log pi(a_s | s_s)`` per row with the components at path point ``alpha`` (no grad)."""
+    """``sum_s log pi(a_s | s_s)`` per row with the components at path point ``alpha`` (no grad;
+    with a ``memory_budget``, fused attention and rows per pass that fit it)."""
+    memory = as_budget(memory_budget)
     hook = scaling_hook(components.resolved(policy.model), float(alpha), positions, baseline)
     values = torch.zeros(len(prompt_ids), dtype=torch.float64)
     with torch.no_grad(), policy.model.hooks(fwd_hooks=[(components.hook_name, hook)]):
-        for rows, scores in iter_scores(policy, prompt_ids, completion_ids, internal_batch_size,
-                                        with_entropy=False):  # fmt: skip
+        for rows, scores in iter_scores(policy, prompt_ids, completion_ids,
+                                        None if memory else internal_batch_size,
+                                        with_entropy=False, memory=memory):  # fmt: skip
             values[rows] = scores.sequence_logprobs().double().cpu()
     return values
 
@@ -379,6 +398,11 @@ class IPGConfig:
         seeding: the sampler's seeding (see :class:`ipgkit.rollouts.SamplingConfig`);
             ``"problem"`` makes each prompt's rollouts independent of the others', which lets a
             torchrun launch shard prompts and still equal the single-process result.
+        memory_budget_mib: working memory of one scoring pass, in MiB (see
+            :class:`ipgkit.memory.MemoryBudget`): rows per pass and logit positions per block
+            follow it, attention is fused and blocks above the hook are recomputed, so long
+            chains of thought fit. None (default): ``internal_batch_size`` rows per pass, TL's
+            attention. Scores agree either way to float rounding (~1e-6 relative).
     """
 
     n_rollouts: int = 5
@@ -396,9 +420,11 @@ class IPGConfig:
     sampling_batch_size: int = 64
     pack: bool = True
     seeding: Literal["batch", "problem"] = "batch"
+    memory_budget_mib: float | None = None
 
     def __post_init__(self) -> None:
         integration_points(self.method, self.n_steps)  # validates both
+        as_budget(self.memory_budget_mib)  # validates it
         if self.mode not in ("paper", "on_path"):
             raise IpgkitError(f"mode must be 'paper' or 'on_path', got {self.mode!r}")
         if self.advantages not in ("mean_std", "mean", "rloo", "none"):
@@ -431,8 +457,11 @@ class IPGConfig:
         settings = asdict(replace(self, baseline="zero"))
         settings["baseline"] = self.baseline if isinstance(self.baseline, str) else "tensor"
         settings["advantage"] = self.advantages
-        if self.seeding == "batch":  # the default before the option existed: cache keys stay valid
+        # defaults of options added later are left out, so earlier cache keys stay valid
+        if self.seeding == "batch":
             del settings["seeding"]
+        if self.memory_budget_mib is None:
+            del settings["memory_budget_mib"]
         return settings
 
 
@@ -681,7 +710,8 @@ class PathRows:
         self.weights.append(weight)
 
     def score(self, policy, components, n_groups: int, positions, baseline,
-              internal_batch_size: int, pack: bool = True, progress: bool = False, store=None):  # fmt: skip
+              internal_batch_size: int, pack: bool = True, progress: bool = False, store=None,
+              memory_budget: MemoryBudget | float | None = None):  # fmt: skip
         """Per-prompt sums of the rows' contributions [prompts, units], and the engine's output
         (None when there are no rows). ``pack=False`` runs one pass per (prompt, alpha point)."""
         units = len(components.resolved(policy.model))
@@ -699,13 +729,15 @@ class PathRows:
         grads = path_gradients(
             policy, components, self.prompts, self.completions, torch.tensor(self.alphas),
             torch.tensor(self.weights, dtype=torch.float64), positions=positions,
-            baseline=baseline, chunks=chunks, progress=progress, **_scoring_hooks(store),
+            baseline=baseline, chunks=chunks, progress=progress, memory_budget=memory_budget,
+            **_scoring_hooks(store),
         )  # fmt: skip
         per_prompt.index_add_(0, torch.tensor(self.groups), grads.contributions)
         return per_prompt, grads
 
     def logprobs_at(self, end: float, alphas: Tensor, grads: PathGradients, policy, components,
-                    positions, baseline, internal_batch_size: int) -> Tensor:  # fmt: skip
+                    positions, baseline, internal_batch_size: int,
+                    memory_budget: MemoryBudget | float | None = None) -> Tensor:  # fmt: skip
         """``sum_s log pi`` of each trajectory (in the order added) at path point ``end``: taken
         from the scoring pass when ``end`` is one of ``alphas``, else one forward pass."""
         on_grid = next((k for k, a in enumerate(alphas.tolist()) if math.isclose(a, end)), None)
@@ -714,7 +746,7 @@ class PathRows:
             return grads.sequence_logprobs[index]
         return scaled_sequence_logprobs(policy, components, [self.prompts[i] for i in index],
                                         [self.completions[i] for i in index], end, positions,
-                                        baseline, internal_batch_size)  # fmt: skip
+                                        baseline, internal_batch_size, memory_budget)  # fmt: skip
 
 
 def _paper_mode(policy, problems, components, reward, config: IPGConfig, rollouts, progress,
@@ -740,13 +772,15 @@ def _paper_mode(policy, problems, components, reward, config: IPGConfig, rollout
     surrogate = {0.0: 0.0, 1.0: 0.0}  # with no live rows S is identically zero
     scoring_started = time.perf_counter()
     per_prompt, grads = rows.score(policy, components, len(problems), config.positions, baseline,
-                                   config.internal_batch_size, config.pack, progress, store)  # fmt: skip
+                                   config.internal_batch_size, config.pack, progress, store,
+                                   config.memory_budget_mib)  # fmt: skip
     if grads is not None:
         # completeness of the surrogate S(alpha) = mean_prompts sum_rows A/N sum_s log pi_alpha
         live_weights = advantages[live].double() / config.n_rollouts
         for end in (0.0, 1.0):
             values = rows.logprobs_at(end, alphas, grads, policy, components, config.positions,
-                                      baseline, config.internal_batch_size)  # fmt: skip
+                                      baseline, config.internal_batch_size,
+                                      config.memory_budget_mib)  # fmt: skip
             surrogate[end] = float((live_weights * values).sum() / len(problems))
     scoring_seconds = time.perf_counter() - scoring_started
     change = surrogate[1.0] - surrogate[0.0]
@@ -828,7 +862,8 @@ def _on_path_mode(policy, problems, components, reward, config: IPGConfig, progr
                      float(quadrature[k] * advantages[r] / config.n_rollouts))  # fmt: skip
     scoring_started = time.perf_counter()
     per_prompt, _ = rows.score(policy, components, len(problems), config.positions, baseline,
-                               config.internal_batch_size, config.pack, progress, store)  # fmt: skip
+                               config.internal_batch_size, config.pack, progress, store,
+                               config.memory_budget_mib)  # fmt: skip
     scoring_seconds = time.perf_counter() - scoring_started
     j_start, j_end = float(at_start.rewards.mean()), float(at_end.rewards.mean())
     zero_std = [s.frac_reward_zero_std for s in samples]
