@@ -224,7 +224,7 @@ def cmd_grpo(args: argparse.Namespace) -> int:
         max_steps=args.steps, learning_rate=args.learning_rate, beta=args.beta,
         epsilon=args.epsilon, loss_type=args.loss_type, scale_rewards=args.scale_rewards,
         max_completion_length=args.max_completion_length, temperature=args.temperature,
-        eval_every=args.eval_every, seed=args.seed,
+        eval_every=args.eval_every, save_steps=args.save_steps, seed=args.seed,
     )  # fmt: skip
     run = grpo_train(policy, task.problems, task.correctness, config, held_out, args.out)
     print(run.log.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -489,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     grpo.add_argument("--max-completion-length", type=int, default=160)
     grpo.add_argument("--temperature", type=float, default=1.0)
     grpo.add_argument("--eval-every", type=int, default=10)
+    grpo.add_argument("--save-steps", type=int, default=5, help="steps between checkpoints")
     grpo.add_argument("--seed", type=int, default=0)
     grpo.add_argument("--out", default="runs/grpo", help="checkpoint folder (a rerun resumes)")
     grpo.set_defaults(run=cmd_grpo)

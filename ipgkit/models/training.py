@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from ipgkit.determinism import deterministic_algorithms
 from ipgkit.io import atomic_torch_save
 from ipgkit.models.arith import arith_config, arith_prompt, save_arith
 from ipgkit.models.tokenizer import build_char_tokenizer
@@ -180,7 +181,8 @@ def train_model(config: TrainingConfig, out_dir: str | Path, progress: bool = Tr
         losses = F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
         loss = losses[loss_mask].mean()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with deterministic_algorithms(loss.device):
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()

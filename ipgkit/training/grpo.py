@@ -35,6 +35,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ipgkit.determinism import deterministic_algorithms
 from ipgkit.errors import IpgkitError
 from ipgkit.evaluation import evaluate
 from ipgkit.io import atomic_torch_save, atomic_write_text
@@ -183,7 +184,8 @@ def grpo_objective(
             totals["kl"] += float((kl.detach() * mask).sum())
         weight = row_weight[chunk].to(device, logprobs.dtype)[:, None]
         loss = (per_token * mask * weight).sum()
-        loss.backward()
+        with deterministic_algorithms(loss.device):
+            loss.backward()
         totals["loss"] += float(loss.detach())
         totals["entropy"] += float((scores.entropy.detach() * mask).sum())
         totals["clipped"] += float(((ratio.detach() != clipped_ratio.detach()).to(mask.dtype) * mask).sum())  # fmt: skip

@@ -22,6 +22,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ipgkit.determinism import deterministic_algorithms
 from ipgkit.errors import IpgkitError
 from ipgkit.models.policy import Policy
 from ipgkit.rollouts import iter_scores
@@ -162,7 +163,8 @@ def train_sft(
                 group["lr"] = config.learning_rate_at(len(log), steps)
             loss = sft_loss(policy, batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            with deterministic_algorithms(loss.device):
+                loss.backward()
             if config.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
             optimizer.step()
