@@ -3,6 +3,7 @@ of a folder holding another configuration."""
 
 from dataclasses import replace
 
+import pandas as pd
 import pytest
 
 from ipgkit.errors import IpgkitError
@@ -50,3 +51,62 @@ def test_the_experiment_writes_every_table_and_resumes(arith, tmp_path, monkeypa
     assert again["final"].equals(tables["final"])
     with pytest.raises(IpgkitError, match="other settings"):
         run_int_experiment(arith, replace(tiny_config(), k=3), tmp_path, progress=False)
+
+
+KILLED_RUN = """
+import sys
+import ipgkit
+from ipgkit.training.experiment import run_int_experiment
+from tests.training.test_experiment import tiny_config
+run_int_experiment(ipgkit.load_model("arith"), tiny_config(), sys.argv[1], progress=False)
+"""
+
+
+def test_a_killed_experiment_resumes_without_redoing_finished_stages(arith, tmp_path,
+                                                                     monkeypatch):  # fmt: skip
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import ipgkit.training.experiment as experiment
+
+    reference = run_int_experiment(arith, tiny_config(), tmp_path / "whole", progress=False)
+    out = tmp_path / "killed"
+    root = Path(__file__).resolve().parents[2]
+    child = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(out)], cwd=root,
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (out / "sft_int.pt").exists() and child.poll() is None:
+        assert time.monotonic() < deadline, "the run finished no SFT stage in time"
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL, child.stderr.read().decode()[-2000:]
+    finished = {path.name for path in out.iterdir()}
+    assert {"pool.pt", "interventions_rule.pt", "sft_int.pt"} <= finished
+    assert "final.csv" not in finished
+
+    calls = []
+
+    def counted(name):
+        original = getattr(experiment, name)
+
+        def run(*args, **kwargs):
+            calls.append(name)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(experiment, name, run)
+
+    for name in ("hard_pool", "propose_interventions", "train_sft"):
+        counted(name)
+    resumed = run_int_experiment(arith, tiny_config(), out, progress=False)
+    sft_left = 2 - sum(name.startswith("sft_") for name in finished)
+    assert calls == ["train_sft"] * sft_left  # the pool and interventions are not redone
+    for name, table in reference.items():  # equal to the last bit, wall-clock times aside
+        pd.testing.assert_frame_equal(resumed[name].drop(columns="seconds", errors="ignore"),
+                                      table.drop(columns="seconds", errors="ignore"),
+                                      check_exact=True, obj=name)  # fmt: skip
