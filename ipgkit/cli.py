@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shutil
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -45,18 +46,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ipgkit.tasks.load(args.task, split=s, path=args.path, n=args.limit) for s in args.splits
     ]
     policy = ipgkit.load_model(args.model)
+    # with --out, finished sampling batches are kept beside it so a killed run resumes
+    progress_dir = None
+    if args.out:
+        progress_dir = Path(args.out).with_name(f".{Path(args.out).stem}.progress")
+        if args.overwrite and progress_dir.exists():
+            shutil.rmtree(progress_dir)
     frames = []
     for task in tasks:
         frames.append(ipgkit.evaluate(policy, task, n_samples=args.samples, ks=args.ks,
                                       temperature=args.temperature, progress=True,
                                       max_new_tokens=args.max_new_tokens,
-                                      batch_size=args.batch_size))  # fmt: skip
+                                      batch_size=args.batch_size,
+                                      checkpoint_dir=progress_dir))  # fmt: skip
     table = pd.concat(frames, ignore_index=True)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.out:
         from ipgkit.io import atomic_write_text
 
         atomic_write_text(Path(args.out), table.to_csv(index=False))
+        shutil.rmtree(progress_dir, ignore_errors=True)
         print(f"wrote {args.out}")
     return 0
 
@@ -388,7 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-new-tokens", type=int, default=None,
                           help="token budget (default: the task's)")  # fmt: skip
     evaluate.add_argument("--batch-size", type=int, default=64, help="completions per batch")
-    evaluate.add_argument("--out", default=None, help="write the table as CSV here")
+    evaluate.add_argument("--out", default=None,
+                          help="write the table as CSV here (a killed run resumes from beside it)")  # fmt: skip
+    evaluate.add_argument("--overwrite", action="store_true",
+                          help="discard progress left by a run with other settings")  # fmt: skip
     evaluate.set_defaults(run=cmd_evaluate)
 
     card = commands.add_parser(

@@ -6,8 +6,10 @@ Everything runs through :func:`ipgkit.sample`, so active steering hooks apply.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -116,6 +118,7 @@ def evaluate(
     seed: int = 0,
     progress: bool = False,
     seeding: Literal["batch", "problem"] = "batch",
+    checkpoint_dir: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Evaluate ``policy`` on ``task`` (the first ``limit`` problems).
 
@@ -124,6 +127,8 @@ def evaluate(
     ``sample_accuracy``, ``frac_mixed`` (problems with some right and some wrong samples) and
     ``frac_all_wrong`` (pass@n = 0). Under torchrun, problems are sharded by rank (see
     :func:`evaluation_rollouts`); ``seeding="problem"`` makes the samples independent of sharding.
+    With ``checkpoint_dir`` finished sampling batches are saved there and a rerun continues
+    after them (see :func:`ipgkit.rollouts.sample`).
 
     Returns:
         A tidy DataFrame: model, task, split, metric, value, ci_low, ci_high (95%), n (problems).
@@ -136,7 +141,7 @@ def evaluate(
         raise IpgkitError(f"pass@k needs k <= n_samples; got ks={tuple(ks)}, n_samples={n_samples}")
     greedy, sampled = evaluation_rollouts(policy, task, n_samples, temperature, top_p,
                                           max_new_tokens, batch_size, seed, progress,
-                                          seeding)  # fmt: skip
+                                          seeding, checkpoint_dir)  # fmt: skip
     return evaluation_table(policy.name, task, greedy, sampled, ks)
 
 
@@ -151,13 +156,15 @@ def evaluation_rollouts(
     seed: int = 0,
     progress: bool = False,
     seeding: Literal["batch", "problem"] = "batch",
+    checkpoint_dir: str | os.PathLike | None = None,
 ) -> tuple[Rollouts, Rollouts | None]:
     """The rollouts :func:`evaluate` scores, for callers that also want the completions: one greedy
     completion per problem (seed ``seed``) and, with ``n_samples > 0``, ``n_samples`` sampled ones
     (seed ``seed + 1``), rewarded with ``task.correctness``.
 
     Under torchrun each rank decodes a contiguous block of problems and the blocks are gathered,
-    so every rank returns the whole task's rollouts (sampled ones need ``seeding="problem"``)."""
+    so every rank returns the whole task's rollouts (sampled ones need ``seeding="problem"``).
+    ``checkpoint_dir`` keeps each sampler's finished batches (one file per rank) for a resume."""
     rank, size = distributed.world()
     if size > 1:
         if n_samples and seeding != "problem":
@@ -166,7 +173,9 @@ def evaluation_rollouts(
         with distributed.local():
             mine = evaluation_rollouts(policy, replace(task, problems=task.problems[block.start : block.stop]),
                                        n_samples, temperature, top_p, max_new_tokens, batch_size,
-                                       seed, progress and rank == 0, seeding)  # fmt: skip
+                                       seed, progress and rank == 0, seeding,
+                                       None if checkpoint_dir is None
+                                       else Path(checkpoint_dir) / f"rank{rank}")  # fmt: skip
         parts = distributed.gather(mine)
         greedy = Rollouts.concat([part[0] for part in parts], policy.pad_token_id)
         sampled = None if not n_samples else Rollouts.concat([part[1] for part in parts],
@@ -174,11 +183,20 @@ def evaluation_rollouts(
         return greedy, sampled
     settings = dict(max_new_tokens=max_new_tokens or task.max_new_tokens, batch_size=batch_size,
                     reward=task.correctness, progress=progress)  # fmt: skip
-    greedy = sample(policy, task.problems, n=1, temperature=0.0, seed=seed, **settings)
+
+    def checkpoint(kind: str) -> Path | None:
+        if checkpoint_dir is None:
+            return None
+        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        return Path(checkpoint_dir) / f"{task.name}-{task.split}-{kind}.pt"
+
+    greedy = sample(policy, task.problems, n=1, temperature=0.0, seed=seed,
+                    checkpoint=checkpoint("greedy"), **settings)  # fmt: skip
     sampled = None
     if n_samples:
         sampled = sample(policy, task.problems, n=n_samples, temperature=temperature, top_p=top_p,
-                         seed=seed + 1, seeding=seeding, **settings)  # fmt: skip
+                         seed=seed + 1, seeding=seeding, checkpoint=checkpoint("sampled"),
+                         **settings)  # fmt: skip
     return greedy, sampled
 
 

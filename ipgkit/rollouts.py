@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Literal
 
 import pandas as pd
@@ -32,6 +35,7 @@ from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValue
 
 from ipgkit.components import SequenceLayout, sequence_layout, set_layout_offset
 from ipgkit.errors import IpgkitError
+from ipgkit.io import atomic_torch_save
 from ipgkit.memory import MemoryBudget, bounded_passes
 from ipgkit.models.policy import Policy
 from ipgkit.tasks.base import Problem, RewardFunction, call_reward, reward_columns
@@ -607,8 +611,14 @@ def sample(
     progress: bool = False,
     format_prompts: bool = True,
     seeding: Literal["batch", "problem"] = "batch",
+    checkpoint: str | os.PathLike | None = None,
 ) -> Rollouts:
     """Sample ``n`` completions for each problem (or question string) with a KV cache.
+
+    With a ``checkpoint`` file every finished batch (and the generator's state) is saved there
+    atomically, and a rerun with the same policy, prompts and settings continues after the last
+    saved batch with the same result as an uninterrupted run. Hooks are not part of the
+    identity: resume under the same steering.
 
     Hooks active on ``policy.model`` (e.g. inside :func:`ipgkit.steer`) apply throughout.
     Rows are grouped by problem: rows ``g*n .. g*n+n-1`` answer problem ``g``. Questions go through
@@ -638,13 +648,21 @@ def sample(
     check_memory(policy, min(batch_size, len(rows)), max(map(len, prompt_ids)) + max_new_tokens)
     generator = torch.Generator().manual_seed(seed)
     per_row = row_generators(seed, [p.id for p in problems], n) if seeding == "problem" else None
+    identity = _sampling_identity(policy, prompt_ids, config)
     generated: list[tuple[Tensor, Tensor, Tensor]] = []
-    bar = tqdm(total=len(rows), desc="sample", unit="completion", disable=not progress)
-    for start in range(0, len(rows), batch_size):
+    if checkpoint is not None:
+        generated = _saved_batches(Path(checkpoint), identity, generator)
+    bar = tqdm(total=len(rows), initial=min(len(generated) * batch_size, len(rows)),
+               desc="sample", unit="completion", disable=not progress)  # fmt: skip
+    for start in range(len(generated) * batch_size, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
+        batch_generator = generator
         if per_row is not None:  # rows[i] is group g's (i mod n)-th sample
-            generator = [per_row[g * n + (start + i) % n] for i, g in enumerate(chunk)]
-        generated.append(generate(policy, [prompt_ids[g] for g in chunk], config, generator))
+            batch_generator = [per_row[g * n + (start + i) % n] for i, g in enumerate(chunk)]
+        generated.append(generate(policy, [prompt_ids[g] for g in chunk], config, batch_generator))
+        if checkpoint is not None:
+            atomic_torch_save({"identity": identity, "batches": generated,
+                               "generator": generator.get_state()}, checkpoint)  # fmt: skip
         bar.update(len(chunk))
     bar.close()
     width = max(ids.shape[1] for ids, _, _ in generated)
@@ -668,6 +686,27 @@ def sample(
         sample_logprobs=sample_logprobs, texts=texts, config=config,
     )  # fmt: skip
     return rollouts.with_rewards(reward) if reward is not None else rollouts
+
+
+def _sampling_identity(policy: Policy, prompt_ids, config: SamplingConfig) -> str:
+    """What a sampling checkpoint must match: the policy, every prompt's ids and the settings."""
+    text = json.dumps([policy.name, prompt_ids, asdict(config)])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _saved_batches(path: Path, identity: str, generator: torch.Generator) -> list:
+    """The finished batches of an interrupted :func:`sample` (the generator set to its state after
+    them), or none; a checkpoint of other settings is refused rather than mixed in."""
+    if not path.exists():
+        return []
+    saved = torch.load(path, weights_only=True)
+    if saved["identity"] != identity:
+        raise IpgkitError(
+            f"{path} holds sampling progress of another run (other policy, prompts or settings); "
+            "delete it to start over"
+        )
+    generator.set_state(saved["generator"])
+    return [tuple(batch) for batch in saved["batches"]]
 
 
 def _pad_right(tensor: Tensor, width: int, value) -> Tensor:
