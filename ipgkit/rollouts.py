@@ -921,11 +921,13 @@ def iter_activations(
     completion_ids: Sequence[Sequence[int]],
     positions: Literal["all", "prompt", "generated"] = "generated",
     chunk_size: int = 64,
+    memory: MemoryBudget | None = None,
 ) -> Iterator[ActivationChunk]:
     """Activations at ``hook_name`` over prompt + completion rows, through the teacher-forced pass.
 
     The same forward as :func:`iter_scores` (so steering hooks and the sequence layout apply), no
-    gradient. Baselines and IPG's mean baseline reduce these chunks as they stream past.
+    gradient. Baselines and IPG's mean baseline reduce these chunks as they stream past. With a
+    ``memory`` budget, rows per chunk follow it instead of ``chunk_size`` and attention is fused.
 
     Example:
         >>> for chunk in iter_activations(policy, "blocks.2.hook_resid_post",
@@ -942,7 +944,8 @@ def iter_activations(
         captured.append(activation.detach())
 
     with torch.no_grad(), policy.model.hooks(fwd_hooks=[(hook_name, capture)]):
-        for rows, _ in iter_scores(policy, prompt_ids, completion_ids, chunk_size, False):
+        for rows, _ in iter_scores(policy, prompt_ids, completion_ids,
+                                   None if memory else chunk_size, False, memory=memory):  # fmt: skip
             activation = captured.pop()
             prompt_lengths = torch.tensor([len(p) for p in prompt_ids[rows]])
             completion_lengths = torch.tensor([len(c) for c in completion_ids[rows]])
@@ -964,6 +967,7 @@ def mean_activations(
     positions: Literal["all", "prompt", "generated"] = "generated",
     transform: Callable[[Tensor], Tensor] | None = None,
     chunk_size: int = 64,
+    memory: MemoryBudget | None = None,
 ) -> Float[Tensor, "groups width"]:
     """Mean of ``transform(activation)`` over the selected tokens of each group of rows (float64).
 
@@ -978,7 +982,7 @@ def mean_activations(
     row_groups = torch.as_tensor(row_groups, dtype=torch.long)
     sums, counts = None, torch.zeros(int(row_groups.max()) + 1, dtype=torch.float64)
     for chunk in iter_activations(policy, hook_name, prompt_ids, completion_ids, positions,
-                                  chunk_size):  # fmt: skip
+                                  chunk_size, memory):  # fmt: skip
         values = chunk.activations.double()
         values = transform(values) if transform is not None else values
         if sums is None:

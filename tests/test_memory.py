@@ -261,3 +261,15 @@ def test_ipg_with_a_memory_budget_equals_ipg_without(deep_policy):
     torch.testing.assert_close(budgeted.per_prompt, plain.per_prompt, atol=1e-5, rtol=1e-4)
     assert "memory_budget_mib" not in IPGConfig().describe()  # earlier cache keys stay valid
     assert IPGConfig(memory_budget_mib=512).describe()["memory_budget_mib"] == 512
+
+
+def test_the_mean_baseline_under_a_budget_equals_the_unbudgeted_one(deep_policy):
+    from ipgkit.rollouts import mean_activations
+
+    prompts, completions = rollout_rows(deep_policy)
+    groups = torch.arange(len(prompts)) // 3
+    budget = MemoryBudget(2 * MemoryBudget(1e6).row_bytes(deep_policy.model.cfg, 30) / 2**20)
+    plain = mean_activations(deep_policy, "blocks.1.mlp.hook_post", prompts, completions, groups)
+    budgeted = mean_activations(deep_policy, "blocks.1.mlp.hook_post", prompts, completions,
+                                groups, memory=budget)  # fmt: skip
+    torch.testing.assert_close(budgeted, plain, atol=1e-6, rtol=1e-5)

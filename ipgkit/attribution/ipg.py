@@ -674,7 +674,8 @@ def _support_baseline(policy, components, config: IPGConfig, rollouts: Rollouts)
     mean = mean_activations(policy, components.hook_name, rollouts.row_prompt_ids(),
                             rollouts.row_completion_ids(), torch.zeros(len(rollouts), dtype=torch.long),
                             config.positions, components.resolved(policy.model).coordinates,
-                            config.internal_batch_size)  # fmt: skip
+                            config.internal_batch_size,
+                            as_budget(config.memory_budget_mib))  # fmt: skip
     return mean[0].float()
 
 
