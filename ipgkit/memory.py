@@ -64,7 +64,8 @@ class MemoryBudget:
     mib: float
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.mib, int | float) and math.isfinite(self.mib) and self.mib > 0):
+        number = isinstance(self.mib, int | float) and not isinstance(self.mib, bool)
+        if not (number and math.isfinite(self.mib) and self.mib > 0):
             raise IpgkitError(f"memory budget must be a positive number of MiB, got {self.mib!r}")
 
     @property
@@ -98,7 +99,7 @@ class MemoryBudget:
     ) -> list[list[int]]:
         """Split row chunks (kept in order) so each fits the budget at its longest row's width.
 
-        Example:
+        Example (a model where one 4000-token row takes over half of 512 MiB):
             >>> MemoryBudget(512).split([[0, 1, 2, 3]], [100, 100, 4000, 4000], model.cfg)
             [[0, 1], [2], [3]]                                                 # doctest: +SKIP
         """

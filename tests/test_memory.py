@@ -175,7 +175,7 @@ def test_a_row_larger_than_the_budget_is_refused_with_its_size(deep_policy):
         budget.split([[0]], [5000], deep_policy.model.cfg)
 
 
-@pytest.mark.parametrize("bad", [0, -5, math.nan, math.inf, "1GB"])
+@pytest.mark.parametrize("bad", [0, -5, math.nan, math.inf, "1GB", True])
 def test_a_budget_must_be_a_positive_size(bad):
     with pytest.raises(IpgkitError, match="memory budget must be a positive number of MiB"):
         MemoryBudget(bad)
