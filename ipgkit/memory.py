@@ -268,17 +268,23 @@ def _checkpointed_forward(forward):
     def run(self, *args, **kwargs):
         if not torch.is_grad_enabled():
             return forward(*args, **kwargs)
-        layout = current_layout()
-
-        def replay(*args, **kwargs):
-            if layout is None:
-                return forward(*args, **kwargs)
-            with sequence_layout(layout):
-                return forward(*args, **kwargs)
-
-        return checkpoint(replay, *args, use_reentrant=False, **kwargs)
+        return checkpoint_in_layout(forward, *args, **kwargs)
 
     return run
+
+
+def checkpoint_in_layout(function, *args, **kwargs):
+    """``torch.utils.checkpoint`` (non-reentrant) whose recompute in the backward pass runs under
+    the sequence layout active at the forward, so position-dependent hooks act the same twice."""
+    layout = current_layout()
+
+    def replay(*args, **kwargs):
+        if layout is None:
+            return function(*args, **kwargs)
+        with sequence_layout(layout):
+            return function(*args, **kwargs)
+
+    return checkpoint(replay, *args, use_reentrant=False, **kwargs)
 
 
 @contextlib.contextmanager
@@ -293,6 +299,7 @@ __all__ = [
     "MemoryBudget",
     "as_budget",
     "bounded_passes",
+    "checkpoint_in_layout",
     "checkpointed_blocks",
     "fused_attention",
     "fused_attention_supported",

@@ -26,7 +26,6 @@ from typing import Literal
 
 import pandas as pd
 import torch
-import torch.utils.checkpoint
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -36,7 +35,7 @@ from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValue
 from ipgkit.components import SequenceLayout, sequence_layout, set_layout_offset
 from ipgkit.errors import IpgkitError
 from ipgkit.io import atomic_torch_save
-from ipgkit.memory import MemoryBudget, bounded_passes
+from ipgkit.memory import MemoryBudget, bounded_passes, checkpoint_in_layout
 from ipgkit.models.policy import Policy
 from ipgkit.tasks.base import Problem, RewardFunction, call_reward, reward_columns
 
@@ -344,7 +343,7 @@ def _token_scores(model, resid, targets, with_entropy: bool, position_chunk_size
         block = (resid[:, start : start + position_chunk_size],
                  targets[:, start : start + position_chunk_size])  # fmt: skip
         if torch.is_grad_enabled() and resid.requires_grad:
-            pieces.append(torch.utils.checkpoint.checkpoint(scores_of, *block, use_reentrant=False))
+            pieces.append(checkpoint_in_layout(scores_of, *block))
         else:
             pieces.append(scores_of(*block))
     return tuple(torch.cat(parts, dim=1) for parts in zip(*pieces, strict=True))
