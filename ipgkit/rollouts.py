@@ -776,8 +776,8 @@ def iter_scores(
 
     With a ``memory`` budget (:class:`ipgkit.memory.MemoryBudget`) each chunk runs with fused
     attention and the blocks above ``gradient_from_block`` checkpointed, until the caller resumes
-    the iterator (so a backward in the loop body is bounded too); rows per chunk (when
-    ``chunk_size`` is None) and positions per logits block follow the budget.
+    the iterator (so a backward in the loop body is bounded too); chunks of ``chunk_size`` rows
+    are split further to fit the budget, and positions per logits block follow it.
     """
     if len(prompt_ids) != len(completion_ids):
         raise IpgkitError(f"{len(prompt_ids)} prompts but {len(completion_ids)} completions")
@@ -785,14 +785,11 @@ def iter_scores(
         raise IpgkitError("nothing to score (no completions)")
     model, device = policy.model, policy.model.cfg.device
     everything = list(range(len(prompt_ids)))
-    if chunk_size is not None:
-        chunks = [everything[i : i + chunk_size] for i in range(0, len(everything), chunk_size)]
-    elif memory is not None:
-        widths = [len(p) + len(c) for p, c in zip(prompt_ids, completion_ids, strict=True)]
-        chunks = memory.split([everything], widths, model.cfg)
-    else:
-        chunks = [everything]
+    size = chunk_size or len(everything)
+    chunks = [everything[i : i + size] for i in range(0, len(everything), size)]
     if memory is not None:
+        widths = [len(p) + len(c) for p, c in zip(prompt_ids, completion_ids, strict=True)]
+        chunks = memory.split(chunks, widths, model.cfg)
         position_chunk_size = memory.position_chunk_size(model.cfg)
     for chunk in chunks:
         rows = slice(chunk[0], chunk[-1] + 1)
@@ -926,7 +923,7 @@ def iter_activations(
 
     The same forward as :func:`iter_scores` (so steering hooks and the sequence layout apply), no
     gradient. Baselines and IPG's mean baseline reduce these chunks as they stream past. With a
-    ``memory`` budget, rows per chunk follow it instead of ``chunk_size`` and attention is fused.
+    ``memory`` budget, chunks are also split to fit it and attention is fused.
 
     Example:
         >>> for chunk in iter_activations(policy, "blocks.2.hook_resid_post",
@@ -943,8 +940,8 @@ def iter_activations(
         captured.append(activation.detach())
 
     with torch.no_grad(), policy.model.hooks(fwd_hooks=[(hook_name, capture)]):
-        for rows, _ in iter_scores(policy, prompt_ids, completion_ids,
-                                   None if memory else chunk_size, False, memory=memory):  # fmt: skip
+        for rows, _ in iter_scores(policy, prompt_ids, completion_ids, chunk_size, False,
+                                   memory=memory):  # fmt: skip
             activation = captured.pop()
             prompt_lengths = torch.tensor([len(p) for p in prompt_ids[rows]])
             completion_lengths = torch.tensor([len(c) for c in completion_ids[rows]])

@@ -359,8 +359,7 @@ def scaled_sequence_logprobs(
     hook = scaling_hook(components.resolved(policy.model), float(alpha), positions, baseline)
     values = torch.zeros(len(prompt_ids), dtype=torch.float64)
     with torch.no_grad(), policy.model.hooks(fwd_hooks=[(components.hook_name, hook)]):
-        for rows, scores in iter_scores(policy, prompt_ids, completion_ids,
-                                        None if memory else internal_batch_size,
+        for rows, scores in iter_scores(policy, prompt_ids, completion_ids, internal_batch_size,
                                         with_entropy=False, memory=memory):  # fmt: skip
             values[rows] = scores.sequence_logprobs().double().cpu()
     return values
