@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ from ipgkit.errors import IpgkitError
 from ipgkit.models.policy import Policy
 from ipgkit.rollouts import Rollouts, iter_activations
 from ipgkit.saes import decoder_directions
+from ipgkit.stats import random_dice
 from ipgkit.tasks.base import split_lines
 
 # --- feature pages --------------------------------------------------------------------------------
@@ -313,36 +313,6 @@ def dice(first: Collection[int] | ComponentSet, second: Collection[int] | Compon
     if not sets[0] and not sets[1]:
         raise IpgkitError("dice of two empty sets is undefined")
     return 2 * len(sets[0] & sets[1]) / (len(sets[0]) + len(sets[1]))
-
-
-def random_dice(units: int, size: int, observed: float | None = None) -> dict[str, float]:
-    """The Dice overlap of two independent, uniformly random ``size``-subsets of ``units`` units,
-    exactly (the overlap is hypergeometric): its mean ``size / units``, its 95th percentile, and,
-    given an ``observed`` Dice, the chance that random sets overlap at least as much (a one-sided
-    p-value).
-
-    Example:
-        >>> random_dice(4, 2)["mean"]
-        0.5
-    """
-    if not 1 <= size <= units:
-        raise IpgkitError(f"need 1 <= size <= units, got size={size}, units={units}")
-    total = math.comb(units, size)
-    probabilities = [math.comb(size, k) * math.comb(units - size, size - k) / total
-                     for k in range(size + 1)]  # fmt: skip
-    values = [k / size for k in range(size + 1)]  # Dice of two size-sets sharing k units
-    cumulative, percentile = 0.0, values[-1]
-    for value, probability in zip(values, probabilities, strict=True):
-        cumulative += probability
-        if cumulative >= 0.95 - 1e-12:
-            percentile = value
-            break
-    summary = {"mean": size / units, "p95": percentile}
-    if observed is not None:
-        summary["p_value"] = sum(probability for value, probability in
-                                 zip(values, probabilities, strict=True)
-                                 if value >= observed - 1e-12)  # fmt: skip
-    return summary
 
 
 __all__ = [

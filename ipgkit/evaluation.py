@@ -5,7 +5,6 @@ Everything runs through :func:`ipgkit.sample`, so active steering hooks apply.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import replace
@@ -19,9 +18,8 @@ from ipgkit import distributed
 from ipgkit.errors import IpgkitError
 from ipgkit.models.policy import Policy
 from ipgkit.rollouts import Rollouts, sample
+from ipgkit.stats import mcnemar_exact, mean_interval, paired_comparison, wilson_interval
 from ipgkit.tasks.base import Task
-
-Z95 = 1.959963984540054
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -40,29 +38,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
         return 1.0
     # product form of 1 - C(n-c, k)/C(n, k), stable for large n
     return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
-
-
-def wilson_interval(successes: float, total: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (well-behaved near 0 and 1)."""
-    if total <= 0:
-        return (math.nan, math.nan)
-    p = successes / total
-    denominator = 1 + z**2 / total
-    centre = (p + z**2 / (2 * total)) / denominator
-    half = z * math.sqrt(p * (1 - p) / total + z**2 / (4 * total**2)) / denominator
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def mean_interval(values: Sequence[float], z: float = Z95) -> tuple[float, float, float]:
-    """Mean and normal-approximation interval (mean +- z * standard error)."""
-    array = np.asarray(values, dtype=float)
-    if array.size == 0:
-        return (math.nan, math.nan, math.nan)
-    mean = float(array.mean())
-    if array.size < 2:
-        return (mean, math.nan, math.nan)
-    half = z * float(array.std(ddof=1)) / math.sqrt(array.size)
-    return (mean, mean - half, mean + half)
 
 
 def evaluation_table(
@@ -200,65 +175,13 @@ def evaluation_rollouts(
     return greedy, sampled
 
 
-def mcnemar_exact(only_first: int, only_second: int) -> float:
-    """Two-sided exact McNemar p-value from the discordant pairs: problems only the first
-    condition gets right and problems only the second gets right (a binomial(b + c, 1/2) test).
-
-    Example:
-        >>> mcnemar_exact(0, 5)
-        0.0625
-    """
-    if only_first < 0 or only_second < 0:
-        raise IpgkitError(f"discordant counts must be >= 0, got {only_first}, {only_second}")
-    discordant = only_first + only_second
-    if discordant == 0:
-        return 1.0
-    tail = sum(math.comb(discordant, k) for k in range(min(only_first, only_second) + 1))
-    return min(1.0, 2 * tail / 2**discordant)
-
-
-def paired_comparison(
-    base: Sequence[float], other: Sequence[float], z: float = Z95
-) -> dict[str, float]:
-    """Compare two conditions on the same problems: ``other - base`` per problem.
-
-    Args:
-        base: [problems] correctness (0/1), or a mean over seeds in [0, 1], of the reference
-            condition (e.g. the unsteered model).
-        other: [problems] the same for the compared condition, in the same problem order.
-
-    Returns:
-        ``difference`` (mean of other - base), ``ci_low``/``ci_high`` (95%, normal approximation
-        over the per-problem differences), ``p_value`` and ``test``: the exact McNemar test when
-        both inputs are 0/1, otherwise a two-sided z-test on the mean difference (values averaged
-        over seeds are not binary).
-
-    Example:
-        >>> paired_comparison([1, 1, 0, 0], [1, 0, 0, 0])["difference"]
-        -0.25
-    """
-    first, second = np.asarray(base, dtype=float), np.asarray(other, dtype=float)
-    if first.shape != second.shape or first.ndim != 1 or first.size == 0:
-        raise IpgkitError(
-            f"paired comparison needs two equal-length, non-empty 1-D sequences; got shapes "
-            f"{first.shape} and {second.shape}"
-        )
-    differences = second - first
-    mean, low, high = mean_interval(differences.tolist(), z)
-    binary = np.isin(first, (0.0, 1.0)).all() and np.isin(second, (0.0, 1.0)).all()
-    if binary:
-        only_base = int(((first == 1) & (second == 0)).sum())
-        only_other = int(((first == 0) & (second == 1)).sum())
-        p_value, test = mcnemar_exact(only_base, only_other), "mcnemar_exact"
-    else:
-        spread = float(differences.std(ddof=1)) if differences.size > 1 else 0.0
-        if spread == 0.0:
-            p_value = 1.0 if mean == 0.0 else 0.0
-        else:
-            statistic = abs(mean) / (spread / math.sqrt(differences.size))
-            p_value = math.erfc(statistic / math.sqrt(2))
-        test = "paired_z"
-    if differences.size > 1 and float(differences.std(ddof=1)) == 0.0:
-        low = high = mean
-    return {"difference": mean, "ci_low": low, "ci_high": high, "p_value": p_value, "test": test,
-            "n": int(differences.size)}  # fmt: skip
+__all__ = [
+    "evaluate",
+    "evaluation_rollouts",
+    "evaluation_table",
+    "mcnemar_exact",  # the statistics live in ipgkit.stats; re-exported for existing imports
+    "mean_interval",
+    "paired_comparison",
+    "pass_at_k",
+    "wilson_interval",
+]

@@ -74,7 +74,7 @@ def capability_control(suite: Suite) -> pd.DataFrame:
     Returns:
         One row per (method, condition, family): p, gamma, accuracy [95% CI], the unsteered
         accuracy on the same problems, the paired difference [95% CI] and its p-value (exact
-        McNemar; a paired z-test for seed averages), the number of seeds and their range.
+        McNemar; a paired t-test for seed averages), the number of seeds and their range.
 
     Example:
         >>> table = capability_control(Suite("runs/experiments"))             # doctest: +SKIP
