@@ -163,7 +163,13 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     saved = result.save(out.with_suffix(".safetensors"))
     ax = result.plot(top=args.top)
     ax.figure.savefig(out.with_suffix(".png"), dpi=150, bbox_inches="tight")
-    print(result.to_dataframe().sort_values("rank").head(args.top).to_string(index=False))
+    if result.ranks_anything:
+        print(result.to_dataframe().sort_values("rank").head(args.top).to_string(index=False))
+    else:
+        from ipgkit.errors import no_signal_advice
+
+        print(f"No unit could be ranked (every score is {float(result.scores[0]):g}): "
+              f"{no_signal_advice(result.frac_reward_zero_std)}.")  # fmt: skip
     info = result.info
     print(f"\ncompleteness delta {result.delta:+.4g} (vs {info['delta_of']}); "
           f"frac_reward_zero_std {result.frac_reward_zero_std:.2f}; "

@@ -25,6 +25,25 @@ class RewardError(IpgkitError):
     """A reward function returned something that is not one finite float per completion."""
 
 
+class ZeroSignalWarning(UserWarning):
+    """An attribution had nothing to attribute: every prompt's rollouts earned the same reward."""
+
+
+def no_signal_advice(frac_reward_zero_std: float | None) -> str:
+    """Why an outcome attribution ranks no unit, and what to change (for warnings and errors)."""
+    why = (
+        "every prompt's rollouts earned the same reward (frac_reward_zero_std = 1), so every "
+        "group-relative advantage is zero and"
+        if frac_reward_zero_std == 1.0
+        else "the scores are all equal, so"
+    )
+    return (
+        f"{why} no unit can be ranked above another: pick a reward that varies within a prompt's "
+        "rollouts, sample more rollouts per prompt, or use a task that is harder (if every "
+        "rollout is right) or easier (if every rollout is wrong)"
+    )
+
+
 def close_matches(name: str, candidates: Iterable[str], n: int = 5) -> str:
     """Human-readable list of the candidates closest to `name`, for error messages."""
     candidates = list(candidates)

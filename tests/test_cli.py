@@ -1,6 +1,7 @@
 import pytest
 
 from ipgkit.cli import build_parser, main
+from ipgkit.errors import ZeroSignalWarning
 
 
 @pytest.mark.parametrize(
@@ -97,3 +98,19 @@ def test_figures_redraws_from_saved_tables_only(tmp_path, capsys):
     assert main(["figures", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "control_table1.png").stat().st_size > 10_000
     assert "control_table1.png" in capsys.readouterr().out
+
+
+def test_attribute_says_when_no_unit_can_be_ranked(tmp_path, capsys):
+    import pandas as pd
+
+    out = tmp_path / "scores.csv"
+    # a keyword the model never writes: every rollout earns 0, so no advantage is nonzero
+    with pytest.warns(ZeroSignalWarning):
+        code = main(["attribute", "--n-problems", "2", "--n-rollouts", "2", "--n-steps", "2",
+                     "--layer", "1", "--reward", "keywords:@@@", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("No unit could be ranked (every score is 0): every prompt's")
+    assert "frac_reward_zero_std = 1" in printed
+    assert "score" not in printed.splitlines()[1]  # no ranked table of zeros follows
+    assert (pd.read_csv(out)["score"] == 0).all()  # the honest zeros are still written

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from ipgkit import distributed
 from ipgkit.components import ComponentSet, scaling_hook
-from ipgkit.errors import IpgkitError
+from ipgkit.errors import IpgkitError, ZeroSignalWarning, no_signal_advice
 from ipgkit.io import atomic_torch_save
 from ipgkit.memory import MemoryBudget, as_budget, gradient_block
 from ipgkit.models.policy import Policy
@@ -520,8 +520,23 @@ def ipg(
         raise IpgkitError("IPG needs a reward function (or, in paper mode, rollouts with rewards)")
     problems = list(problems)
     if distributed.world()[1] > 1:
-        return _sharded_ipg(policy, problems, components, reward, config, rollouts, progress,
+        result = _sharded_ipg(policy, problems, components, reward, config, rollouts, progress,
+                              checkpoint)  # fmt: skip
+    else:
+        result = _local_ipg(policy, problems, components, reward, config, rollouts, progress,
                             checkpoint)  # fmt: skip
+    if result.info["rows_scored"] == 0:
+        warnings.warn(
+            f"IPG of {result.info['reward']!r} at {components.hook_name} is zero for every unit: "
+            + no_signal_advice(result.frac_reward_zero_std),
+            ZeroSignalWarning,
+            stacklevel=2,
+        )
+    return result
+
+
+def _local_ipg(policy, problems, components, reward, config: IPGConfig, rollouts, progress,
+               checkpoint) -> AttributionResult:  # fmt: skip
     started = time.perf_counter()
     store = None
     if checkpoint is not None:
@@ -571,8 +586,8 @@ def _sharded_ipg(policy, problems, components, reward, config: IPGConfig, rollou
     if checkpoint is not None:
         checkpoint = f"{checkpoint}.rank{rank}-of-{size}"
     with distributed.local():
-        part = ipg(policy, [problems[i] for i in block], components, reward, config, mine,
-                   progress=progress and rank == 0, checkpoint=checkpoint)  # fmt: skip
+        part = _local_ipg(policy, [problems[i] for i in block], components, reward, config, mine,
+                          progress and rank == 0, checkpoint)  # fmt: skip
     pieces = distributed.gather({"per_prompt": part.per_prompt, "info": part.info})
     per_prompt = torch.cat([piece["per_prompt"] for piece in pieces])
     counts = [len(piece["info"]["problem_ids"]) for piece in pieces]

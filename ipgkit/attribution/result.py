@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from ipgkit.components import ComponentSet
-from ipgkit.errors import DataFormatError, IpgkitError
+from ipgkit.errors import DataFormatError, IpgkitError, no_signal_advice
 from ipgkit.io import atomic_path
 
 FORMAT_VERSION = 1
@@ -107,15 +107,29 @@ class AttributionResult:
             raise IpgkitError(f"by must be 'score', 'abs' or 'negative', got {by!r}")
         return torch.sort(key, descending=True, stable=True).indices
 
+    @property
+    def ranks_anything(self) -> bool:
+        """False when every score is the same (e.g. IPG where no prompt's rollouts disagree):
+        then no unit ranks above another and :meth:`top` refuses."""
+        return len(self) < 2 or bool(self.scores.max() != self.scores.min())
+
     def top(self, p: int, by: Literal["score", "abs", "negative"] = "score") -> ComponentSet:
         """The ``p`` best units as a ComponentSet (ready for :func:`ipgkit.steer`).
 
         The paper selects the top-p of the signed score: units whose activation raises the outcome.
+        Refuses (:class:`~ipgkit.errors.IpgkitError`) when every score is equal, where the
+        "top" would be the first p unit indices.
         """
         if not isinstance(p, int) or p < 1:
             raise IpgkitError(f"p must be a positive integer, got {p!r}")
         if p > len(self):
             raise IpgkitError(f"asked for the top {p} of only {len(self)} units")
+        if p < len(self) and not self.ranks_anything:
+            raise IpgkitError(
+                f"cannot pick the top {p} of {len(self)} units at {self.components.hook_name}: "
+                f"all {len(self)} {self.method} scores equal {float(self.scores[0]):g}; "
+                + no_signal_advice(self.frac_reward_zero_std)
+            )
         chosen = [self.indices[j] for j in self.ranking(by)[:p].tolist()]
         return ComponentSet(self.components.hook_name, tuple(chosen), self.components.kind,
                             self.components.directions)  # fmt: skip

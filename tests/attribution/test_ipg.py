@@ -13,7 +13,7 @@ from transformer_lens import HookedTransformer
 
 from ipgkit.attribution import integration_points, ipg, path_gradients, scaled_sequence_logprobs
 from ipgkit.components import mlp_neurons, resid_neurons
-from ipgkit.errors import HookNameError, IpgkitError, RewardError
+from ipgkit.errors import HookNameError, IpgkitError, RewardError, ZeroSignalWarning
 from ipgkit.models.arith import arith_config
 from ipgkit.models.policy import Policy
 from ipgkit.models.tokenizer import build_char_tokenizer
@@ -278,13 +278,29 @@ def test_paper_mode_completeness_of_the_surrogate(policy):
 # --- invariants -----------------------------------------------------------------------------------
 
 
-def test_constant_reward_gives_zero_scores_and_full_zero_signal(policy):
+def test_constant_reward_gives_zero_scores_and_says_so_loudly(policy):
     problems = [Problem(f"p{i}", str(i), "", "") for i in range(3)]
-    result = ipg(policy, problems, resid_neurons(0), lambda p, c, **_: [1.0] * len(c),
-                 n_rollouts=3, n_steps=2, max_new_tokens=6, progress=False)  # fmt: skip
+    with pytest.warns(ZeroSignalWarning, match=r"zero for every unit.*frac_reward_zero_std = 1"):
+        result = ipg(policy, problems, resid_neurons(0), lambda p, c, **_: [1.0] * len(c),
+                     n_rollouts=3, n_steps=2, max_new_tokens=6, progress=False)  # fmt: skip
     assert torch.equal(result.scores, torch.zeros(policy.model.cfg.d_model, dtype=torch.float64))
     assert result.frac_reward_zero_std == 1.0
     assert result.info["rows_scored"] == 0 and result.delta == 0.0
+    assert not result.ranks_anything
+    with pytest.raises(IpgkitError, match=r"top 5 of 32 units.*all 32 ipg scores equal 0.*reward"):
+        result.top(5)
+    assert len(result.top(32)) == 32  # every unit is still a valid (unranked) choice
+
+
+def test_a_reward_with_signal_does_not_warn(policy):
+    import warnings
+
+    problems = [Problem(f"p{i}", f"{i}+{i}", "", "") for i in range(3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ZeroSignalWarning)
+        result = ipg(policy, problems, resid_neurons(0), digit_count, n_rollouts=3, n_steps=2,
+                     temperature=1.0, max_new_tokens=10, progress=False)  # fmt: skip
+    assert result.info["rows_scored"] > 0 and result.ranks_anything
 
 
 def constant_unit_policy(unit: int, value: float) -> Policy:
