@@ -676,7 +676,7 @@ def _reward_name(reward, rollouts: Rollouts | None = None) -> str:
 def _support_baseline(policy, components, config: IPGConfig, rollouts: Rollouts):
     """h' as a per-unit tensor (None for zero)."""
     if isinstance(config.baseline, Tensor):
-        baseline = config.baseline.detach().float().cpu()
+        baseline = config.baseline.detach().double().cpu()
         units = len(components.resolved(policy.model))
         if baseline.shape != (units,):
             raise IpgkitError(
@@ -690,7 +690,7 @@ def _support_baseline(policy, components, config: IPGConfig, rollouts: Rollouts)
                             config.positions, components.resolved(policy.model).coordinates,
                             config.internal_batch_size,
                             as_budget(config.memory_budget_mib))  # fmt: skip
-    return mean[0].float()
+    return mean[0]  # float64: h' keeps a float64 model's precision
 
 
 def _sample(policy, problems, reward, config: IPGConfig, seed: int, progress: bool) -> Rollouts:
@@ -742,7 +742,7 @@ class PathRows:
                 by_key.setdefault(key, []).append(row)
             chunks = list(by_key.values())
         grads = path_gradients(
-            policy, components, self.prompts, self.completions, torch.tensor(self.alphas),
+            policy, components, self.prompts, self.completions, torch.tensor(self.alphas, dtype=torch.float64),
             torch.tensor(self.weights, dtype=torch.float64), positions=positions,
             baseline=baseline, chunks=chunks, progress=progress, memory_budget=memory_budget,
             **_scoring_hooks(store),
