@@ -1,18 +1,45 @@
-"""Small file helpers: atomic writes so an interrupted run never leaves a truncated file."""
+"""File helpers: atomic writes, and reading back what ipgkit wrote without running anything.
+
+Writes go to a temporary file that replaces the target in one step, so an interrupted run never
+leaves a truncated file, and get the permissions the user's umask gives a new file.
+
+Reads never unpickle code: tensors and plain containers come back through
+``torch.load(weights_only=True)``, and ipgkit's own records (hard pools, interventions) are JSON
+whose dataclasses are rebuilt only from an explicit list of allowed classes. A damaged, foreign or
+code-carrying file is refused with a :class:`~ipgkit.errors.DataFormatError` that names it.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
-from collections.abc import Iterator
+import pickle
+import zipfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import torch
+
+from ipgkit.errors import DataFormatError
+
+
+def _new_file_mode() -> int:
+    """What ``open()`` gives a new file under the current umask (0o644 under the usual 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` in one step.
+
+    The result has the permissions of a newly created file (safetensors' writer alone would leave
+    0600, unlike every other file in the folder).
 
     Example:
         >>> with atomic_path("scores.csv") as tmp:          # doctest: +SKIP
@@ -23,6 +50,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
+        os.chmod(tmp, _new_file_mode())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -34,5 +62,131 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """Save tensors and plain containers (what :func:`load_torch_state` reads back)."""
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def load_torch_state(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """Read a file written by :func:`atomic_torch_save` with ``torch.load(weights_only=True)``.
+
+    Only tensors, numbers, strings and plain containers load; a pickle that would build any other
+    object (and so could run code) is refused without running it.
+
+    Args:
+        what: what the file is, for the error message (``"IPG checkpoint"``, ...).
+
+    Raises:
+        DataFormatError: the file is truncated, corrupt, not a torch file, or carries code.
+
+    Example:
+        >>> state = load_torch_state("runs/grpo/checkpoint.pt", "GRPO checkpoint")  # doctest: +SKIP
+    """
+    path = Path(path)
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).split("\n\n")[0].split("\n")[0]
+        if "Weights only load failed" in reason or "Unsupported global" in str(error):
+            raise DataFormatError(
+                f"{path} is not a {what} ipgkit can read safely: loading it would build objects "
+                "other than tensors and plain containers (a pickle that can run code), so it was "
+                "refused without running it. Delete it, or load it yourself only if you trust "
+                "whoever wrote it"
+            ) from None
+        raise DataFormatError(f"{path} is a corrupt {what} ({reason}); delete it") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
+        reason = str(error).split("\n")[0].split(". ")[0]  # torch appends miniz's advice
+        raise DataFormatError(
+            f"{path} is a truncated or corrupt {what} ({type(error).__name__}: {reason}); delete "
+            "it and the step that wrote it runs again"
+        ) from None
+
+
+# --- ipgkit's own records as JSON --------------------------------------------------------------
+
+
+def to_json_record(value: Any) -> Any:
+    """Dataclasses, DataFrames, tuples, lists and dicts as plain JSON values (see
+    :func:`from_json_record`)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: to_json_record(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {"__dataclass__": type(value).__name__, "fields": fields}
+    if isinstance(value, pd.DataFrame):
+        return {"__dataframe__": json.loads(value.to_json(orient="split", index=False))}
+    if isinstance(value, tuple):
+        return {"__tuple__": [to_json_record(v) for v in value]}
+    if isinstance(value, list):
+        return [to_json_record(v) for v in value]
+    if isinstance(value, dict):
+        if not all(isinstance(key, str) for key in value):
+            raise TypeError(f"only string keys are stored, got {list(value)[:3]}")
+        return {key: to_json_record(v) for key, v in value.items()}
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(f"cannot store {type(value).__name__} as a JSON record")
+
+
+def from_json_record(data: Any, classes: Iterable[type]) -> Any:
+    """Rebuild what :func:`to_json_record` wrote; dataclasses only from ``classes``."""
+    allowed = {cls.__name__: cls for cls in classes}
+    return _decode(data, allowed)
+
+
+def _decode(data: Any, allowed: dict[str, type]) -> Any:
+    if isinstance(data, list):
+        return [_decode(v, allowed) for v in data]
+    if not isinstance(data, dict):
+        return data
+    if "__dataclass__" in data:
+        name = data["__dataclass__"]
+        if name not in allowed:
+            raise DataFormatError(
+                f"record of class {name!r}, which is not one of {sorted(allowed)}"
+            )
+        return allowed[name](**{k: _decode(v, allowed) for k, v in data["fields"].items()})
+    if "__dataframe__" in data:
+        split = data["__dataframe__"]
+        return pd.DataFrame(split["data"], columns=split["columns"])
+    if "__tuple__" in data:
+        return tuple(_decode(v, allowed) for v in data["__tuple__"])
+    return {key: _decode(v, allowed) for key, v in data.items()}
+
+
+def save_json_record(value: Any, path: str | os.PathLike) -> None:
+    """Write :func:`to_json_record` of ``value`` atomically."""
+    atomic_write_text(path, json.dumps({"ipgkit_record": 1, "value": to_json_record(value)}))
+
+
+def load_json_record(path: str | os.PathLike, classes: Iterable[type], what: str = "record") -> Any:
+    """Read a file written by :func:`save_json_record` (dataclasses only from ``classes``).
+
+    Raises:
+        DataFormatError: the file is truncated, not JSON, or not an ipgkit record.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataFormatError(
+            f"{path} is a truncated or corrupt {what} ({error}); delete it and the step that "
+            "wrote it runs again"
+        ) from None
+    if not isinstance(data, dict) or data.get("ipgkit_record") != 1:
+        raise DataFormatError(f"{path} is not an ipgkit {what} (no ipgkit_record header)")
+    try:
+        return from_json_record(data["value"], classes)
+    except (TypeError, KeyError) as error:
+        raise DataFormatError(f"{path} is a malformed {what} ({error})") from None
+
+
+__all__ = [
+    "atomic_path",
+    "atomic_torch_save",
+    "atomic_write_text",
+    "from_json_record",
+    "load_json_record",
+    "load_torch_state",
+    "save_json_record",
+    "to_json_record",
+]

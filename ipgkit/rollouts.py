@@ -34,9 +34,9 @@ from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValue
 
 from ipgkit.components import SequenceLayout, sequence_layout, set_layout_offset
 from ipgkit.errors import IpgkitError
-from ipgkit.io import atomic_torch_save
+from ipgkit.io import atomic_torch_save, load_torch_state
 from ipgkit.memory import MemoryBudget, bounded_passes, checkpoint_in_layout
-from ipgkit.models.policy import Policy
+from ipgkit.models.policy import Policy, require_policy
 from ipgkit.tasks.base import Problem, RewardFunction, call_reward, reward_columns
 
 AdvantageMode = Literal["mean_std", "mean", "rloo", "none"]
@@ -556,6 +556,12 @@ def check_context(policy: Policy, prompt_length: int, new_tokens: int, prompt_id
         if prompt_ids is not None:
             longest = max(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
             which = f" (prompt #{longest})"
+        if prompt_length >= policy.n_ctx:  # no completion budget can help here
+            raise IpgkitError(
+                f"prompt of {prompt_length} tokens{which} fills the whole context of "
+                f"{policy.name!r} (n_ctx={policy.n_ctx}) on its own, leaving no room to generate: "
+                "shorten the prompt, or use a model with a longer context"
+            )
         raise IpgkitError(
             f"prompt of {prompt_length} tokens{which} + max_new_tokens={new_tokens} exceeds the "
             f"context of {policy.name!r} (n_ctx={policy.n_ctx}); shorten the prompt or lower "
@@ -629,6 +635,7 @@ def sample(
         ...                   reward=task.correctness)                       # doctest: +SKIP
         >>> rollouts.rewards.mean(), rollouts.frac_reward_zero_std          # doctest: +SKIP
     """
+    policy = require_policy(policy, "sample")
     config = SamplingConfig(n, temperature, top_p, top_k, max_new_tokens, seed, batch_size, seeding)
     problems = [
         p if isinstance(p, Problem) else Problem(f"prompt/{i}", p, "", "")
@@ -698,7 +705,7 @@ def _saved_batches(path: Path, identity: str, generator: torch.Generator) -> lis
     them), or none; a checkpoint of other settings is refused rather than mixed in."""
     if not path.exists():
         return []
-    saved = torch.load(path, weights_only=True)
+    saved = load_torch_state(path, "sampling checkpoint")
     if saved["identity"] != identity:
         raise IpgkitError(
             f"{path} holds sampling progress of another run (other policy, prompts or settings); "
@@ -779,6 +786,7 @@ def iter_scores(
     the iterator (so a backward in the loop body is bounded too); chunks of ``chunk_size`` rows
     are split further to fit the budget, and positions per logits block follow it.
     """
+    policy = require_policy(policy, "iter_scores")
     if len(prompt_ids) != len(completion_ids):
         raise IpgkitError(f"{len(prompt_ids)} prompts but {len(completion_ids)} completions")
     if not prompt_ids:

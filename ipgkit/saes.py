@@ -41,7 +41,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ipgkit.components import ComponentSet, resolve_hook, site_width
-from ipgkit.errors import IpgkitError
+from ipgkit.errors import DataFormatError, IpgkitError
 from ipgkit.io import atomic_write_text
 from ipgkit.models.policy import Policy
 from ipgkit.rollouts import iter_activations, sample
@@ -324,12 +324,30 @@ def load_sae(source, policy: Policy | None = None, device: str | None = None):
             path = Path(source)
             if not (path / "cfg.json").exists():
                 raise IpgkitError(f"{path} is not an SAE directory (no cfg.json); see load_sae")
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="This SAE has non-empty")
-            sae = SAE.load_from_disk(str(path), device=device or "cpu")
+        sae = _load_sae_folder(path, device or "cpu")
     if policy is not None:
         check_sae(policy, sae)
     return sae
+
+
+def _load_sae_folder(path: Path, device: str):
+    """sae-lens's loader, with its errors on a damaged folder turned into one that names it."""
+    from sae_lens import SAE
+
+    try:
+        json.loads((path / "cfg.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataFormatError(f"{path / 'cfg.json'} is not valid JSON ({error})") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="This SAE has non-empty")
+            return SAE.load_from_disk(str(path), device=device)
+    except (KeyError, TypeError, ValueError, OSError, RuntimeError) as error:
+        raise DataFormatError(
+            f"{path} is not an SAE folder sae-lens can load ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'no detail'}); check cfg.json and "
+            "sae_weights.safetensors"
+        ) from None
 
 
 def check_sae(policy: Policy, sae) -> None:

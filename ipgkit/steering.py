@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 
 from ipgkit.components import ComponentSet, Positions, scaling_hook
 from ipgkit.errors import IpgkitError
-from ipgkit.models.policy import Policy
+from ipgkit.models.policy import Policy, require_policy
 
 
 @contextlib.contextmanager
@@ -35,6 +35,7 @@ def steer(
         >>> with steer(policy, result.top(20), gamma=1.5):               # doctest: +SKIP
         ...     print(evaluate(policy, task, limit=200))
     """
+    policy = require_policy(policy, "steer")
     if not (isinstance(gamma, int | float) and math.isfinite(gamma) and gamma >= 0):
         raise IpgkitError(f"gamma must be a finite number >= 0, got {gamma!r}")
     sets = [components] if isinstance(components, ComponentSet) else list(components)

@@ -7,6 +7,7 @@ The README's "Bad input" table lists these cases with the messages they produce;
 
 import hashlib
 import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,10 +15,17 @@ import pytest
 
 import ipgkit
 from ipgkit.components import mlp_neurons, resid_neurons
-from ipgkit.errors import DataFormatError, HookNameError, IpgkitError, RewardError
+from ipgkit.errors import (
+    DataFormatError,
+    HookNameError,
+    IpgkitError,
+    RewardError,
+    ZeroSignalWarning,
+)
 from ipgkit.experiments.workspace import Workspace
 from ipgkit.saes import attach_saes, sae_features
 from ipgkit.tasks import load
+from ipgkit.tasks.base import Problem
 from tests.conftest import tiny_policy
 
 CATALOGUE: list[tuple[str, type[Exception], str, Callable]] = []
@@ -152,9 +160,151 @@ def _too_many_rollouts(folder, policy):
     return lambda: ipgkit.sample(policy, ["1+1"], n=10**8, batch_size=10**8, max_new_tokens=8)
 
 
-@case("prompt longer than the context", IpgkitError, r"exceeds the context")
+@case("prompt that alone fills the context", IpgkitError,
+      r"prompt of 408 tokens .*fills the whole context .*on its own.*shorten the prompt"
+      r"(?!.*max_new_tokens)")  # fmt: skip
 def _too_long(folder, policy):
     return lambda: ipgkit.sample(policy, ["1+" * 200], max_new_tokens=8)
+
+
+@case("prompt + max_new_tokens longer than the context", IpgkitError,
+      r"prompt of 108 tokens .* \+ max_new_tokens=64 exceeds the context.*lower max_new_tokens")  # fmt: skip
+def _budget_too_long(folder, policy):
+    return lambda: ipgkit.sample(policy, ["1+" * 50], max_new_tokens=64)
+
+
+@case("plain HookedTransformer where a Policy is expected", IpgkitError,
+      r"sample takes an ipgkit Policy, got a plain HookedTransformer: wrap it as ipgkit\.Policy")  # fmt: skip
+def _plain_model(folder, policy):
+    return lambda: ipgkit.sample(policy.model, ["1+1"], max_new_tokens=2)
+
+
+@case("tokenizer larger than the model's d_vocab", IpgkitError,
+      r"tokenizer of 'small' has \d+ tokens but the model's d_vocab is 16")  # fmt: skip
+def _tokenizer_too_large(folder, policy):
+    from transformer_lens import HookedTransformer
+
+    from ipgkit.models.arith import arith_config
+    from ipgkit.models.tokenizer import build_char_tokenizer
+
+    config = arith_config(n_layers=1, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=16,
+                          rotary_dim=8, d_vocab=16)  # fmt: skip
+    model = HookedTransformer(config)
+    return lambda: ipgkit.Policy(model, build_char_tokenizer(), "small", lambda q: q)
+
+
+def _write_ipg_checkpoint(folder, policy) -> Path:
+    """A real IPG checkpoint of a small run (sampled rollouts and scored rows)."""
+    checkpoint = folder / "ipg.ckpt"
+    with warnings.catch_warnings():  # whether the rollouts carry signal does not matter here
+        warnings.simplefilter("ignore", ZeroSignalWarning)
+        _ipg_with_checkpoint(policy, checkpoint)
+    return checkpoint
+
+
+def _ipg_with_checkpoint(policy, checkpoint):
+    ipgkit.ipg(policy, _PROBLEMS, resid_neurons(0), _digits, n_rollouts=2, n_steps=2,
+               max_new_tokens=4, temperature=1.0, checkpoint=checkpoint, progress=False)  # fmt: skip
+
+
+_PROBLEMS = [Problem("p0", "1+1", "", ""), Problem("p1", "2+2", "", "")]
+
+
+def _digits(prompts, completions, **_):
+    return [float(sum(c.isdigit() for c in text)) for text in completions]
+
+
+def _resume_ipg(policy, checkpoint):
+    return lambda: ipgkit.ipg(policy, _PROBLEMS, resid_neurons(0), _digits, n_rollouts=2,
+                              n_steps=2, max_new_tokens=4, temperature=1.0,
+                              checkpoint=checkpoint, progress=False)  # fmt: skip
+
+
+@case("truncated IPG checkpoint", DataFormatError,
+      r"ipg\.ckpt is a truncated or corrupt IPG checkpoint .*delete it")  # fmt: skip
+def _truncated_checkpoint(folder, policy):
+    checkpoint = _write_ipg_checkpoint(folder, policy)
+    data = checkpoint.read_bytes()
+    checkpoint.write_bytes(data[: len(data) // 2])
+    return _resume_ipg(policy, checkpoint)
+
+
+class _RunsCode:
+    """Unpickling this writes a file: what a malicious shared checkpoint would do."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "code ran"))
+
+
+@case("checkpoint whose pickle would run code", DataFormatError,
+      r"is not a GRPO checkpoint ipgkit can read safely.*refused without running it")  # fmt: skip
+def _malicious_checkpoint(folder, policy):
+    import torch
+
+    from ipgkit.tasks import load as load_task
+    from ipgkit.training.grpo import GRPOConfig, grpo_train
+
+    out = folder / "grpo"
+    out.mkdir()
+    # the marker lands inside the snapshotted folder: if the pickle ran, the test would see it
+    torch.save({"identity": _RunsCode(str(out / "PWNED"))}, out / "checkpoint.pt")
+    task = load_task("arith-chain", split="train", n=2)
+    config = GRPOConfig(
+        num_generations=2, per_device_train_batch_size=4, max_steps=1, max_completion_length=4
+    )
+    return lambda: grpo_train(
+        policy, task.problems, task.correctness, config, output_dir=out, progress=False
+    )
+
+
+@case("corrupt cached rollouts file", DataFormatError,
+      r"support-[0-9a-f]+\.pt is a truncated or corrupt cached rollouts file")  # fmt: skip
+def _corrupt_rollouts(folder, policy):
+    from ipgkit.experiments.workspace import digest
+
+    workspace = Workspace(folder / "ws")
+    path = folder / "ws" / "rollouts" / f"support-{digest({'n': 2})}.pt"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"PK\x03\x04 not really a zip archive")
+    return lambda: workspace.rollouts("support", {"n": 2}, lambda: None)
+
+
+@case("truncated results file", DataFormatError, r"scores\.safetensors is not a safetensors file")
+def _truncated_result(folder, policy):
+    import torch
+
+    from ipgkit.attribution import AttributionResult
+
+    path = folder / "scores.safetensors"
+    AttributionResult(resid_neurons(0, [0, 1]), torch.tensor([1.0, 2.0])).save(path)
+    path.write_bytes(path.read_bytes()[:40])
+    return lambda: AttributionResult.load(path)
+
+
+@case("results file that is not ipgkit's", DataFormatError,
+      r"other\.safetensors has no ipgkit metadata \(not written by result\.save\)")  # fmt: skip
+def _foreign_result(folder, policy):
+    import torch
+    from safetensors.torch import save_file
+
+    from ipgkit.attribution import AttributionResult
+
+    save_file({"weight": torch.zeros(3)}, str(folder / "other.safetensors"))
+    return lambda: AttributionResult.load(folder / "other.safetensors")
+
+
+@case("SAE folder with a malformed cfg.json", DataFormatError,
+      r"arith-L0/cfg\.json is not valid JSON")  # fmt: skip
+def _malformed_sae(folder, policy):
+    from ipgkit.saes import load_sae, save_sae
+    from tests.test_saes import random_sae
+
+    sae_dir = save_sae(random_sae(32, 0), folder / "arith-L0")
+    (sae_dir / "cfg.json").write_text('{"d_in": 32, "d_sae": ')
+    return lambda: load_sae(sae_dir)
 
 
 @case("output folder holding results of other settings", IpgkitError,
@@ -181,16 +331,71 @@ def snapshot(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
 
 
+def model_state(policy) -> dict:
+    """What a failed call could damage on the model: hooks left behind, weights changed, and
+    what it samples greedily."""
+    import torch
+
+    weights = hashlib.sha1()
+    for name, tensor in policy.model.state_dict().items():
+        weights.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+    hooks = sum(len(point.fwd_hooks) + len(point.bwd_hooks)
+                for point in policy.model.hook_dict.values())  # fmt: skip
+    with torch.no_grad():
+        greedy = ipgkit.sample(policy, ["12+7"], max_new_tokens=6).completion_ids.tolist()
+    return {"weights": weights.hexdigest(), "hooks": hooks, "greedy": greedy}
+
+
+def assert_nothing_changed(before: dict, after: dict) -> None:
+    for what in before:
+        assert after[what] == before[what], f"the failed call changed the {what}"
+
+
+def state_of(folder: Path, policy) -> dict:
+    return {"files": snapshot(folder), **model_state(policy)}
+
+
 @pytest.mark.parametrize(("name", "error", "message", "setup"), CATALOGUE,
                          ids=[c[0] for c in CATALOGUE])  # fmt: skip
 def test_bad_input_is_named_and_nothing_is_written_or_lost(name, error, message, setup, tmp_path,
                                                            policy):  # fmt: skip
     call = setup(tmp_path, policy)
-    before = snapshot(tmp_path)
+    before = state_of(tmp_path, policy)
     with pytest.raises(error, match=message) as raised:
         call()
     assert "Traceback" not in str(raised.value)
-    assert snapshot(tmp_path) == before
+    assert_nothing_changed(before, state_of(tmp_path, policy))
+
+
+def test_the_nothing_changed_check_catches_damage(tmp_path):
+    """Each kind of damage a failed call could do makes the check fail."""
+    import torch
+
+    policy = tiny_policy(seed=3)
+    (tmp_path / "kept.txt").write_text("data")
+    before = state_of(tmp_path, policy)
+
+    def leave_a_hook():
+        policy.model.blocks[0].hook_resid_post.add_hook(lambda x, hook: x)
+
+    def change_a_weight():
+        with torch.no_grad():
+            policy.model.blocks[0].mlp.W_in[0, 0] += 1.0
+
+    def stop_at_once():  # neither a hook nor a weight, but the policy samples otherwise
+        policy.stop_token_ids = tuple(range(len(policy.tokenizer)))
+
+    damages = [("hooks", leave_a_hook), ("weights", change_a_weight), ("greedy", stop_at_once),
+               ("files", lambda: (tmp_path / "kept.txt").write_text("lost")),
+               ("files", lambda: (tmp_path / "new.txt").write_text("written"))]  # fmt: skip
+    for what, damage in damages:
+        damage()
+        with pytest.raises(AssertionError, match=f"changed the {what}"):
+            assert_nothing_changed(before, state_of(tmp_path, policy))
+        policy = tiny_policy(seed=3)  # undo: a fresh copy of the same model
+        (tmp_path / "kept.txt").write_text("data")
+        (tmp_path / "new.txt").unlink(missing_ok=True)
+    assert_nothing_changed(before, state_of(tmp_path, policy))
 
 
 def test_the_readme_lists_every_case():

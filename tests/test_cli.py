@@ -36,7 +36,9 @@ def test_attribute_writes_a_table_a_result_and_a_plot(tmp_path, capsys):
 
     out = tmp_path / "scores.csv"
     code = main(["attribute", "--n-problems", "3", "--n-rollouts", "2", "--n-steps", "2",
-                 "--layer", "1", "--site", "mlp", "--top", "5", "--out", str(out)])  # fmt: skip
+                 "--layer", "1", "--site", "mlp", "--top", "5", "--reward", "length",
+                 "--temperature", "1.5", "--top-p", "1.0",
+                 "--out", str(out)])  # fmt: skip
     assert code == 0
     table = pd.read_csv(out)
     assert len(table) == 512 and set(table["rank"]) == set(range(1, 513))
@@ -55,7 +57,9 @@ def test_attribute_scores_sae_features(tmp_path, capsys):
     sae_dir = save_sae(random_sae(128, 1, d_sae=96, k=8), tmp_path / "arith-L1")
     out = tmp_path / "features.csv"
     code = main(["attribute", "--n-problems", "2", "--n-rollouts", "2", "--n-steps", "2",
-                 "--layer", "1", "--site", "sae", "--sae", str(sae_dir), "--out", str(out)])  # fmt: skip
+                 "--layer", "1", "--site", "sae", "--sae", str(sae_dir), "--reward", "length",
+                 "--temperature", "1.5", "--top-p", "1.0",
+                 "--out", str(out)])  # fmt: skip
     assert code == 0
     table = pd.read_csv(out)
     assert len(table) == 96 and set(table.kind) == {"sae"}

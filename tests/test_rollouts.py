@@ -152,6 +152,43 @@ def test_group_advantages_exact_values():
         group_advantages(torch.ones(3, 1), "mean_std")
 
 
+def test_rloo_and_mean_std_advantages_by_hand_on_mixed_groups():
+    groups = [
+        [1.0, 0.0, 0.0, 1.0],
+        [1.0, 1.0, 1.0, 1.0],
+        [3.0, 1.0, 2.0, 2.0],
+        [0.0, 0.0, 0.0, 5.0],
+    ]
+    rewards = torch.tensor(groups)
+    # rloo: each reward minus the mean of the *other* three, written out
+    rloo = [[r - (sum(g) - r) / 3 for r in g] for g in groups]
+    assert rloo[2] == [3 - 5 / 3, 1 - 7 / 3, 0.0, 0.0]
+    torch.testing.assert_close(group_advantages(rewards, "rloo"), torch.tensor(rloo))
+    # mean_std (GRPO): (r - mean) / (unbiased std + 1e-4), exactly 0 for the constant group
+    expected = []
+    for g in groups:
+        mean = sum(g) / 4
+        std = math.sqrt(sum((r - mean) ** 2 for r in g) / 3)
+        expected.append([0.0 if std == 0 else (r - mean) / (std + 1e-4) for r in g])
+    assert expected[2][0] == pytest.approx(1 / (math.sqrt(2 / 3) + 1e-4))
+    torch.testing.assert_close(group_advantages(rewards, "mean_std"), torch.tensor(expected))
+
+
+def test_zero_std_fraction_on_mixed_groups(policy):
+    problems = load("arith-chain", split="test", n=3).problems
+    rollouts = ipgkit.sample(policy, problems, n=2, temperature=1.0, max_new_tokens=4, seed=1)
+    assert rollouts.group_ids.tolist() == [0, 0, 1, 1, 2, 2]
+    given = [1.0, 1.0, 0.0, 1.0, 2.0, 2.0]  # group 0 constant, group 1 mixed, group 2 constant
+    scored = rollouts.with_rewards(lambda prompts, completions, **_: given)
+    assert scored.frac_reward_zero_std == pytest.approx(2 / 3)
+    advantages = scored.advantages("mean_std")
+    torch.testing.assert_close(advantages[[0, 1, 4, 5]], torch.zeros(4))
+    half_std = 0.5 / (math.sqrt(0.5) + 1e-4)  # (0 - 0.5) / (std(0, 1) + eps), std = sqrt(1/2)
+    torch.testing.assert_close(advantages[[2, 3]], torch.tensor([-half_std, half_std]))
+    all_mixed = rollouts.with_rewards(lambda prompts, completions, **_: [0.0, 1.0] * 3)
+    assert all_mixed.frac_reward_zero_std == 0.0
+
+
 def test_rewards_and_zero_std_fraction(policy):
     task = load("arith-chain", split="test", n=3)
     rollouts = ipgkit.sample(policy, task.problems, n=2, temperature=1.0, max_new_tokens=6,
@@ -179,8 +216,12 @@ def test_bad_reward_functions_get_clear_errors(policy, reward, message):
 def test_bad_inputs(policy):
     with pytest.raises(IpgkitError, match="empty list"):
         ipgkit.sample(policy, [], max_new_tokens=3)
-    with pytest.raises(IpgkitError, match=r"exceeds the context .*\(n_ctx=128\)"):
-        ipgkit.sample(policy, ["x" * 120], max_new_tokens=20)
+    with pytest.raises(IpgkitError, match=r"exceeds the context .*\(n_ctx=128\).*lower max_new"):
+        ipgkit.sample(policy, ["x" * 100], max_new_tokens=40)
+    # a prompt that fills the context alone: a smaller completion budget cannot help
+    with pytest.raises(IpgkitError, match=r"128 tokens .*fills the whole context") as raised:
+        ipgkit.sample(policy, ["x" * 120], max_new_tokens=1)
+    assert "max_new_tokens" not in str(raised.value)
     with pytest.raises(IpgkitError, match="top_p"):
         ipgkit.sample(policy, PROMPTS, top_p=0.0)
     with pytest.raises(IpgkitError, match="temperature"):

@@ -30,9 +30,10 @@ from ipgkit.steering import steer
 from ipgkit.tasks.base import Problem
 from tests.attribution.test_ipg import (
     PROMPT,
+    RIGHT_RIEMANN_4,
     all_completions,
-    exact_ipg,
-    finite_difference_ipg,
+    engine_ipg,
+    reference_ipg,
     reward_of,
     tiny_vocab_policy,
 )
@@ -155,11 +156,11 @@ def test_feature_ipg_matches_exact_enumeration():
         _, cache = policy.model.run_with_cache(torch.tensor([prompt]), names_filter=feature_hook(0))
     live = cache[feature_hook(0)][0].amax(0).nonzero().flatten()[:6].tolist()
     features = sae_features(policy, layer=0, indices=live)
-    exact = exact_ipg(policy, prompt, completions, rewards, features, "riemann_right", 4)
-    numeric = finite_difference_ipg(policy, prompt, completions, rewards, features,
-                                    "riemann_right", 4)  # fmt: skip
-    assert exact.abs().max() > 1e-4
-    torch.testing.assert_close(exact, numeric, rtol=1e-6, atol=1e-8)
+    # the reference scales the latents with a hook written in the test (raw TransformerLens)
+    engine = engine_ipg(policy, features, completions, rewards, *RIGHT_RIEMANN_4)
+    reference = reference_ipg(policy, features, completions, rewards, *RIGHT_RIEMANN_4)
+    assert reference.abs().max() > 1e-4
+    torch.testing.assert_close(engine, reference, rtol=1e-8, atol=1e-10)
 
 
 def test_feature_ipg_runs_through_ipg_and_flags_gradients_through_error_terms(spliced):

@@ -41,9 +41,9 @@ from tqdm.auto import tqdm
 from ipgkit import distributed
 from ipgkit.components import ComponentSet, scaling_hook
 from ipgkit.errors import IpgkitError, ZeroSignalWarning, no_signal_advice
-from ipgkit.io import atomic_torch_save
+from ipgkit.io import atomic_torch_save, load_torch_state
 from ipgkit.memory import MemoryBudget, as_budget, gradient_block
-from ipgkit.models.policy import Policy
+from ipgkit.models.policy import Policy, require_policy
 from ipgkit.rollouts import (
     AdvantageMode,
     Rollouts,
@@ -221,6 +221,7 @@ def path_gradients(
         >>> grads.contributions.shape                                            # doctest: +SKIP
         torch.Size([40, 128])
     """
+    policy = require_policy(policy, "path_gradients")
     rows = len(prompt_ids)
     if rows == 0:
         raise IpgkitError("no rows to attribute (empty rollouts)")
@@ -504,6 +505,7 @@ def ipg(
         ...              n_rollouts=5, n_steps=10)                          # doctest: +SKIP
         >>> result.top(20)                                                  # doctest: +SKIP
     """
+    policy = require_policy(policy, "ipg")
     config = replace(config or IPGConfig(), **settings)
     components = components.validate(policy.model)
     if rollouts is not None:
@@ -619,7 +621,7 @@ class _Checkpoint:
     def __init__(self, path: Path, identity: dict) -> None:
         self.path, self.identity, self.state = path, identity, {}
         if path.exists():
-            saved = torch.load(path, weights_only=True)
+            saved = load_torch_state(path, "IPG checkpoint")
             if saved.get("identity") != identity:
                 differing = sorted(
                     key for key in identity if saved.get("identity", {}).get(key) != identity[key]

@@ -21,14 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ipgkit import distributed
 from ipgkit.attribution.result import AttributionResult
 from ipgkit.components import ComponentSet, Positions
 from ipgkit.errors import IpgkitError
 from ipgkit.evaluation import evaluation_rollouts
-from ipgkit.io import atomic_torch_save, atomic_write_text
+from ipgkit.io import atomic_torch_save, atomic_write_text, load_torch_state
 from ipgkit.models.policy import Policy
 from ipgkit.rollouts import Rollouts
 from ipgkit.steering import steer
@@ -199,7 +198,7 @@ class Workspace:
         """Sampled rollouts, drawn once per (name, settings)."""
         path = self.root / "rollouts" / f"{name}-{digest(settings)}.pt"
         if path.exists():
-            return Rollouts.from_state_dict(torch.load(path, weights_only=True))
+            return Rollouts.from_state_dict(load_torch_state(path, "cached rollouts file"))
         rollouts = draw()
         atomic_torch_save(rollouts.state_dict(), path)
         return rollouts
@@ -219,7 +218,7 @@ class Workspace:
         """A model state dict, trained once per (name, settings)."""
         path = self.root / "models" / f"{name}-{digest(settings)}.pt"
         if path.exists():
-            return torch.load(path, weights_only=True)
+            return load_torch_state(path, "cached model weights file")
         state = train()
         atomic_torch_save(state, path)
         return state

@@ -34,6 +34,13 @@ class Policy:
     prepend_bos: bool = True
 
     def __post_init__(self) -> None:
+        require_hooked_model(self.model)
+        if len(self.tokenizer) > self.model.cfg.d_vocab:
+            raise IpgkitError(
+                f"the tokenizer of {self.name!r} has {len(self.tokenizer)} tokens but the model's "
+                f"d_vocab is {self.model.cfg.d_vocab}: ids from {self.model.cfg.d_vocab} on have no "
+                "embedding. Pair the model with the tokenizer it was trained with"
+            )
         if not self.stop_token_ids and self.tokenizer.eos_token_id is not None:
             self.stop_token_ids = (int(self.tokenizer.eos_token_id),)
         if self.tokenizer.pad_token_id is None:
@@ -79,3 +86,28 @@ class Policy:
     def decode(self, ids: Sequence[int]) -> str:
         """Text of completion ids, without special tokens."""
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+def require_hooked_model(model) -> None:
+    if not isinstance(model, HookedTransformer):
+        raise IpgkitError(
+            f"Policy.model must be a TransformerLens HookedTransformer, got {type(model).__name__}"
+        )
+
+
+def require_policy(value, where: str) -> Policy:
+    """``value`` if it is a :class:`Policy`; otherwise an error that says how to make one.
+
+    Example:
+        >>> require_policy(policy, "sample")                                 # doctest: +SKIP
+    """
+    if isinstance(value, Policy):
+        return value
+    if isinstance(value, HookedTransformer):
+        raise IpgkitError(
+            f"{where} takes an ipgkit Policy, got a plain {type(value).__name__}: wrap it as "
+            "ipgkit.Policy(model, tokenizer, name, prompt_format=lambda q: q) (its tokenizer "
+            "gives pad/EOS ids and prompt_format turns a question into prompt text), or load it "
+            "with ipgkit.load_model(...)"
+        )
+    raise IpgkitError(f"{where} takes an ipgkit Policy, got {type(value).__name__}")

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from ipgkit.determinism import deterministic_algorithms
-from ipgkit.io import atomic_torch_save
+from ipgkit.io import atomic_torch_save, load_torch_state
 from ipgkit.models.arith import arith_config, arith_prompt, save_arith
 from ipgkit.models.tokenizer import build_char_tokenizer
 from ipgkit.tasks import arith
@@ -159,7 +159,7 @@ def train_model(config: TrainingConfig, out_dir: str | Path, progress: bool = Tr
     checkpoint_path, log_path = out_dir / "checkpoint.pt", out_dir / "training_log.jsonl"
     start_step, elapsed = 0, 0.0
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, weights_only=False)
+        state = load_torch_state(checkpoint_path, "training checkpoint")
         if state["config"] != asdict(config):
             raise ValueError(
                 f"{checkpoint_path} was written with a different TrainingConfig; "

@@ -20,12 +20,21 @@ import pandas as pd
 import torch
 
 from ipgkit.errors import IpgkitError
-from ipgkit.io import atomic_torch_save, atomic_write_text
+from ipgkit.io import (
+    atomic_torch_save,
+    atomic_write_text,
+    load_json_record,
+    load_torch_state,
+    save_json_record,
+)
 from ipgkit.models.policy import Policy
 from ipgkit.rollouts import sample, score_rollouts
 from ipgkit.tasks import load as load_task
+from ipgkit.tasks.base import Problem
+from ipgkit.tasks.verification import Intervention
 from ipgkit.training.grpo import GRPOConfig, grpo_train
 from ipgkit.training.interventions import (
+    FailedAttempt,
     HardPool,
     InterventionSet,
     ReferenceChecker,
@@ -98,14 +107,14 @@ def run_int_experiment(
     atomic_write_text(recorded, json.dumps(settings, indent=2))
     train = load_task(config.family, split="hard-train", n=config.pool_candidates)
     held_out = load_task(config.family, split="hard-test", n=config.held_out)
-    pool: HardPool = _cached(out / "pool.pt", lambda: hard_pool(
+    pool: HardPool = _cached(out / "pool.json", lambda: hard_pool(
         policy, train, k=config.k, seed=config.seed, progress=progress))  # fmt: skip
     if not pool.problems:
         raise IpgkitError(f"no problem of {config.family} hard-train has pass@{config.k} = 0")
-    rule: InterventionSet = _cached(out / "interventions_rule.pt", lambda: propose_interventions(
+    rule: InterventionSet = _cached(out / "interventions_rule.json", lambda: propose_interventions(
         policy, train, pool.attempts, ReferenceChecker(), config.n_continuations,
         seed=config.seed, progress=progress))  # fmt: skip
-    own: InterventionSet = _cached(out / "interventions_self.pt", lambda: propose_interventions(
+    own: InterventionSet = _cached(out / "interventions_self.json", lambda: propose_interventions(
         policy, train, pool.attempts, SelfProposer(policy, n=config.self_proposals, seed=config.seed),
         config.n_continuations, seed=config.seed, progress=progress))  # fmt: skip
     yields = pd.concat([rule.yields, own.yields], ignore_index=True)
@@ -141,11 +150,15 @@ def run_int_experiment(
     return tables
 
 
+#: the classes an InT record may hold (JSON, rebuilt from this list only: nothing is unpickled)
+RECORD_CLASSES = (HardPool, InterventionSet, FailedAttempt, Intervention, Problem)
+
+
 def _cached(path: Path, compute):
     if path.exists():
-        return torch.load(path, weights_only=False)
+        return load_json_record(path, RECORD_CLASSES, "InT record")
     value = compute()
-    atomic_torch_save(value, path)
+    save_json_record(value, path)
     return value
 
 
@@ -160,7 +173,7 @@ def _cached_frame(path: Path, compute) -> pd.DataFrame:
 def _sft_policy(policy: Policy, examples, config: SFTConfig, path: Path, progress: bool) -> Policy:
     tuned = policy.clone()
     if path.exists():
-        tuned.model.load_state_dict(torch.load(path, weights_only=True))
+        tuned.model.load_state_dict(load_torch_state(path, "SFT weights file"))
     else:
         train_sft(tuned, examples, config, progress=progress)
         atomic_torch_save(tuned.model.state_dict(), path)

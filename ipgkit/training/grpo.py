@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from ipgkit.determinism import deterministic_algorithms
 from ipgkit.errors import IpgkitError
 from ipgkit.evaluation import evaluate
-from ipgkit.io import atomic_torch_save, atomic_write_text
+from ipgkit.io import atomic_torch_save, atomic_write_text, load_torch_state
 from ipgkit.models.policy import Policy
 from ipgkit.rollouts import (
     Rollouts,
@@ -266,7 +266,7 @@ def grpo_train(
     start = 0
     reference_state = None
     if checkpoint is not None and checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=False)
+        saved = load_torch_state(checkpoint, "GRPO checkpoint")
         if saved["identity"] != json.loads(json.dumps(identity)):
             raise IpgkitError(
                 f"{checkpoint} holds a GRPO run with other settings; use another output_dir "

@@ -15,14 +15,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformer_lens import HookedTransformer
+from transformers import PreTrainedTokenizerFast
 
 from ipgkit.attribution import integration_points, ipg, path_gradients, policy_gradient
 from ipgkit.components import mlp_neurons, resid_neurons
 from ipgkit.errors import HookNameError, IpgkitError, RewardError, ZeroSignalWarning
 from ipgkit.models.arith import arith_config
 from ipgkit.models.policy import Policy
-from ipgkit.models.tokenizer import build_char_tokenizer
 from ipgkit.rollouts import sample, score_completions
 from ipgkit.tasks.base import Problem
 
@@ -31,6 +32,17 @@ PROMPT = "\n "  # token ids 4, 5 after BOS (1): inside the 6-token vocabulary
 PROMPT_IDS = [1, 4, 5]
 RIGHT_RIEMANN_5 = ([0.2, 0.4, 0.6, 0.8, 1.0], [0.2] * 5)  # the paper's rule, q = 5
 RIGHT_RIEMANN_4 = ([0.25, 0.5, 0.75, 1.0], [0.25] * 4)
+
+
+def six_token_tokenizer() -> PreTrainedTokenizerFast:
+    """The character tokenizer's first six ids (pad, bos, eos, unk, newline, space) alone, so the
+    tokenizer fits the model's 6-token vocabulary."""
+    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3, "\n": 4, " ": 5}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>", unk_token="<unk>", padding_side="left")  # fmt: skip
 
 
 def tiny_vocab_policy(seed: int = 0) -> Policy:
@@ -43,7 +55,7 @@ def tiny_vocab_policy(seed: int = 0) -> Policy:
             if parameter.ndim >= 2:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.4)
     model.eval()
-    return Policy(model, build_char_tokenizer(), "tiny-vocab", prompt_format=lambda q: q)
+    return Policy(model, six_token_tokenizer(), "tiny-vocab", prompt_format=lambda q: q)
 
 
 def all_completions() -> list[list[int]]:

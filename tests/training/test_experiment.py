@@ -87,7 +87,7 @@ def test_a_killed_experiment_resumes_without_redoing_finished_stages(arith, tmp_
     child.wait()
     assert child.returncode == -signal.SIGKILL, child.stderr.read().decode()[-2000:]
     finished = {path.name for path in out.iterdir()}
-    assert {"pool.pt", "interventions_rule.pt", "sft_int.pt"} <= finished
+    assert {"pool.json", "interventions_rule.json", "sft_int.pt"} <= finished
     assert "final.csv" not in finished
 
     calls = []

@@ -20,14 +20,14 @@ ARGS = ["grpo", "--task", "arith-word", "--n-problems", "8", "--eval-problems", 
 
 def saved_step(checkpoint) -> int:
     try:
-        return int(torch.load(checkpoint, weights_only=False)["step"])
+        return int(torch.load(checkpoint, weights_only=True)["step"])
     except (FileNotFoundError, EOFError, RuntimeError):  # not written yet, or mid-rename
         return 0
 
 
 def test_a_killed_grpo_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     main([*ARGS, "--out", str(tmp_path / "whole")])
-    reference = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)
+    reference = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
 
     out = tmp_path / "killed"
     child = subprocess.Popen([sys.executable, "-m", "ipgkit.cli", *ARGS, "--out", str(out)],
@@ -56,7 +56,7 @@ def test_a_killed_grpo_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(grpo_module, "grpo_step", counting)
     main([*ARGS, "--out", str(out)])
     assert len(trained) == STEPS - done  # saved steps are not trained again
-    resumed = torch.load(out / "checkpoint.pt", weights_only=False)
+    resumed = torch.load(out / "checkpoint.pt", weights_only=True)
     assert resumed["step"] == reference["step"] == STEPS
     for name, weight in reference["model"].items():
         torch.testing.assert_close(resumed["model"][name], weight, rtol=0, atol=0, msg=name)
