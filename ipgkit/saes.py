@@ -528,7 +528,8 @@ def spliced_accuracy(policy: Policy, sae, tasks: Sequence, batch_size: int = 64)
 
     Returns plain and spliced accuracy, their paired difference and its 95% interval.
     """
-    from ipgkit.evaluation import evaluation_rollouts, mean_interval
+    from ipgkit.evaluation import evaluation_rollouts
+    from ipgkit.stats import mean_interval
 
     if spliced_saes(policy):
         raise IpgkitError(

@@ -13,7 +13,7 @@ import pandas as pd
 from ipgkit.analysis import dice
 from ipgkit.attribution import activation_magnitude, random_baseline
 from ipgkit.attribution.ipg import IPGConfig, ipg
-from ipgkit.evaluation import mean_interval, paired_comparison, wilson_interval
+from ipgkit.stats import mean_interval, paired_comparison, wilson_interval
 
 from .suite import SelectedSets, Suite
 from .workspace import Outcome, digest

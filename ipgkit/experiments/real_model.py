@@ -31,10 +31,10 @@ from ipgkit.attribution.baselines import random_baseline
 from ipgkit.attribution.ipg import IPGConfig, ipg
 from ipgkit.components import mlp_neurons
 from ipgkit.errors import IpgkitError
-from ipgkit.evaluation import mean_interval, paired_comparison, wilson_interval
 from ipgkit.experiments.workspace import Outcome, Workspace, digest
 from ipgkit.models import load_model
 from ipgkit.rollouts import sample
+from ipgkit.stats import mean_interval, paired_comparison, wilson_interval
 from ipgkit.tasks import load
 from ipgkit.tasks.grading import extract_answer
 from ipgkit.tasks.rewards import length_reward

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ipgkit.evaluation import evaluation_rollouts, evaluation_table, wilson_interval
+from ipgkit.evaluation import evaluation_rollouts, evaluation_table
 from ipgkit.models.policy import Policy
 from ipgkit.rollouts import sample
+from ipgkit.stats import wilson_interval
 from ipgkit.tasks import arith, load
 from ipgkit.tasks.base import split_lines
 from ipgkit.tasks.verification import first_divergence, parse_intervention, verifier_prompt

@@ -30,10 +30,10 @@ import pandas as pd
 import torch
 
 from ipgkit.errors import IpgkitError
-from ipgkit.evaluation import mean_interval
 from ipgkit.models.arith import arith_prompt
 from ipgkit.models.policy import Policy
 from ipgkit.rollouts import sample
+from ipgkit.stats import mean_interval
 from ipgkit.tasks.base import Problem, Task, split_lines
 from ipgkit.tasks.verification import (
     Intervention,
