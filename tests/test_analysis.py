@@ -1,7 +1,5 @@
 """Feature pages and process-level analysis, against direct computations on single rows."""
 
-import itertools
-
 import matplotlib
 import pytest
 import torch
@@ -12,7 +10,6 @@ from ipgkit.analysis import (
     feature_pages,
     output_tokens,
     plot_activation_by_progress,
-    random_dice,
     step_of_tokens,
     top_activations,
 )
@@ -147,17 +144,3 @@ def test_dice_of_index_sets_and_component_sets():
         dice(mlp_neurons(1, [0]), mlp_neurons(0, [0]))
     with pytest.raises(IpgkitError, match="explicit unit indices"):
         dice(mlp_neurons(1), mlp_neurons(1, [0]))
-
-
-def test_random_dice_is_the_exact_distribution_of_random_subsets():
-    units, size = 7, 3
-    subsets = list(itertools.combinations(range(units), size))
-    values = [dice(a, b) for a in subsets for b in subsets]
-    exact = random_dice(units, size, observed=2 / 3)
-    assert exact["mean"] == pytest.approx(sum(values) / len(values)) == pytest.approx(size / units)
-    assert exact["p_value"] == pytest.approx(sum(v >= 2 / 3 - 1e-12 for v in values) / len(values))
-    cumulative = sum(v <= exact["p95"] for v in values) / len(values)
-    below = sum(v < exact["p95"] for v in values) / len(values)
-    assert below < 0.95 <= cumulative  # the smallest value with at least 95% of the mass below
-    with pytest.raises(IpgkitError):
-        random_dice(3, 4)
