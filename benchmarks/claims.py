@@ -5,7 +5,7 @@ settings, the machine and the date) and prints a summary; the README quotes thos
 
     python benchmarks/claims.py completeness   # IPG's completeness gap: residual stream vs subsets
     python benchmarks/claims.py sae-cost       # scoring 2048 SAE latents vs 128 neurons, same rows
-    python benchmarks/claims.py smollm2-long   # fused vs TransformerLens attention, long SmolLM2 rows
+    python benchmarks/claims.py smollm2-long   # fused vs TL attention on long SmolLM2 rows
     python benchmarks/claims.py torchrun       # `ipgkit attribute`: 2 processes x 1 thread vs 1 x 2
 
 Timings alternate the compared runs (medians over ``--repeats``), so machine noise hits both.
@@ -56,8 +56,16 @@ def record(name: str, settings: dict, results: dict) -> None:
 
 def support_rollouts(policy, prompts: int, rollouts: int = 5):
     task = ipgkit.tasks.load("arith-word", split="train", n=prompts)
-    return ipgkit.sample(policy, task.problems, n=rollouts, temperature=0.6, top_p=0.8,
-                         max_new_tokens=task.max_new_tokens, reward=task.correctness, seed=0)  # fmt: skip
+    return ipgkit.sample(
+        policy,
+        task.problems,
+        n=rollouts,
+        temperature=0.6,
+        top_p=0.8,
+        max_new_tokens=task.max_new_tokens,
+        reward=task.correctness,
+        seed=0,
+    )
 
 
 def alternate(runs: dict, repeats: int) -> dict[str, float]:

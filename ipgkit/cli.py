@@ -122,7 +122,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 
     matplotlib.use("Agg")
     import ipgkit
-    from ipgkit.errors import IpgkitError
+    from ipgkit.errors import IpgkitError, no_signal_advice
 
     out = Path(args.out)
     if out.suffix not in (".parquet", ".csv"):
@@ -166,8 +166,6 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     if result.ranks_anything:
         print(result.to_dataframe().sort_values("rank").head(args.top).to_string(index=False))
     else:
-        from ipgkit.errors import no_signal_advice
-
         print(f"No unit could be ranked (every score is {float(result.scores[0]):g}): "
               f"{no_signal_advice(result.frac_reward_zero_std)}.")  # fmt: skip
     info = result.info

@@ -167,14 +167,20 @@ def _too_long(folder, policy):
     return lambda: ipgkit.sample(policy, ["1+" * 200], max_new_tokens=8)
 
 
-@case("prompt + max_new_tokens longer than the context", IpgkitError,
-      r"prompt of 108 tokens .* \+ max_new_tokens=64 exceeds the context.*lower max_new_tokens")  # fmt: skip
+@case(
+    "prompt + max_new_tokens longer than the context",
+    IpgkitError,
+    r"prompt of 108 tokens .* \+ max_new_tokens=64 exceeds the context.*lower max_new_tokens",
+)
 def _budget_too_long(folder, policy):
     return lambda: ipgkit.sample(policy, ["1+" * 50], max_new_tokens=64)
 
 
-@case("plain HookedTransformer where a Policy is expected", IpgkitError,
-      r"sample takes an ipgkit Policy, got a plain HookedTransformer: wrap it as ipgkit\.Policy")  # fmt: skip
+@case(
+    "plain HookedTransformer where a Policy is expected",
+    IpgkitError,
+    r"sample takes an ipgkit Policy, got a plain HookedTransformer: wrap it as ipgkit\.Policy",
+)
 def _plain_model(folder, policy):
     return lambda: ipgkit.sample(policy.model, ["1+1"], max_new_tokens=2)
 
@@ -203,8 +209,18 @@ def _write_ipg_checkpoint(folder, policy) -> Path:
 
 
 def _ipg_with_checkpoint(policy, checkpoint):
-    ipgkit.ipg(policy, _PROBLEMS, resid_neurons(0), _digits, n_rollouts=2, n_steps=2,
-               max_new_tokens=4, temperature=1.0, checkpoint=checkpoint, progress=False)  # fmt: skip
+    ipgkit.ipg(
+        policy,
+        _PROBLEMS,
+        resid_neurons(0),
+        _digits,
+        n_rollouts=2,
+        n_steps=2,
+        max_new_tokens=4,
+        temperature=1.0,
+        checkpoint=checkpoint,
+        progress=False,
+    )
 
 
 _PROBLEMS = [Problem("p0", "1+1", "", ""), Problem("p1", "2+2", "", "")]
@@ -315,8 +331,11 @@ def _other_settings(folder, policy):
     return lambda: Workspace(folder / "run", {"layer": 3})
 
 
-@case("hub model name while offline", IpgkitError,
-      r"'Qwen/Qwen2\.5-Math-1\.5B-Instruct' needs the Hugging Face hub.*HF_HUB_OFFLINE")  # fmt: skip
+@case(
+    "hub model name while offline",
+    IpgkitError,
+    r"'Qwen/Qwen2\.5-Math-1\.5B-Instruct' needs the Hugging Face hub.*HF_HUB_OFFLINE",
+)
 def _offline(folder, policy):
     return lambda: ipgkit.load_model("Qwen/Qwen2.5-Math-1.5B-Instruct")
 

@@ -744,7 +744,8 @@ class PathRows:
                 by_key.setdefault(key, []).append(row)
             chunks = list(by_key.values())
         grads = path_gradients(
-            policy, components, self.prompts, self.completions, torch.tensor(self.alphas, dtype=torch.float64),
+            policy, components, self.prompts, self.completions,
+            torch.tensor(self.alphas, dtype=torch.float64),
             torch.tensor(self.weights, dtype=torch.float64), positions=positions,
             baseline=baseline, chunks=chunks, progress=progress, memory_budget=memory_budget,
             **_scoring_hooks(store),

@@ -38,8 +38,8 @@ class Policy:
         if len(self.tokenizer) > self.model.cfg.d_vocab:
             raise IpgkitError(
                 f"the tokenizer of {self.name!r} has {len(self.tokenizer)} tokens but the model's "
-                f"d_vocab is {self.model.cfg.d_vocab}: ids from {self.model.cfg.d_vocab} on have no "
-                "embedding. Pair the model with the tokenizer it was trained with"
+                f"d_vocab is {self.model.cfg.d_vocab}: ids from {self.model.cfg.d_vocab} on have "
+                "no embedding. Pair the model with the tokenizer it was trained with"
             )
         if not self.stop_token_ids and self.tokenizer.eos_token_id is not None:
             self.stop_token_ids = (int(self.tokenizer.eos_token_id),)

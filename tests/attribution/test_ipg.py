@@ -41,8 +41,14 @@ def six_token_tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     backend.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>",
-                                   pad_token="<pad>", unk_token="<unk>", padding_side="left")  # fmt: skip
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        padding_side="left",
+    )
 
 
 def tiny_vocab_policy(seed: int = 0) -> Policy:
@@ -392,8 +398,18 @@ def test_sharing_the_prefix_changes_nothing(policy, components):
     results = []
     row_prompts, row_completions = [prompts[r] for r in rows], [completions[r] for r in rows]
     for share in (True, False):
-        results.append(path_gradients(policy, components, row_prompts, row_completions, alphas,
-                                      weights, internal_batch_size=8, share_prefix=share))  # fmt: skip
+        results.append(
+            path_gradients(
+                policy,
+                components,
+                row_prompts,
+                row_completions,
+                alphas,
+                weights,
+                internal_batch_size=8,
+                share_prefix=share,
+            )
+        )
     torch.testing.assert_close(results[0].contributions, results[1].contributions, atol=1e-5,
                                rtol=1e-5)  # fmt: skip
     torch.testing.assert_close(results[0].sequence_logprobs, results[1].sequence_logprobs)
