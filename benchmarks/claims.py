@@ -44,7 +44,9 @@ def record(name: str, settings: dict, results: dict) -> None:
     RESULTS.mkdir(exist_ok=True)
     machine = {"platform": platform.platform(), "processor": platform.processor(),
                "cpus": os.cpu_count(), "torch": torch.__version__,
-               "threads": torch.get_num_threads()}  # fmt: skip
+               "threads": torch.get_num_threads(),
+               # above the thread count, another job shared the cores during the measurement
+               "load_average_1min_at_end": round(os.getloadavg()[0], 2)}  # fmt: skip
     payload = {"claim": name, "date": datetime.date.today().isoformat(), "machine": machine,
                "command": "python benchmarks/claims.py " + " ".join(sys.argv[1:]),
                "settings": settings, "results": results}  # fmt: skip
