@@ -7,6 +7,8 @@ experiment asks for it first.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -200,17 +202,22 @@ def support_size(suite: Suite) -> pd.DataFrame:
         for m in sorted({min(m, len(pool.problems)) for m in config.support_sizes}):
             results[m] = suite.ipg(f"ipg_m{m}_{baseline}", suite.policy, suite.policy_key, units,
                                    pool.select(range(m)), baseline=baseline)  # fmt: skip
-        reference = results[largest].top(config.dose_p)
+        ranked = results[largest].ranks_anything
+        reference = results[largest].top(config.dose_p) if ranked else None
         for m, result in results.items():
             sets = SelectedSets("IPG", "neuron", suite.policy, suite.policy_key, [result])
             for condition, gamma in (("suppress", 0.0), ("enhance", enhance_gamma)):
-                steered = pool_outcomes([suite.evaluate(sets, task, config.dose_p, gamma)
-                                   for task in tasks])  # fmt: skip
-                rows.append({"baseline": baseline, "M": m, "condition": condition,
-                             "p": config.dose_p, "gamma": gamma,
-                             "dice_with_largest": dice(result.top(config.dose_p), reference),
-                             "prompts_with_signal": round(m * (1 - result.frac_reward_zero_std)),
-                             "delta": result.delta, **condition_row(base, steered)})  # fmt: skip
+                row = {"baseline": baseline, "M": m, "condition": condition,
+                       "p": config.dose_p, "gamma": gamma, "dice_with_largest": math.nan,
+                       "prompts_with_signal": round(m * (1 - result.frac_reward_zero_std)),
+                       "delta": result.delta}  # fmt: skip
+                if result.ranks_anything:  # else no prompt has signal: no set to steer with
+                    steered = pool_outcomes([suite.evaluate(sets, task, config.dose_p, gamma)
+                                             for task in tasks])  # fmt: skip
+                    if reference is not None:
+                        row["dice_with_largest"] = dice(result.top(config.dose_p), reference)
+                    row.update(condition_row(base, steered))
+                rows.append(row)
     return pd.DataFrame(rows)
 
 

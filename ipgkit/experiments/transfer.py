@@ -3,6 +3,8 @@ distilled model (Table 3) and reasoning strength with a length reward (Fig. 3)."
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -53,6 +55,12 @@ def dataset_consistency(suite: Suite) -> pd.DataFrame:
     rows = []
     for first, second, other in pairs:
         for p in suite.config.dice_ps:
+            if not (results[first].ranks_anything and other.ranks_anything):
+                # a support set without signal ranks nothing: no overlap to measure
+                rows.append({"first": first, "second": second, "p": p, "dice": math.nan,
+                             "random_mean": random_dice(width, p)["mean"], "random_p95": math.nan,
+                             "p_value": math.nan, "units": width})  # fmt: skip
+                continue
             value = dice(results[first].top(p), other.top(p))
             chance = random_dice(width, p, observed=value)
             rows.append({"first": first, "second": second, "p": p, "dice": value,
@@ -171,6 +179,11 @@ def reasoning_strength(suite: Suite) -> pd.DataFrame:
         rollouts = rollouts.select(range(suite.support_count))
         result = suite.ipg(f"ipg_length_{model_name}", policy, policy_key, units, rollouts)
         sets = {"IPG (length)": [result], "Random": [random_baseline(policy, units, 0)]}
+        if not result.ranks_anything:  # every support length tied: no IPG set, rows say so
+            del sets["IPG (length)"]
+            rows += [{"model": model_name, "set": "IPG (length)", "p": config.strength_p,
+                      "gamma": gamma, "support_mean_length": float(rollouts.rewards.mean())}
+                     for gamma in config.strength_gammas]  # fmt: skip
         base = pool_outcomes([suite.evaluate(None, task, policy=policy, policy_key=policy_key,
                                        max_new_tokens=budget) for task in tasks])  # fmt: skip
         for name, results in sets.items():

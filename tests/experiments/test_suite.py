@@ -17,7 +17,7 @@ from ipgkit.training.distill import DistillConfig
 from ipgkit.training.sft import SFTConfig
 
 MICRO = ExperimentConfig(
-    support=3, n_rollouts=2, n_steps=2, validation=4, test=6, p_grid=(2, 3), gamma_grid=(1.5, 3.0),
+    support=5, n_rollouts=4, n_steps=2, validation=4, test=6, p_grid=(2, 3), gamma_grid=(1.5, 3.0),
     suppress_p=3, random_seeds=(0, 1), validation_random_seeds=1, dose_problems=4,
     dose_gammas=(0.0, 1.0, 2.0), dose_ps=(2,), dose_p=2, support_sizes=(2, 6),
     datasets=("arith-word/train", "arith-chain/train"), dice_ps=(2, 4), distill_problems=8,
