@@ -42,14 +42,23 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def record(name: str, settings: dict, results: dict) -> None:
     """Write the claim's JSON next to this script, with the machine and the date."""
     RESULTS.mkdir(exist_ok=True)
-    machine = {"platform": platform.platform(), "processor": platform.processor(),
-               "cpus": os.cpu_count(), "torch": torch.__version__,
-               "threads": torch.get_num_threads(),
-               # above the thread count, another job shared the cores during the measurement
-               "load_average_1min_at_end": round(os.getloadavg()[0], 2)}  # fmt: skip
-    payload = {"claim": name, "date": datetime.date.today().isoformat(), "machine": machine,
-               "command": "python benchmarks/claims.py " + " ".join(sys.argv[1:]),
-               "settings": settings, "results": results}  # fmt: skip
+    machine = {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        # above the thread count, another job shared the cores during the measurement
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+    }
+    payload = {
+        "claim": name,
+        "date": datetime.date.today().isoformat(),
+        "machine": machine,
+        "command": "python benchmarks/claims.py " + " ".join(sys.argv[1:]),
+        "settings": settings,
+        "results": results,
+    }
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=1) + "\n")
     print(json.dumps(results, indent=1))
@@ -96,11 +105,21 @@ def completeness(args) -> None:
     results, scores = {}, {}
     for name, (components, baseline) in sites.items():
         for q in (10, 40):
-            result = ipgkit.ipg(policy, None, components, rollouts=rollouts, n_steps=q,
-                                baseline=baseline, progress=False)  # fmt: skip
+            result = ipgkit.ipg(
+                policy,
+                None,
+                components,
+                rollouts=rollouts,
+                n_steps=q,
+                baseline=baseline,
+                progress=False,
+            )
             change = result.info["surrogate"]["S(1)"] - result.info["surrogate"]["S(0)"]
-            results[f"{name}, q={q}"] = {"delta": result.delta, "change S(1)-S(0)": change,
-                                         "sum of scores": float(result.scores.sum())}  # fmt: skip
+            results[f"{name}, q={q}"] = {
+                "delta": result.delta,
+                "change S(1)-S(0)": change,
+                "sum of scores": float(result.scores.sum()),
+            }
             scores[(name, q)] = result.scores
     zero = scores[("residual (all 128), zero baseline", 10)]
     mean = scores[("residual (all 128), mean baseline", 10)]
@@ -109,8 +128,17 @@ def completeness(args) -> None:
         "spearman": float(scipy.stats.spearmanr(zero, mean).statistic),
     }
     results["frac_reward_zero_std"] = rollouts.frac_reward_zero_std
-    record("completeness", {"task": "arith-word train", "prompts": args.prompts, "rollouts": 5,
-                            "layer": layer, "rule": "riemann_right"}, results)  # fmt: skip
+    record(
+        "completeness",
+        {
+            "task": "arith-word train",
+            "prompts": args.prompts,
+            "rollouts": 5,
+            "layer": layer,
+            "rule": "riemann_right",
+        },
+        results,
+    )
 
 
 def sae_cost(args) -> None:
@@ -127,13 +155,23 @@ def sae_cost(args) -> None:
     }
     median = alternate(runs, args.repeats)
     rows = ipgkit.ipg(plain, None, ipgkit.resid_neurons(args.layer), **settings).info
-    record("sae-cost", {"prompts": args.prompts, "rollouts": 5, "q": 10, "layer": args.layer,
-                        "repeats": args.repeats}, {
-        "rows scored": rows["rows_scored"], "neurons seconds": median["neurons"],
-        "latents seconds": median["latents"],
-        "latents / neurons": median["latents"] / median["neurons"],
-        "latents": len(latents.resolved(spliced.model)),
-    })  # fmt: skip
+    record(
+        "sae-cost",
+        {
+            "prompts": args.prompts,
+            "rollouts": 5,
+            "q": 10,
+            "layer": args.layer,
+            "repeats": args.repeats,
+        },
+        {
+            "rows scored": rows["rows_scored"],
+            "neurons seconds": median["neurons"],
+            "latents seconds": median["latents"],
+            "latents / neurons": median["latents"] / median["neurons"],
+            "latents": len(latents.resolved(spliced.model)),
+        },
+    )
 
 
 def smollm2_long(args) -> None:
@@ -157,26 +195,37 @@ def smollm2_long(args) -> None:
     def logprobs(memory):
         values = []
         with torch.no_grad():
-            for _, scores in iter_scores(policy, prompts, completions, 1, with_entropy=False,
-                                         memory=memory):  # fmt: skip
+            for _, scores in iter_scores(
+                policy, prompts, completions, 1, with_entropy=False, memory=memory
+            ):
                 values.append(scores.logprobs[0, : scores.mask[0].sum()].double())
         return values
 
     budget = MemoryBudget(args.budget_mib)
     outputs = {}
-    runs = {"fused": lambda: outputs.__setitem__("fused", logprobs(budget)),
-            "transformer_lens": lambda: outputs.__setitem__("tl", logprobs(None))}  # fmt: skip
+    runs = {
+        "fused": lambda: outputs.__setitem__("fused", logprobs(budget)),
+        "transformer_lens": lambda: outputs.__setitem__("tl", logprobs(None)),
+    }
     median = alternate(runs, args.repeats)
-    difference = max(float((a - b).abs().max()) for a, b in zip(outputs["fused"], outputs["tl"],
-                                                                 strict=True))  # fmt: skip
-    record("smollm2-long", {"rows": [len(p) + len(c) for p, c in zip(prompts, completions,
-                                                                      strict=True)],
-                            "budget_mib": args.budget_mib, "repeats": args.repeats,
-                            "dtype": "float32"}, {
-        "max |log pi fused - log pi TL|": difference,
-        "fused seconds": median["fused"], "transformer_lens seconds": median["transformer_lens"],
-        "TL / fused": median["transformer_lens"] / median["fused"],
-    })  # fmt: skip
+    difference = max(
+        float((a - b).abs().max()) for a, b in zip(outputs["fused"], outputs["tl"], strict=True)
+    )
+    record(
+        "smollm2-long",
+        {
+            "rows": [len(p) + len(c) for p, c in zip(prompts, completions, strict=True)],
+            "budget_mib": args.budget_mib,
+            "repeats": args.repeats,
+            "dtype": "float32",
+        },
+        {
+            "max |log pi fused - log pi TL|": difference,
+            "fused seconds": median["fused"],
+            "transformer_lens seconds": median["transformer_lens"],
+            "TL / fused": median["transformer_lens"] / median["fused"],
+        },
+    )
 
 
 def torchrun(args) -> None:
@@ -184,16 +233,36 @@ def torchrun(args) -> None:
     threads, both with per-problem seeding, and how far their scores differ."""
     ipgkit_cli = Path(sys.executable).with_name("ipgkit")
     torchrun_cli = Path(sys.executable).with_name("torchrun")
-    common = ["attribute", "--task", "arith-word", "--layer", "2", "--n-problems",
-              str(args.prompts), "--seeding", "problem"]  # fmt: skip
+    common = [
+        "attribute",
+        "--task",
+        "arith-word",
+        "--layer",
+        "2",
+        "--n-problems",
+        str(args.prompts),
+        "--seeding",
+        "problem",
+    ]
     with tempfile.TemporaryDirectory() as folder:
         single, double = Path(folder) / "single.csv", Path(folder) / "double.csv"
         commands = {
             "1 process x 2 threads": ([str(ipgkit_cli), *common, "--out", str(single)], "2"),
-            "2 processes x 1 thread": ([str(torchrun_cli), "--nproc_per_node", "2",
-                                        "--master_port", "29531", str(ipgkit_cli), *common,
-                                        "--out", str(double)], "1"),
-        }  # fmt: skip
+            "2 processes x 1 thread": (
+                [
+                    str(torchrun_cli),
+                    "--nproc_per_node",
+                    "2",
+                    "--master_port",
+                    "29531",
+                    str(ipgkit_cli),
+                    *common,
+                    "--out",
+                    str(double),
+                ],
+                "1",
+            ),
+        }
         seconds = {}
         for name, (command, threads) in commands.items():
             environment = {**os.environ, "OMP_NUM_THREADS": threads}
@@ -202,13 +271,19 @@ def torchrun(args) -> None:
             seconds[name] = time.perf_counter() - started
         first, second = pd.read_csv(single), pd.read_csv(double)
         difference = float((first["score"] - second["score"]).abs().max())
-    record("torchrun", {"prompts": args.prompts, "command": " ".join(common)},
-           {**{f"{k} seconds": v for k, v in seconds.items()},
-            "max |score difference|": difference})  # fmt: skip
+    record(
+        "torchrun",
+        {"prompts": args.prompts, "command": " ".join(common)},
+        {**{f"{k} seconds": v for k, v in seconds.items()}, "max |score difference|": difference},
+    )
 
 
-CLAIMS = {"completeness": completeness, "sae-cost": sae_cost, "smollm2-long": smollm2_long,
-          "torchrun": torchrun}  # fmt: skip
+CLAIMS = {
+    "completeness": completeness,
+    "sae-cost": sae_cost,
+    "smollm2-long": smollm2_long,
+    "torchrun": torchrun,
+}
 
 
 def main() -> None:

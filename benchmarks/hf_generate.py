@@ -49,8 +49,9 @@ def main() -> None:
 
     policy = ipgkit.load_model("smollm2-135m-instruct")
     path = bundled_gguf_path("smollm2-135m-instruct")
-    hf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                                    dtype=torch.float32).eval()  # fmt: skip
+    hf_model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    ).eval()
     questions = (QUESTIONS * (args.batch // len(QUESTIONS) + 1))[: args.batch]
     statement = "\n" + ipgkit.tasks.BOXED_INSTRUCTION
     prompt_ids = policy.encode([policy.prompt_format(q + statement) for q in questions])
@@ -68,9 +69,14 @@ def main() -> None:
 
     def run_hugging_face() -> int:
         with torch.no_grad():
-            out = hf_model.generate(tokens, attention_mask=attention, do_sample=False,
-                                    max_new_tokens=args.new_tokens, eos_token_id=eos,
-                                    pad_token_id=pad)  # fmt: skip
+            out = hf_model.generate(
+                tokens,
+                attention_mask=attention,
+                do_sample=False,
+                max_new_tokens=args.new_tokens,
+                eos_token_id=eos,
+                pad_token_id=pad,
+            )
         rows = []
         for row in out[:, width:].tolist():
             rows.append(row[: row.index(eos) + 1] if eos in row else row)
@@ -87,8 +93,10 @@ def main() -> None:
             timings[name].append(time.perf_counter() - started)
     rates = {name: counts[name] / statistics.median(t) for name, t in timings.items()}
     same = sum(a == b for a, b in zip(outputs["ipgkit"], outputs["hugging_face"], strict=True))
-    print(f"SmolLM2-135M-Instruct: batch {args.batch} x up to {args.new_tokens} new tokens, greedy, prompts up to "
-          f"{width} tokens, {torch.get_num_threads()} threads, median of {args.repeats}")  # fmt: skip
+    print(
+        f"SmolLM2-135M-Instruct: batch {args.batch} x up to {args.new_tokens} new tokens, greedy, prompts up to "
+        f"{width} tokens, {torch.get_num_threads()} threads, median of {args.repeats}"
+    )
     for name, rate in rates.items():
         median = statistics.median(timings[name])
         print(f"  {name:13s} {counts[name]:6d} tokens  {median:6.2f} s  {rate:7.1f} tokens/s")

@@ -49,8 +49,12 @@ def bare_passes(policy, rows, internal_batch_size: int, parameters: str) -> None
         else:  # gradients reach the inputs: only the embedding matrix asks for one
             embedding.requires_grad_(True)
         for chunk in packed_chunks(lengths, internal_batch_size):
-            ((_, scores),) = iter_scores(policy, [prompts[r] for r in chunk],
-                                         [completions[r] for r in chunk], with_entropy=False)  # fmt: skip
+            ((_, scores),) = iter_scores(
+                policy,
+                [prompts[r] for r in chunk],
+                [completions[r] for r in chunk],
+                with_entropy=False,
+            )
             scores.logprobs.sum().backward()
         model.zero_grad(set_to_none=True)
 
@@ -77,21 +81,34 @@ def main() -> None:
     policy = ipgkit.load_model("arith")
     task = ipgkit.tasks.load("arith-word", split="train", n=args.prompts)
     started = time.perf_counter()
-    rollouts = ipgkit.sample(policy, task.problems, n=args.rollouts, temperature=0.6, top_p=0.8,
-                             max_new_tokens=task.max_new_tokens, reward=task.correctness)  # fmt: skip
+    rollouts = ipgkit.sample(
+        policy,
+        task.problems,
+        n=args.rollouts,
+        temperature=0.6,
+        top_p=0.8,
+        max_new_tokens=task.max_new_tokens,
+        reward=task.correctness,
+    )
     sampling_seconds = time.perf_counter() - started
     live = rollouts.advantages("mean_std").nonzero()[:, 0].tolist()
     prompt_ids, completion_ids = rollouts.row_prompt_ids(), rollouts.row_completion_ids()
     alphas, _ = integration_points("riemann_right", args.steps)
     rows = [(prompt_ids[r], completion_ids[r]) for r in live for _ in alphas]
     tokens = sum(len(p) + len(c) for p, c in rows)
-    print(f"{args.prompts} prompts x {args.rollouts} rollouts x {args.steps} steps: {len(live)} "
-          f"rollouts with signal -> {len(rows)} scored rows, {tokens} tokens "
-          f"(frac_reward_zero_std {rollouts.frac_reward_zero_std:.2f})\n")  # fmt: skip
+    print(
+        f"{args.prompts} prompts x {args.rollouts} rollouts x {args.steps} steps: {len(live)} "
+        f"rollouts with signal -> {len(rows)} scored rows, {tokens} tokens "
+        f"(frac_reward_zero_std {rollouts.frac_reward_zero_std:.2f})\n"
+    )
 
     layer = ipgkit.resid_neurons(args.layer)
-    settings = dict(n_steps=args.steps, internal_batch_size=args.internal_batch_size,
-                    progress=False, rollouts=rollouts)  # fmt: skip
+    settings = dict(
+        n_steps=args.steps,
+        internal_batch_size=args.internal_batch_size,
+        progress=False,
+        rollouts=rollouts,
+    )
 
     def attribute(components=layer, **extra):
         return lambda: ipgkit.ipg(policy, None, components, **{**settings, **extra})
@@ -116,13 +133,21 @@ def main() -> None:
         spread = ", ".join(f"{v:.2f}" for v in timings[name])
         print(f"{name:32s} {value:7.2f} s   (runs: {spread})")
     print()
-    print(f"(a) sequential / packed            {median['sequential'] / median['packed']:5.2f}   target >= 3")  # fmt: skip
+    print(
+        f"(a) sequential / packed            {median['sequential'] / median['packed']:5.2f}   target >= 3"
+    )
     for floor in ("floor: backward to parameters", "floor: backward to inputs"):
-        print(f"(b) IPG scoring / {floor[7:]:17s}{median['packed'] / median[floor]:5.2f}   target <= 1.3")  # fmt: skip
-    print(f"(c) all units / one unit           {median['packed'] / median['one unit']:5.2f}   target <= 1.1")  # fmt: skip
-    print(f"\none attribution of this size, sampling included: "
-          f"{sampling_seconds + median['packed']:.1f} s (sampling {sampling_seconds:.1f} s, "
-          f"scoring {median['packed']:.1f} s)")  # fmt: skip
+        print(
+            f"(b) IPG scoring / {floor[7:]:17s}{median['packed'] / median[floor]:5.2f}   target <= 1.3"
+        )
+    print(
+        f"(c) all units / one unit           {median['packed'] / median['one unit']:5.2f}   target <= 1.1"
+    )
+    print(
+        f"\none attribution of this size, sampling included: "
+        f"{sampling_seconds + median['packed']:.1f} s (sampling {sampling_seconds:.1f} s, "
+        f"scoring {median['packed']:.1f} s)"
+    )
 
 
 if __name__ == "__main__":

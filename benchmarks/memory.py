@@ -45,14 +45,23 @@ def one_length(length: int, rollouts: int, steps: int, batch: int, budget: float
     from ipgkit.models.arith import arith_config, build_policy
 
     torch.set_num_threads(2)
-    config = arith_config(n_layers=6, d_model=256, n_heads=8, d_head=32, d_mlp=1024,
-                          n_ctx=length + 64, rotary_dim=32, seed=0)  # fmt: skip
+    config = arith_config(
+        n_layers=6,
+        d_model=256,
+        n_heads=8,
+        d_head=32,
+        d_mlp=1024,
+        n_ctx=length + 64,
+        rotary_dim=32,
+        seed=0,
+    )
     policy = build_policy(HookedTransformer(config).eval(), name="random")
     generator = torch.Generator().manual_seed(0)
     vocab = policy.model.cfg.d_vocab
     prompt = torch.randint(4, vocab, (32,), generator=generator).tolist()
-    completions = [torch.randint(4, vocab, (length,), generator=generator).tolist()
-                   for _ in range(rollouts)]  # fmt: skip
+    completions = [
+        torch.randint(4, vocab, (length,), generator=generator).tolist() for _ in range(rollouts)
+    ]
     rows = [(c, (k + 1) / steps) for c in completions for k in range(steps)]
     components = mlp_neurons(2)
     passes = len(rows) // batch + bool(len(rows) % batch)
@@ -60,27 +69,53 @@ def one_length(length: int, rollouts: int, steps: int, batch: int, budget: float
         widths = [len(prompt) + length] * len(rows)
         chunks = [list(range(len(rows)))[i : i + batch] for i in range(0, len(rows), batch)]
         try:
-            passes = len(MemoryBudget(budget).split(chunks, widths, policy.model.cfg,
-                                                    units=components.hook_width(policy.model)))  # fmt: skip
+            passes = len(
+                MemoryBudget(budget).split(
+                    chunks, widths, policy.model.cfg, units=components.hook_width(policy.model)
+                )
+            )
         except IpgkitError as error:
             return {"length": length, "rows": len(rows), "refused": str(error)}
     before = current_rss()
     started = time.perf_counter()
-    path_gradients(policy, components, [prompt] * len(rows), [c for c, _ in rows],
-                   torch.tensor([a for _, a in rows]), torch.ones(len(rows)),
-                   internal_batch_size=batch, memory_budget=budget)  # fmt: skip
+    path_gradients(
+        policy,
+        components,
+        [prompt] * len(rows),
+        [c for c, _ in rows],
+        torch.tensor([a for _, a in rows]),
+        torch.ones(len(rows)),
+        internal_batch_size=batch,
+        memory_budget=budget,
+    )
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"length": length, "rows": len(rows), "passes": passes, "seconds": seconds,
-            "peak_over_start_mib": (peak - before) / 2**20}  # fmt: skip
+    return {
+        "length": length,
+        "rows": len(rows),
+        "passes": passes,
+        "seconds": seconds,
+        "peak_over_start_mib": (peak - before) / 2**20,
+    }
 
 
 def run_lengths(args, budget: float | None) -> list[dict]:
     results = []
     for length in args.lengths:
-        command = [sys.executable, __file__, "--one", str(length), "--rollouts",
-                   str(args.rollouts), "--steps", str(args.steps), "--batch", str(args.batch),
-                   "--budgets", "none" if budget is None else str(budget)]  # fmt: skip
+        command = [
+            sys.executable,
+            __file__,
+            "--one",
+            str(length),
+            "--rollouts",
+            str(args.rollouts),
+            "--steps",
+            str(args.steps),
+            "--batch",
+            str(args.batch),
+            "--budgets",
+            "none" if budget is None else str(budget),
+        ]
         out = subprocess.run(command, capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(f"{length} tokens failed:\n{out.stderr[-3000:]}")
@@ -98,16 +133,22 @@ def main() -> None:
     parser.add_argument("--rollouts", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch", type=int, default=8, help="internal_batch_size")
-    parser.add_argument("--budgets", nargs="+", default=["none", "512"],
-                        help="memory budgets in MiB to compare ('none': internal_batch_size only)")  # fmt: skip
+    parser.add_argument(
+        "--budgets",
+        nargs="+",
+        default=["none", "512"],
+        help="memory budgets in MiB to compare ('none': internal_batch_size only)",
+    )
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     budgets = [budget_value(b) for b in args.budgets]
     if args.one is not None:
         print(json.dumps(one_length(args.one, args.rollouts, args.steps, args.batch, budgets[0])))
         return
-    print(f"IPG engine, random 6-layer model, {args.rollouts} rollouts x {args.steps} alpha points, "
-          f"internal_batch_size {args.batch}; peak memory over the start of the attribution")  # fmt: skip
+    print(
+        f"IPG engine, random 6-layer model, {args.rollouts} rollouts x {args.steps} alpha points, "
+        f"internal_batch_size {args.batch}; peak memory over the start of the attribution"
+    )
     failures = []
     for budget in budgets:
         results = run_lengths(args, budget)
@@ -122,8 +163,10 @@ def main() -> None:
                 continue
             peak = row["peak_over_start_mib"]
             ratio = "" if previous is None else f"{peak / previous:.2f}"
-            print(f"| {row['length']} | {row['rows']} | {row['passes']} | {row['seconds']:.1f} "
-                  f"| {peak:.0f} | {ratio} |")  # fmt: skip
+            print(
+                f"| {row['length']} | {row['rows']} | {row['passes']} | {row['seconds']:.1f} "
+                f"| {peak:.0f} | {ratio} |"
+            )
             if budget is not None and peak > budget:
                 failures.append(f"{name}: {peak:.0f} MiB at {row['length']} tokens")
             # at most linear: never above the first length's peak scaled by the length ratio
@@ -132,8 +175,10 @@ def main() -> None:
             first = first or row
             bound = 1.1 * first["peak_over_start_mib"] * row["length"] / first["length"]
             if budget is not None and peak > bound:
-                failures.append(f"{name}: {peak:.0f} MiB at {row['length']} tokens is more than "
-                                f"linear growth from {first['length']} allows ({bound:.0f})")  # fmt: skip
+                failures.append(
+                    f"{name}: {peak:.0f} MiB at {row['length']} tokens is more than "
+                    f"linear growth from {first['length']} allows ({bound:.0f})"
+                )
             previous = peak
     if failures:
         print("\nFAILED: " + "; ".join(failures))

@@ -48,9 +48,16 @@ def main() -> None:
 
     def run_transformer_lens() -> int:
         torch.manual_seed(0)
-        out = model.generate(tokens, max_new_tokens=args.new_tokens, do_sample=True,
-                             temperature=args.temperature, stop_at_eos=True, eos_token_id=eos,
-                             use_past_kv_cache=True, verbose=False)  # fmt: skip
+        out = model.generate(
+            tokens,
+            max_new_tokens=args.new_tokens,
+            do_sample=True,
+            temperature=args.temperature,
+            stop_at_eos=True,
+            eos_token_id=eos,
+            use_past_kv_cache=True,
+            verbose=False,
+        )
         new = out[:, width:]
         is_eos = new == eos
         before_first_eos = (is_eos.cumsum(1) - is_eos.long()) == 0
@@ -65,8 +72,10 @@ def main() -> None:
             counts[name] = fn()
             timings[name].append(time.perf_counter() - started)
     rates = {name: counts[name] / statistics.median(t) for name, t in timings.items()}
-    print(f"arith-word {args.split}: batch {args.batch} x up to {args.new_tokens} new tokens, prompts up to {width} tokens, "
-          f"T={args.temperature}, {torch.get_num_threads()} threads, median of {args.repeats}")  # fmt: skip
+    print(
+        f"arith-word {args.split}: batch {args.batch} x up to {args.new_tokens} new tokens, prompts up to {width} tokens, "
+        f"T={args.temperature}, {torch.get_num_threads()} threads, median of {args.repeats}"
+    )
     for name, rate in rates.items():
         print(
             f"  {name:17s} {counts[name]:6d} tokens  {statistics.median(timings[name]):6.2f} s  {rate:8.0f} tokens/s"

@@ -60,8 +60,9 @@ def top_activations(
     best = torch.full((units, 0), float("-inf"), dtype=torch.float64)
     where = torch.zeros((units, 0, 2), dtype=torch.long)
     prompts, completions = rollouts.row_prompt_ids(), rollouts.row_completion_ids()
-    for chunk in iter_activations(policy, components.hook_name, prompts, completions, positions,
-                                  internal_batch_size):  # fmt: skip
+    for chunk in iter_activations(
+        policy, components.hook_name, prompts, completions, positions, internal_batch_size
+    ):
         values = components.coordinates(chunk.activations.double()).T  # [units, tokens]
         located = torch.stack([chunk.row_index, chunk.position], -1)  # [tokens, 2]
         candidates = torch.cat([best, values], dim=1)
@@ -78,12 +79,22 @@ def top_activations(
             if prefix in seen:
                 continue
             seen.add(prefix)
-            records.append({
-                "index": index, "rank": len(seen) - 1, "activation": value, "row": row,
-                "position": position, "token": policy.tokenizer.decode([sequence[position]]),
-                "before": policy.tokenizer.decode(sequence[max(0, position - context) : position]),
-                "after": policy.tokenizer.decode(sequence[position + 1 : position + 1 + context // 4]),
-            })  # fmt: skip
+            records.append(
+                {
+                    "index": index,
+                    "rank": len(seen) - 1,
+                    "activation": value,
+                    "row": row,
+                    "position": position,
+                    "token": policy.tokenizer.decode([sequence[position]]),
+                    "before": policy.tokenizer.decode(
+                        sequence[max(0, position - context) : position]
+                    ),
+                    "after": policy.tokenizer.decode(
+                        sequence[position + 1 : position + 1 + context // 4]
+                    ),
+                }
+            )
             if len(seen) == n:
                 break
     return pd.DataFrame.from_records(records)
@@ -105,9 +116,15 @@ def output_tokens(policy: Policy, components: ComponentSet, n: int = 10) -> pd.D
         values, ids = (sign * logits).topk(count, dim=1)
         for u, index in enumerate(components.indices):
             for rank in range(count):
-                records.append({"index": index, "effect": effect, "rank": rank,
-                                "token": policy.tokenizer.decode([int(ids[u, rank])]),
-                                "logit": sign * float(values[u, rank])})  # fmt: skip
+                records.append(
+                    {
+                        "index": index,
+                        "effect": effect,
+                        "rank": rank,
+                        "token": policy.tokenizer.decode([int(ids[u, rank])]),
+                        "logit": sign * float(values[u, rank]),
+                    }
+                )
     return pd.DataFrame.from_records(records)
 
 
@@ -135,8 +152,10 @@ class FeaturePages:
             raise IpgkitError(f"unit {index} has no page; pages exist for {self.units}")
         contexts = self.contexts[self.contexts["index"] == index]
         logits = self.logits[self.logits["index"] == index]
-        lines = [f"{self.components.kind} {index} at {self.components.hook_name}",
-                 "top activations:"]  # fmt: skip
+        lines = [
+            f"{self.components.kind} {index} at {self.components.hook_name}",
+            "top activations:",
+        ]
         for item in contexts.itertuples():
             text = f"{item.before}[[{item.token}]]{item.after}".replace("\n", "⏎")
             lines.append(f"  {item.activation:8.3f}  {text}")
@@ -158,8 +177,11 @@ class FeaturePages:
         if ax is None:
             _, ax = plt.subplots(figsize=(7, 4.5))
         labels = [repr(t)[1:-1] for t in logits.token]
-        ax.barh(range(len(logits)), logits.logit,
-                color=["tab:red" if v < 0 else "tab:blue" for v in logits.logit])  # fmt: skip
+        ax.barh(
+            range(len(logits)),
+            logits.logit,
+            color=["tab:red" if v < 0 else "tab:blue" for v in logits.logit],
+        )
         ax.set_yticks(range(len(logits)), labels, fontsize=8)
         ax.set_xlabel("direct logit effect per unit of activation")
         ax.set_title(f"{self.components.kind} {index} ({self.components.hook_name})", fontsize=9)
@@ -167,8 +189,15 @@ class FeaturePages:
             contexts.activation, contexts.before, contexts.token, contexts.after, strict=True
         )
         text = "\n".join(f"{a:6.2f}  {b[-18:]}[{t}]{c}".replace("\n", "⏎") for a, b, t, c in rows)
-        ax.text(1.02, 1.0, "top contexts\n" + text, transform=ax.transAxes, va="top",
-                family="monospace", fontsize=7)  # fmt: skip
+        ax.text(
+            1.02,
+            1.0,
+            "top contexts\n" + text,
+            transform=ax.transAxes,
+            va="top",
+            family="monospace",
+            fontsize=7,
+        )
         return ax
 
 
@@ -260,16 +289,23 @@ def activation_by_progress(
         components = components.resolved(policy.model)
         active = torch.zeros(n_bins, dtype=torch.float64)
         tokens = torch.zeros(n_bins, dtype=torch.float64)
-        for chunk in iter_activations(policy, components.hook_name, prompts, completions,
-                                      "generated", internal_batch_size):  # fmt: skip
+        for chunk in iter_activations(
+            policy, components.hook_name, prompts, completions, "generated", internal_batch_size
+        ):
             token_bins = bins[chunk.row_index, chunk.position - prompt_lengths[chunk.row_index]]
             fired = (components.coordinates(chunk.activations) > threshold).double().mean(1)
             active.index_add_(0, token_bins, fired)
             tokens.index_add_(0, token_bins, torch.ones_like(fired))
         for b in range(n_bins):
-            records.append({"set": name, "bin": b, "progress": (b + 0.5) / n_bins,
-                            "frequency": float(active[b] / tokens[b]) if tokens[b] else float("nan"),
-                            "tokens": int(tokens[b])})  # fmt: skip
+            records.append(
+                {
+                    "set": name,
+                    "bin": b,
+                    "progress": (b + 0.5) / n_bins,
+                    "frequency": float(active[b] / tokens[b]) if tokens[b] else float("nan"),
+                    "tokens": int(tokens[b]),
+                }
+            )
     return pd.DataFrame.from_records(records)
 
 
@@ -308,8 +344,9 @@ def dice(first: Collection[int] | ComponentSet, second: Collection[int] | Compon
         sets.append(set(int(i) for i in item))
     both_sets = isinstance(first, ComponentSet) and isinstance(second, ComponentSet)
     if both_sets and first.hook_name != second.hook_name:
-        raise IpgkitError(f"dice of sets at different hooks: {first.hook_name} vs "
-                              f"{second.hook_name}")  # fmt: skip
+        raise IpgkitError(
+            f"dice of sets at different hooks: {first.hook_name} vs {second.hook_name}"
+        )
     if not sets[0] and not sets[1]:
         raise IpgkitError("dice of two empty sets is undefined")
     return 2 * len(sets[0] & sets[1]) / (len(sets[0]) + len(sets[1]))

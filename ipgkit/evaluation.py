@@ -41,9 +41,12 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def evaluation_table(
-    policy_name: str, task: Task, greedy: Rollouts, sampled: Rollouts | None = None,
+    policy_name: str,
+    task: Task,
+    greedy: Rollouts,
+    sampled: Rollouts | None = None,
     ks: Sequence[int] = (1,),
-) -> pd.DataFrame:  # fmt: skip
+) -> pd.DataFrame:
     """Metrics of already-sampled rollouts (rewards filled in with ``task.correctness``).
 
     ``greedy`` (one completion per problem) gives ``accuracy@1``, ``mean_length`` and
@@ -54,8 +57,18 @@ def evaluation_table(
     rows = []
 
     def add(metric, value, low, high):
-        rows.append(dict(model=policy_name, task=task.name, split=task.split, metric=metric,
-                         value=value, ci_low=low, ci_high=high, n=len(task)))  # fmt: skip
+        rows.append(
+            dict(
+                model=policy_name,
+                task=task.name,
+                split=task.split,
+                metric=metric,
+                value=value,
+                ci_low=low,
+                ci_high=high,
+                n=len(task),
+            )
+        )
 
     correct = float(greedy.rewards_by_group()[:, 0].sum())
     add("accuracy@1", correct / len(task), *wilson_interval(correct, len(task)))
@@ -114,9 +127,19 @@ def evaluate(
     task = task.subset(limit)
     if n_samples and max(ks) > n_samples:
         raise IpgkitError(f"pass@k needs k <= n_samples; got ks={tuple(ks)}, n_samples={n_samples}")
-    greedy, sampled = evaluation_rollouts(policy, task, n_samples, temperature, top_p,
-                                          max_new_tokens, batch_size, seed, progress,
-                                          seeding, checkpoint_dir)  # fmt: skip
+    greedy, sampled = evaluation_rollouts(
+        policy,
+        task,
+        n_samples,
+        temperature,
+        top_p,
+        max_new_tokens,
+        batch_size,
+        seed,
+        progress,
+        seeding,
+        checkpoint_dir,
+    )
     return evaluation_table(policy.name, task, greedy, sampled, ks)
 
 
@@ -146,18 +169,33 @@ def evaluation_rollouts(
             raise IpgkitError("under torchrun, sampled evaluation needs seeding='problem'")
         block = distributed.shard(len(task))
         with distributed.local():
-            mine = evaluation_rollouts(policy, replace(task, problems=task.problems[block.start : block.stop]),
-                                       n_samples, temperature, top_p, max_new_tokens, batch_size,
-                                       seed, progress and rank == 0, seeding,
-                                       None if checkpoint_dir is None
-                                       else Path(checkpoint_dir) / f"rank{rank}")  # fmt: skip
+            mine = evaluation_rollouts(
+                policy,
+                replace(task, problems=task.problems[block.start : block.stop]),
+                n_samples,
+                temperature,
+                top_p,
+                max_new_tokens,
+                batch_size,
+                seed,
+                progress and rank == 0,
+                seeding,
+                None if checkpoint_dir is None else Path(checkpoint_dir) / f"rank{rank}",
+            )
         parts = distributed.gather(mine)
         greedy = Rollouts.concat([part[0] for part in parts], policy.pad_token_id)
-        sampled = None if not n_samples else Rollouts.concat([part[1] for part in parts],
-                                                             policy.pad_token_id)  # fmt: skip
+        sampled = (
+            None
+            if not n_samples
+            else Rollouts.concat([part[1] for part in parts], policy.pad_token_id)
+        )
         return greedy, sampled
-    settings = dict(max_new_tokens=max_new_tokens or task.max_new_tokens, batch_size=batch_size,
-                    reward=task.correctness, progress=progress)  # fmt: skip
+    settings = dict(
+        max_new_tokens=max_new_tokens or task.max_new_tokens,
+        batch_size=batch_size,
+        reward=task.correctness,
+        progress=progress,
+    )
 
     def checkpoint(kind: str) -> Path | None:
         if checkpoint_dir is None:
@@ -165,13 +203,28 @@ def evaluation_rollouts(
         Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
         return Path(checkpoint_dir) / f"{task.name}-{task.split}-{kind}.pt"
 
-    greedy = sample(policy, task.problems, n=1, temperature=0.0, seed=seed,
-                    checkpoint=checkpoint("greedy"), **settings)  # fmt: skip
+    greedy = sample(
+        policy,
+        task.problems,
+        n=1,
+        temperature=0.0,
+        seed=seed,
+        checkpoint=checkpoint("greedy"),
+        **settings,
+    )
     sampled = None
     if n_samples:
-        sampled = sample(policy, task.problems, n=n_samples, temperature=temperature, top_p=top_p,
-                         seed=seed + 1, seeding=seeding, checkpoint=checkpoint("sampled"),
-                         **settings)  # fmt: skip
+        sampled = sample(
+            policy,
+            task.problems,
+            n=n_samples,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed + 1,
+            seeding=seeding,
+            checkpoint=checkpoint("sampled"),
+            **settings,
+        )
     return greedy, sampled
 
 

@@ -180,8 +180,16 @@ def _observed(attention) -> bool:
     )
 
 
-def _fused_forward(self, query_input, key_input, value_input, past_kv_cache_entry=None,
-                   additive_attention_mask=None, attention_mask=None, position_bias=None):  # fmt: skip
+def _fused_forward(
+    self,
+    query_input,
+    key_input,
+    value_input,
+    past_kv_cache_entry=None,
+    additive_attention_mask=None,
+    attention_mask=None,
+    position_bias=None,
+):
     """TransformerLens's attention forward with the same hook points except ``hook_attn_scores``
     and ``hook_pattern``, the pattern and its product with v fused into one SDPA call. Anything
     else (a KV cache, left padding, extra masks or biases, hooks on the pattern) runs TL's own."""
@@ -192,21 +200,32 @@ def _fused_forward(self, query_input, key_input, value_input, past_kv_cache_entr
         or not _right_padded_or_none(attention_mask)
         or _observed(self)
     ):
-        return self._ipgkit_eager_forward(query_input, key_input, value_input,
-                                          past_kv_cache_entry, additive_attention_mask,
-                                          attention_mask, position_bias)  # fmt: skip
+        return self._ipgkit_eager_forward(
+            query_input,
+            key_input,
+            value_input,
+            past_kv_cache_entry,
+            additive_attention_mask,
+            attention_mask,
+            position_bias,
+        )
     q, k, v = self.calculate_qkv_matrices(query_input, key_input, value_input)
     if self.cfg.clip_qkv is not None:
         q, k, v = (x.clamp(min=-self.cfg.clip_qkv, max=self.cfg.clip_qkv) for x in (q, k, v))
     if self.cfg.positional_embedding_type == "rotary":
         q = self.hook_rot_q(self.apply_rotary(q, 0, attention_mask))
         k = self.hook_rot_k(self.apply_rotary(k, 0, attention_mask))
-    grouped = (not getattr(self.cfg, "ungroup_grouped_query_attention", False)
-               and k.shape[2] != q.shape[2])  # fmt: skip
+    grouped = (
+        not getattr(self.cfg, "ungroup_grouped_query_attention", False) and k.shape[2] != q.shape[2]
+    )
     z = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.to(q.dtype).transpose(1, 2),
-        is_causal=True, scale=1.0 / float(self.attn_scale), enable_gqa=grouped,
-    )  # fmt: skip
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.to(q.dtype).transpose(1, 2),
+        is_causal=True,
+        scale=1.0 / float(self.attn_scale),
+        enable_gqa=grouped,
+    )
     z = self.hook_z(z.transpose(1, 2))
     w = self.W_O.reshape(self.cfg.n_heads * self.cfg.d_head, self.cfg.d_model)
     return F.linear(z.reshape(*z.shape[:2], -1).to(w.dtype), w.T, self.b_O)

@@ -217,11 +217,17 @@ class Rollouts:
         interrupted attribution or experiment can resume without resampling."""
         return {
             "problems": [asdict(p) for p in self.problems],
-            "prompts": self.prompts, "prompt_ids": self.prompt_ids, "group_ids": self.group_ids,
-            "completion_ids": self.completion_ids, "completion_mask": self.completion_mask,
-            "sample_logprobs": self.sample_logprobs, "texts": self.texts,
-            "config": asdict(self.config), "rewards": self.rewards, "reward_name": self.reward_name,
-        }  # fmt: skip
+            "prompts": self.prompts,
+            "prompt_ids": self.prompt_ids,
+            "group_ids": self.group_ids,
+            "completion_ids": self.completion_ids,
+            "completion_mask": self.completion_mask,
+            "sample_logprobs": self.sample_logprobs,
+            "texts": self.texts,
+            "config": asdict(self.config),
+            "rewards": self.rewards,
+            "reward_name": self.reward_name,
+        }
 
     @classmethod
     def from_state_dict(cls, state: dict) -> Rollouts:
@@ -306,8 +312,12 @@ def _final_logits(model, tokens, attention_mask, past_kv_cache=None):
     at 64 x 200): sampling unembeds the last position, scoring the completion positions in blocks
     (:func:`_token_scores`).
     """
-    resid = model(tokens, attention_mask=attention_mask, past_kv_cache=past_kv_cache,
-                  stop_at_layer=model.cfg.n_layers)  # fmt: skip
+    resid = model(
+        tokens,
+        attention_mask=attention_mask,
+        past_kv_cache=past_kv_cache,
+        stop_at_layer=model.cfg.n_layers,
+    )
     return model.unembed(model.ln_final(resid[:, -1:]))
 
 
@@ -340,8 +350,10 @@ def _token_scores(model, resid, targets, with_entropy: bool, position_chunk_size
         return scores_of(resid, targets)
     pieces = []
     for start in range(0, width, position_chunk_size):
-        block = (resid[:, start : start + position_chunk_size],
-                 targets[:, start : start + position_chunk_size])  # fmt: skip
+        block = (
+            resid[:, start : start + position_chunk_size],
+            targets[:, start : start + position_chunk_size],
+        )
         if torch.is_grad_enabled() and resid.requires_grad:
             pieces.append(checkpoint_in_layout(scores_of, *block))
         else:
@@ -361,10 +373,15 @@ def _run_with_shared_prefix(model, tokens, attention_mask, layer: int, layout: S
     distinct, inverse = torch.unique(key, dim=0, return_inverse=True)
     width = tokens.shape[1]
     with sequence_layout(SequenceLayout(distinct[:, -1].cpu())):
-        shared = model(distinct[:, :width], attention_mask=distinct[:, width : 2 * width],
-                       stop_at_layer=layer)  # fmt: skip
-    return model(shared.index_select(0, inverse), start_at_layer=layer,
-                 attention_mask=attention_mask, stop_at_layer=model.cfg.n_layers)  # fmt: skip
+        shared = model(
+            distinct[:, :width], attention_mask=distinct[:, width : 2 * width], stop_at_layer=layer
+        )
+    return model(
+        shared.index_select(0, inverse),
+        start_at_layer=layer,
+        attention_mask=attention_mask,
+        stop_at_layer=model.cfg.n_layers,
+    )
 
 
 class _PreallocatedEntry(TransformerLensKeyValueCacheEntry):
@@ -410,7 +427,10 @@ class _PreallocatedCache(TransformerLensKeyValueCache):
             )
             for _ in range(cfg.n_layers)
         ]
-        cache = cls(entries=entries, previous_attention_mask=torch.empty((batch, 0), dtype=torch.long, device=device))  # fmt: skip
+        cache = cls(
+            entries=entries,
+            previous_attention_mask=torch.empty((batch, 0), dtype=torch.long, device=device),
+        )
         cache._mask = torch.zeros((batch, capacity), dtype=torch.long, device=device)
         return cache
 
@@ -495,8 +515,12 @@ def choose_tokens(
     probs = logits.softmax(-1)
     if isinstance(generator, torch.Generator):
         return torch.multinomial(probs, 1, generator=generator)[:, 0]
-    return torch.cat([torch.multinomial(row[None], 1, generator=g)[0]
-                      for row, g in zip(probs.cpu(), generator, strict=True)])  # fmt: skip
+    return torch.cat(
+        [
+            torch.multinomial(row[None], 1, generator=g)[0]
+            for row, g in zip(probs.cpu(), generator, strict=True)
+        ]
+    )
 
 
 def generate(
@@ -658,8 +682,13 @@ def sample(
     generated: list[tuple[Tensor, Tensor, Tensor]] = []
     if checkpoint is not None:
         generated = _saved_batches(Path(checkpoint), identity, generator)
-    bar = tqdm(total=len(rows), initial=min(len(generated) * batch_size, len(rows)),
-               desc="sample", unit="completion", disable=not progress)  # fmt: skip
+    bar = tqdm(
+        total=len(rows),
+        initial=min(len(generated) * batch_size, len(rows)),
+        desc="sample",
+        unit="completion",
+        disable=not progress,
+    )
     for start in range(len(generated) * batch_size, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         batch_generator = generator
@@ -667,8 +696,10 @@ def sample(
             batch_generator = [per_row[g * n + (start + i) % n] for i, g in enumerate(chunk)]
         generated.append(generate(policy, [prompt_ids[g] for g in chunk], config, batch_generator))
         if checkpoint is not None:
-            atomic_torch_save({"identity": identity, "batches": generated,
-                               "generator": generator.get_state()}, checkpoint)  # fmt: skip
+            atomic_torch_save(
+                {"identity": identity, "batches": generated, "generator": generator.get_state()},
+                checkpoint,
+            )
         bar.update(len(chunk))
     bar.close()
     width = max(ids.shape[1] for ids, _, _ in generated)
@@ -686,11 +717,16 @@ def sample(
         for ids, m in zip(completion_ids, completion_mask, strict=True)
     ]
     rollouts = Rollouts(
-        problems=list(problems), prompts=prompts, prompt_ids=prompt_ids,
+        problems=list(problems),
+        prompts=prompts,
+        prompt_ids=prompt_ids,
         group_ids=torch.arange(len(problems)).repeat_interleave(n),
-        completion_ids=completion_ids, completion_mask=completion_mask,
-        sample_logprobs=sample_logprobs, texts=texts, config=config,
-    )  # fmt: skip
+        completion_ids=completion_ids,
+        completion_mask=completion_mask,
+        sample_logprobs=sample_logprobs,
+        texts=texts,
+        config=config,
+    )
     return rollouts.with_rewards(reward) if reward is not None else rollouts
 
 
@@ -816,17 +852,22 @@ def iter_scores(
         positions = (prompt_lengths[:, None] - 1 + steps[None, :]).clamp(max=total - 1)
         targets = tokens.gather(1, (positions + 1).clamp(max=total - 1))
         layout = SequenceLayout(generated_start=prompt_lengths)
-        passes = (contextlib.nullcontext() if memory is None
-                  else bounded_passes(model, gradient_from_block))  # fmt: skip
+        passes = (
+            contextlib.nullcontext()
+            if memory is None
+            else bounded_passes(model, gradient_from_block)
+        )
         with passes:
             with sequence_layout(layout):
-                resid = _final_residual(model, tokens.to(device), attention.to(device),
-                                        shared_prefix_layer, layout)  # fmt: skip
+                resid = _final_residual(
+                    model, tokens.to(device), attention.to(device), shared_prefix_layer, layout
+                )
                 resid = resid.gather(
                     1, positions.to(device)[..., None].expand(-1, -1, resid.shape[-1])
                 )
-                token_logprobs, entropy = _token_scores(model, resid, targets.to(device),
-                                                        with_entropy, position_chunk_size)  # fmt: skip
+                token_logprobs, entropy = _token_scores(
+                    model, resid, targets.to(device), with_entropy, position_chunk_size
+                )
             mask = mask.to(token_logprobs.device)
             token_logprobs = token_logprobs.masked_fill(~mask, 0.0)
             entropy = entropy.masked_fill(~mask, 0.0) if with_entropy else None
@@ -868,8 +909,9 @@ def score_completions(
     return TokenScores(cat("logprobs", 0.0), entropy, cat("mask", False))
 
 
-def score_rollouts(policy: Policy, rollouts: Rollouts, chunk_size: int | None = None,
-                   with_entropy: bool = True) -> TokenScores:  # fmt: skip
+def score_rollouts(
+    policy: Policy, rollouts: Rollouts, chunk_size: int | None = None, with_entropy: bool = True
+) -> TokenScores:
     """:func:`score_completions` over a :class:`Rollouts` (rows in the same order)."""
     return score_completions(
         policy, rollouts.row_prompt_ids(), rollouts.row_completion_ids(), chunk_size, with_entropy
@@ -948,8 +990,9 @@ def iter_activations(
         captured.append(activation.detach())
 
     with torch.no_grad(), policy.model.hooks(fwd_hooks=[(hook_name, capture)]):
-        for rows, _ in iter_scores(policy, prompt_ids, completion_ids, chunk_size, False,
-                                   memory=memory):  # fmt: skip
+        for rows, _ in iter_scores(
+            policy, prompt_ids, completion_ids, chunk_size, False, memory=memory
+        ):
             activation = captured.pop()
             prompt_lengths = torch.tensor([len(p) for p in prompt_ids[rows]])
             completion_lengths = torch.tensor([len(c) for c in completion_ids[rows]])
@@ -958,8 +1001,13 @@ def iter_activations(
             tokens, _ = _right_padded(prompt_ids[rows], completion_ids[rows], policy.pad_token_id)
             row_index = torch.arange(rows.start, rows.stop)[:, None].expand_as(mask)
             position = torch.arange(width)[None, :].expand_as(mask)
-            yield ActivationChunk(rows, activation[mask.to(activation.device)].cpu(),
-                                  tokens[mask], row_index[mask], position[mask])  # fmt: skip
+            yield ActivationChunk(
+                rows,
+                activation[mask.to(activation.device)].cpu(),
+                tokens[mask],
+                row_index[mask],
+                position[mask],
+            )
 
 
 def mean_activations(
@@ -985,8 +1033,9 @@ def mean_activations(
     """
     row_groups = torch.as_tensor(row_groups, dtype=torch.long)
     sums, counts = None, torch.zeros(int(row_groups.max()) + 1, dtype=torch.float64)
-    for chunk in iter_activations(policy, hook_name, prompt_ids, completion_ids, positions,
-                                  chunk_size, memory):  # fmt: skip
+    for chunk in iter_activations(
+        policy, hook_name, prompt_ids, completion_ids, positions, chunk_size, memory
+    ):
         values = chunk.activations.double()
         values = transform(values) if transform is not None else values
         if sums is None:

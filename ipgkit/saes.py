@@ -55,9 +55,11 @@ _LAYER = re.compile(r"^blocks\.(\d+)\.")
 
 #: the traces the shipped SAEs were trained on: both families, standard and hard difficulty
 TRACE_SOURCES = (
-    ("arith-word", "train"), ("arith-chain", "train"),
-    ("arith-word", "hard-train"), ("arith-chain", "hard-train"),
-)  # fmt: skip
+    ("arith-word", "train"),
+    ("arith-chain", "train"),
+    ("arith-word", "hard-train"),
+    ("arith-chain", "hard-train"),
+)
 
 
 def sae_site(layer: int) -> str:
@@ -148,11 +150,20 @@ def reasoning_traces(
     traces: list[list[int]] = []
     for index, (name, split) in enumerate(sources):
         task = load_task(name, split=split, n=per_source, seed=seed + index)
-        rollouts = sample(policy, task.problems, n=1, temperature=temperature, top_p=top_p,
-                          max_new_tokens=max_new_tokens, seed=seed + index, batch_size=128,
-                          progress=progress)  # fmt: skip
-        for prompt, completion in zip(rollouts.row_prompt_ids(), rollouts.row_completion_ids(),
-                                      strict=True):  # fmt: skip
+        rollouts = sample(
+            policy,
+            task.problems,
+            n=1,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            seed=seed + index,
+            batch_size=128,
+            progress=progress,
+        )
+        for prompt, completion in zip(
+            rollouts.row_prompt_ids(), rollouts.row_completion_ids(), strict=True
+        ):
             traces.append([*prompt, *completion])
     return traces[:n_traces]
 
@@ -201,8 +212,16 @@ def train_sae(
             f"layer {config.layer} is out of range: {policy.name} has layers 0..{model.cfg.n_layers - 1}"
         )
     if traces is None:
-        traces = reasoning_traces(policy, config.sources, config.n_traces, config.temperature,
-                                  config.top_p, config.max_new_tokens, config.seed, progress)  # fmt: skip
+        traces = reasoning_traces(
+            policy,
+            config.sources,
+            config.n_traces,
+            config.temperature,
+            config.top_p,
+            config.max_new_tokens,
+            config.seed,
+            progress,
+        )
     if not traces:
         raise IpgkitError("no traces to train the SAE on")
     context_size = max(len(t) for t in traces)
@@ -210,37 +229,62 @@ def train_sae(
         raise IpgkitError(f"a trace of {context_size} tokens exceeds n_ctx = {model.cfg.n_ctx}")
     pad = policy.pad_token_id
     rows = [[*map(int, t), *[pad] * (context_size - len(t))] for t in traces]
-    excluded = [pad] + ([policy.tokenizer.bos_token_id] if policy.tokenizer.bos_token_id is not None else [])  # fmt: skip
+    excluded = [pad] + (
+        [policy.tokenizer.bos_token_id] if policy.tokenizer.bos_token_id is not None else []
+    )
     steps = config.training_tokens // config.train_batch_size_tokens
     with tempfile.TemporaryDirectory(prefix="ipgkit-sae-") as scratch:
         runner_config = LanguageModelSAERunnerConfig(
-            sae=TopKTrainingSAEConfig(d_in=model.cfg.d_model, d_sae=config.expansion * model.cfg.d_model,
-                                      k=config.k, dtype="float32"),
-            model_name=policy.name, hook_name=sae_site(config.layer), dataset_path="",
-            is_dataset_tokenized=True, streaming=False, context_size=context_size,
-            prepend_bos=False, training_tokens=config.training_tokens,
-            train_batch_size_tokens=config.train_batch_size_tokens, store_batch_size_prompts=64,
+            sae=TopKTrainingSAEConfig(
+                d_in=model.cfg.d_model,
+                d_sae=config.expansion * model.cfg.d_model,
+                k=config.k,
+                dtype="float32",
+            ),
+            model_name=policy.name,
+            hook_name=sae_site(config.layer),
+            dataset_path="",
+            is_dataset_tokenized=True,
+            streaming=False,
+            context_size=context_size,
+            prepend_bos=False,
+            training_tokens=config.training_tokens,
+            train_batch_size_tokens=config.train_batch_size_tokens,
+            store_batch_size_prompts=64,
             # the mixing buffer must hold at least one training batch (sae-lens checks it)
-            n_batches_in_buffer=max(8, 2 * math.ceil(config.train_batch_size_tokens / context_size)),
-            device="cpu", lr=config.lr, lr_warm_up_steps=config.lr_warm_up_steps,
-            lr_decay_steps=steps // 5, dead_feature_window=config.dead_feature_window,
+            n_batches_in_buffer=max(
+                8, 2 * math.ceil(config.train_batch_size_tokens / context_size)
+            ),
+            device="cpu",
+            lr=config.lr,
+            lr_warm_up_steps=config.lr_warm_up_steps,
+            lr_decay_steps=steps // 5,
+            dead_feature_window=config.dead_feature_window,
             feature_sampling_window=2 * config.dead_feature_window,
-            exclude_special_tokens=excluded, seed=config.seed, verbose=progress,
-            logger=LoggingConfig(log_to_wandb=False), output_path=str(Path(scratch) / "runner"),
-            checkpoint_path=str(Path(scratch) / "checkpoints"), model_from_pretrained_kwargs={},
-        )  # fmt: skip
+            exclude_special_tokens=excluded,
+            seed=config.seed,
+            verbose=progress,
+            logger=LoggingConfig(log_to_wandb=False),
+            output_path=str(Path(scratch) / "runner"),
+            checkpoint_path=str(Path(scratch) / "checkpoints"),
+            model_from_pretrained_kwargs={},
+        )
         with _quiet_sae_lens():
             LanguageModelSAETrainingRunner(
-                runner_config, override_dataset=Dataset.from_dict({"tokens": rows}),
+                runner_config,
+                override_dataset=Dataset.from_dict({"tokens": rows}),
                 override_model=model,
-            ).run()  # fmt: skip
+            ).run()
             sae = SAE.load_from_disk(Path(scratch) / "runner", device="cpu")
     sae = _plain_decoder(sae)
     sae.cfg.metadata.model_name = policy.name
     sae.cfg.metadata.context_size = context_size
     if out_dir is not None:
-        save_sae(sae, out_dir, {"config": asdict(config), "n_traces": len(traces),
-                                "context_size": context_size})  # fmt: skip
+        save_sae(
+            sae,
+            out_dir,
+            {"config": asdict(config), "n_traces": len(traces), "context_size": context_size},
+        )
     return sae
 
 
@@ -261,9 +305,13 @@ def _plain_decoder(sae):
 @contextlib.contextmanager
 def _quiet_sae_lens() -> Iterator[None]:
     with warnings.catch_warnings():
-        for message in ("You just passed in", "All samples in the training dataset",
-                        "The training dataset contains fewer samples",
-                        "pretokenized dataset has context_size", "To copy construct"):  # fmt: skip
+        for message in (
+            "You just passed in",
+            "All samples in the training dataset",
+            "The training dataset contains fewer samples",
+            "pretokenized dataset has context_size",
+            "To copy construct",
+        ):
             warnings.filterwarnings("ignore", message=message)
         yield
 
@@ -457,8 +505,9 @@ def sae_features(
             f"no SAE is spliced at {site}; spliced: {sorted(sites) or 'none'} "
             "(load_model(name, saes=[layer]) or attach_saes(policy, [...]) splices one)"
         )
-    components = ComponentSet(f"{site}.{FEATURE_HOOK}", None if indices is None else tuple(indices),
-                              kind="sae")  # fmt: skip
+    components = ComponentSet(
+        f"{site}.{FEATURE_HOOK}", None if indices is None else tuple(indices), kind="sae"
+    )
     return components.validate(policy.model)
 
 
@@ -518,8 +567,12 @@ def reconstruction_metrics(
     if count == 0:
         raise IpgkitError("no tokens to measure the SAE on")
     total = float(squares - sums.pow(2).sum() / count)
-    return {"fvu": squared_error / total, "l0": l0 / count,
-            "dead_fraction": float((~fired).double().mean()), "tokens": count}  # fmt: skip
+    return {
+        "fvu": squared_error / total,
+        "l0": l0 / count,
+        "dead_fraction": float((~fired).double().mean()),
+        "tokens": count,
+    }
 
 
 def spliced_accuracy(policy: Policy, sae, tasks: Sequence, batch_size: int = 64) -> dict[str, Any]:
@@ -543,8 +596,13 @@ def spliced_accuracy(policy: Policy, sae, tasks: Sequence, batch_size: int = 64)
             scores.extend(greedy.rewards.tolist())
     differences = [b - a for a, b in zip(plain, replaced, strict=True)]
     change, low, high = mean_interval(differences)
-    return {"accuracy": sum(plain) / len(plain), "accuracy_spliced": sum(replaced) / len(replaced),
-            "accuracy_change": change, "change_ci": [low, high], "problems": len(plain)}  # fmt: skip
+    return {
+        "accuracy": sum(plain) / len(plain),
+        "accuracy_spliced": sum(replaced) / len(replaced),
+        "accuracy_change": change,
+        "change_ci": [low, high],
+        "problems": len(plain),
+    }
 
 
 EVALUATION_SOURCES = tuple((name, split.replace("train", "test")) for name, split in TRACE_SOURCES)
@@ -558,9 +616,13 @@ def evaluate_sae(
     problems of each arithmetic family."""
     traces = reasoning_traces(policy, EVALUATION_SOURCES, n_traces, seed=seed)
     tasks = [load_task(name, split="test", n=n_problems) for name in ("arith-word", "arith-chain")]
-    return {"layer": int(_LAYER.match(sae.cfg.metadata.hook_name).group(1)), "k": sae.cfg.k,
-            "d_sae": sae.cfg.d_sae, **reconstruction_metrics(policy, sae, traces),
-            **spliced_accuracy(policy, sae, tasks)}  # fmt: skip
+    return {
+        "layer": int(_LAYER.match(sae.cfg.metadata.hook_name).group(1)),
+        "k": sae.cfg.k,
+        "d_sae": sae.cfg.d_sae,
+        **reconstruction_metrics(policy, sae, traces),
+        **spliced_accuracy(policy, sae, tasks),
+    }
 
 
 def train_saes(
@@ -589,8 +651,16 @@ def train_saes(
             rows.append(json.loads((target / "metrics.json").read_text()))
             continue
         if traces is None:
-            traces = reasoning_traces(policy, config.sources, config.n_traces, config.temperature,
-                                      config.top_p, config.max_new_tokens, config.seed, progress)  # fmt: skip
+            traces = reasoning_traces(
+                policy,
+                config.sources,
+                config.n_traces,
+                config.temperature,
+                config.top_p,
+                config.max_new_tokens,
+                config.seed,
+                progress,
+            )
         started = time.perf_counter()
         sae = train_sae(policy, replace(config, layer=layer), traces, target, progress)
         metrics = {**evaluate_sae(policy, sae), "train_seconds": time.perf_counter() - started}
@@ -601,8 +671,10 @@ def train_saes(
 
 def metrics_markdown(table: pd.DataFrame) -> str:
     """The saes/README.md table from :func:`train_saes`'s rows."""
-    lines = ["| layer | d_sae | k | FVU | L0 | dead latents | accuracy plain -> SAE only (change, 95% CI) |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| layer | d_sae | k | FVU | L0 | dead latents | accuracy plain -> SAE only (change, 95% CI) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in table.to_dict("records"):
         low, high = row["change_ci"]
         lines.append(

@@ -126,8 +126,14 @@ def paired_comparison(
             p_value = 1.0 if mean == 0.0 else 0.0  # no spread: the difference is exact
         else:
             p_value = float(scipy_stats.ttest_1samp(differences, 0.0).pvalue)
-    return {"difference": mean, "ci_low": low, "ci_high": high, "p_value": p_value, "test": test,
-            "n": int(differences.size)}  # fmt: skip
+    return {
+        "difference": mean,
+        "ci_low": low,
+        "ci_high": high,
+        "p_value": p_value,
+        "test": test,
+        "n": int(differences.size),
+    }
 
 
 def random_dice(units: int, size: int, observed: float | None = None) -> dict[str, float]:

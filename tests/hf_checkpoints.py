@@ -24,8 +24,11 @@ def save_tiny_tokenizer(folder, bos: bool, chat_template: str = CHAT) -> int:
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<s>"]
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tokenizer.train_from_iterator(["Q: 12+30=42\nA: 42", "how many apples now?"] * 10, trainer)
     if bos:
         from tokenizers import processors
@@ -33,20 +36,37 @@ def save_tiny_tokenizer(folder, bos: bool, chat_template: str = CHAT) -> int:
         tokenizer.post_processor = processors.TemplateProcessing(
             single="<s> $A", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))]
         )
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>",
-                                   pad_token="<|endoftext|>", bos_token="<s>" if bos else None)  # fmt: skip
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token="<s>" if bos else None,
+    )
     fast.chat_template = chat_template
     fast.save_pretrained(folder)
     return len(fast)
 
 
-def save_tiny_checkpoint(folder: Path, architecture: str, bos: bool | None = None,
-                         chat_template: str = CHAT, n_ctx: int = 256) -> Path:  # fmt: skip
+def save_tiny_checkpoint(
+    folder: Path,
+    architecture: str,
+    bos: bool | None = None,
+    chat_template: str = CHAT,
+    n_ctx: int = 256,
+) -> Path:
     """A 2-layer random ``qwen2`` or ``llama`` checkpoint with its tokenizer, in ``folder``."""
-    vocab = save_tiny_tokenizer(folder, bos=architecture == "llama" if bos is None else bos,
-                                chat_template=chat_template)  # fmt: skip
-    shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=n_ctx)  # fmt: skip
+    vocab = save_tiny_tokenizer(
+        folder, bos=architecture == "llama" if bos is None else bos, chat_template=chat_template
+    )
+    shape = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab,
+        max_position_embeddings=n_ctx,
+    )
     torch.manual_seed(0)
     if architecture == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**shape))

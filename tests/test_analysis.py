@@ -32,11 +32,13 @@ def support(policy):
 def all_activations(policy, rollouts, components):
     """(value, row, position) for every token and unit, one unpadded forward per row."""
     values = []
-    for row, (prompt, completion) in enumerate(zip(rollouts.row_prompt_ids(),
-                                                   rollouts.row_completion_ids(), strict=True)):  # fmt: skip
+    for row, (prompt, completion) in enumerate(
+        zip(rollouts.row_prompt_ids(), rollouts.row_completion_ids(), strict=True)
+    ):
         with torch.no_grad():
-            _, cache = policy.model.run_with_cache(torch.tensor([[*prompt, *completion]]),
-                                                   names_filter=components.hook_name)  # fmt: skip
+            _, cache = policy.model.run_with_cache(
+                torch.tensor([[*prompt, *completion]]), names_filter=components.hook_name
+            )
         values.append((row, cache[components.hook_name][0][:, list(components.indices)]))
     return values
 
@@ -44,13 +46,19 @@ def all_activations(policy, rollouts, components):
 def test_top_activations_are_the_largest_distinct_contexts(policy, support):
     components = mlp_neurons(1, [4, 11])
     table = top_activations(policy, components, support, n=3, context=5)
-    sequences = [[*p, *c] for p, c in zip(support.row_prompt_ids(), support.row_completion_ids(),
-                                          strict=True)]  # fmt: skip
+    sequences = [
+        [*p, *c]
+        for p, c in zip(support.row_prompt_ids(), support.row_completion_ids(), strict=True)
+    ]
     for u, index in enumerate(components.indices):
         everything = sorted(
-            ((float(acts[p, u]), row, p) for row, acts in all_activations(policy, support, components)
-             for p in range(len(acts))), reverse=True,
-        )  # fmt: skip
+            (
+                (float(acts[p, u]), row, p)
+                for row, acts in all_activations(policy, support, components)
+                for p in range(len(acts))
+            ),
+            reverse=True,
+        )
         distinct, seen = [], set()
         for value, row, p in everything:  # rows of a group repeat their prompt: count it once
             if tuple(sequences[row][: p + 1]) not in seen:
@@ -113,8 +121,9 @@ def test_activation_by_progress_counts_every_generated_token(policy, support):
     fire = frame[frame.set == "all fire"]
     assert fire.tokens.sum() == sum(len(c) for c in support.row_completion_ids())
     assert fire.frequency.dropna().tolist() == pytest.approx([1.0] * fire.frequency.notna().sum())
-    strict = activation_by_progress(policy, {"x": mlp_neurons(0, [3])}, support, n_bins=4,
-                                    threshold=1e9)  # fmt: skip
+    strict = activation_by_progress(
+        policy, {"x": mlp_neurons(0, [3])}, support, n_bins=4, threshold=1e9
+    )
     assert strict.frequency.dropna().eq(0).all()
     assert plot_activation_by_progress(frame) is not None
     with pytest.raises(IpgkitError, match="n_bins"):

@@ -12,8 +12,19 @@ import torch
 from ipgkit.attribution.result import AttributionResult
 from ipgkit.cli import main
 
-ARGS = ["attribute", "--task", "arith-word", "--layer", "2", "--n-problems", "30", "--n-steps", "6",
-        "--internal-batch-size", "4"]  # fmt: skip
+ARGS = [
+    "attribute",
+    "--task",
+    "arith-word",
+    "--layer",
+    "2",
+    "--n-problems",
+    "30",
+    "--n-steps",
+    "6",
+    "--internal-batch-size",
+    "4",
+]
 
 
 def test_a_killed_attribution_resumes_without_rescoring(tmp_path, monkeypatch):
@@ -23,8 +34,12 @@ def test_a_killed_attribution_resumes_without_rescoring(tmp_path, monkeypatch):
     out = tmp_path / "killed" / "scores.parquet"
     checkpoint = out.with_name(".scores.checkpoint.pt")
     env = {**os.environ, "IPGKIT_CHECKPOINT_SECONDS": "0", "HF_HUB_OFFLINE": "1"}
-    child = subprocess.Popen([sys.executable, "-m", "ipgkit.cli", *ARGS, "--out", str(out)],
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-m", "ipgkit.cli", *ARGS, "--out", str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
     def rows_done() -> int:
         try:

@@ -95,8 +95,11 @@ def _reward_nan(folder, policy):
     return lambda: ipgkit.sample(policy, ["1+1"], n=2, max_new_tokens=2, reward=_nan)
 
 
-@case("reward function that returns the wrong length", RewardError,
-      r"'_short' returned 1 values for 2 completions")  # fmt: skip
+@case(
+    "reward function that returns the wrong length",
+    RewardError,
+    r"'_short' returned 1 values for 2 completions",
+)
 def _reward_short(folder, policy):
     return lambda: ipgkit.sample(policy, ["1+1"], n=2, max_new_tokens=2, reward=_short)
 
@@ -109,8 +112,11 @@ def _steer_inside(policy, components, gamma):
     return run
 
 
-@case("component set for another model (layer 7 of a 2-layer model)", HookNameError,
-      r"blocks\.7\.mlp\.hook_post.*closest")  # fmt: skip
+@case(
+    "component set for another model (layer 7 of a 2-layer model)",
+    HookNameError,
+    r"blocks\.7\.mlp\.hook_post.*closest",
+)
 def _other_model(folder, policy):
     return _steer_inside(policy, mlp_neurons(7, [0]), 0.0)
 
@@ -154,15 +160,21 @@ def _no_steps(folder, policy):
     return lambda: ipgkit.ipg(policy, ["1+1"], resid_neurons(0), _nan, n_steps=0)
 
 
-@case("more rollouts in a batch than memory allows", IpgkitError,
-      r"a sampling batch of 100000000 rows .* lower batch_size")  # fmt: skip
+@case(
+    "more rollouts in a batch than memory allows",
+    IpgkitError,
+    r"a sampling batch of 100000000 rows .* lower batch_size",
+)
 def _too_many_rollouts(folder, policy):
     return lambda: ipgkit.sample(policy, ["1+1"], n=10**8, batch_size=10**8, max_new_tokens=8)
 
 
-@case("prompt that alone fills the context", IpgkitError,
-      r"prompt of 408 tokens .*fills the whole context .*on its own.*shorten the prompt"
-      r"(?!.*max_new_tokens)")  # fmt: skip
+@case(
+    "prompt that alone fills the context",
+    IpgkitError,
+    r"prompt of 408 tokens .*fills the whole context .*on its own.*shorten the prompt"
+    r"(?!.*max_new_tokens)",
+)
 def _too_long(folder, policy):
     return lambda: ipgkit.sample(policy, ["1+" * 200], max_new_tokens=8)
 
@@ -185,16 +197,20 @@ def _plain_model(folder, policy):
     return lambda: ipgkit.sample(policy.model, ["1+1"], max_new_tokens=2)
 
 
-@case("tokenizer larger than the model's d_vocab", IpgkitError,
-      r"tokenizer of 'small' has \d+ tokens but the model's d_vocab is 16")  # fmt: skip
+@case(
+    "tokenizer larger than the model's d_vocab",
+    IpgkitError,
+    r"tokenizer of 'small' has \d+ tokens but the model's d_vocab is 16",
+)
 def _tokenizer_too_large(folder, policy):
     from transformer_lens import HookedTransformer
 
     from ipgkit.models.arith import arith_config
     from ipgkit.models.tokenizer import build_char_tokenizer
 
-    config = arith_config(n_layers=1, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=16,
-                          rotary_dim=8, d_vocab=16)  # fmt: skip
+    config = arith_config(
+        n_layers=1, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=16, rotary_dim=8, d_vocab=16
+    )
     model = HookedTransformer(config)
     return lambda: ipgkit.Policy(model, build_char_tokenizer(), "small", lambda q: q)
 
@@ -231,13 +247,25 @@ def _digits(prompts, completions, **_):
 
 
 def _resume_ipg(policy, checkpoint):
-    return lambda: ipgkit.ipg(policy, _PROBLEMS, resid_neurons(0), _digits, n_rollouts=2,
-                              n_steps=2, max_new_tokens=4, temperature=1.0,
-                              checkpoint=checkpoint, progress=False)  # fmt: skip
+    return lambda: ipgkit.ipg(
+        policy,
+        _PROBLEMS,
+        resid_neurons(0),
+        _digits,
+        n_rollouts=2,
+        n_steps=2,
+        max_new_tokens=4,
+        temperature=1.0,
+        checkpoint=checkpoint,
+        progress=False,
+    )
 
 
-@case("truncated IPG checkpoint", DataFormatError,
-      r"ipg\.ckpt is a truncated or corrupt IPG checkpoint .*delete it")  # fmt: skip
+@case(
+    "truncated IPG checkpoint",
+    DataFormatError,
+    r"ipg\.ckpt is a truncated or corrupt IPG checkpoint .*delete it",
+)
 def _truncated_checkpoint(folder, policy):
     checkpoint = _write_ipg_checkpoint(folder, policy)
     data = checkpoint.read_bytes()
@@ -255,8 +283,11 @@ class _RunsCode:
         return (Path.write_text, (Path(self.marker), "code ran"))
 
 
-@case("checkpoint whose pickle would run code", DataFormatError,
-      r"is not a GRPO checkpoint ipgkit can read safely.*refused without running it")  # fmt: skip
+@case(
+    "checkpoint whose pickle would run code",
+    DataFormatError,
+    r"is not a GRPO checkpoint ipgkit can read safely.*refused without running it",
+)
 def _malicious_checkpoint(folder, policy):
     import torch
 
@@ -276,8 +307,11 @@ def _malicious_checkpoint(folder, policy):
     )
 
 
-@case("corrupt cached rollouts file", DataFormatError,
-      r"support-[0-9a-f]+\.pt is a truncated or corrupt cached rollouts file")  # fmt: skip
+@case(
+    "corrupt cached rollouts file",
+    DataFormatError,
+    r"support-[0-9a-f]+\.pt is a truncated or corrupt cached rollouts file",
+)
 def _corrupt_rollouts(folder, policy):
     from ipgkit.experiments.workspace import digest
 
@@ -300,8 +334,11 @@ def _truncated_result(folder, policy):
     return lambda: AttributionResult.load(path)
 
 
-@case("results file that is not ipgkit's", DataFormatError,
-      r"other\.safetensors has no ipgkit metadata \(not written by result\.save\)")  # fmt: skip
+@case(
+    "results file that is not ipgkit's",
+    DataFormatError,
+    r"other\.safetensors has no ipgkit metadata \(not written by result\.save\)",
+)
 def _foreign_result(folder, policy):
     import torch
     from safetensors.torch import save_file
@@ -312,8 +349,9 @@ def _foreign_result(folder, policy):
     return lambda: AttributionResult.load(folder / "other.safetensors")
 
 
-@case("SAE folder with a malformed cfg.json", DataFormatError,
-      r"arith-L0/cfg\.json is not valid JSON")  # fmt: skip
+@case(
+    "SAE folder with a malformed cfg.json", DataFormatError, r"arith-L0/cfg\.json is not valid JSON"
+)
 def _malformed_sae(folder, policy):
     from ipgkit.saes import load_sae, save_sae
     from tests.test_saes import random_sae
@@ -323,8 +361,11 @@ def _malformed_sae(folder, policy):
     return lambda: load_sae(sae_dir)
 
 
-@case("output folder holding results of other settings", IpgkitError,
-      r"holds results of other settings \(differing: layer\).*--overwrite")  # fmt: skip
+@case(
+    "output folder holding results of other settings",
+    IpgkitError,
+    r"holds results of other settings \(differing: layer\).*--overwrite",
+)
 def _other_settings(folder, policy):
     Workspace(folder / "run", {"layer": 2})
     (folder / "run" / "evaluations.jsonl").write_text('{"key": "k"}\n')
@@ -346,8 +387,11 @@ def _unknown_model(folder, policy):
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+    return {
+        str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def model_state(policy) -> dict:
@@ -358,8 +402,9 @@ def model_state(policy) -> dict:
     weights = hashlib.sha1()
     for name, tensor in policy.model.state_dict().items():
         weights.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
-    hooks = sum(len(point.fwd_hooks) + len(point.bwd_hooks)
-                for point in policy.model.hook_dict.values())  # fmt: skip
+    hooks = sum(
+        len(point.fwd_hooks) + len(point.bwd_hooks) for point in policy.model.hook_dict.values()
+    )
     with torch.no_grad():
         greedy = ipgkit.sample(policy, ["12+7"], max_new_tokens=6).completion_ids.tolist()
     return {"weights": weights.hexdigest(), "hooks": hooks, "greedy": greedy}
@@ -374,10 +419,12 @@ def state_of(folder: Path, policy) -> dict:
     return {"files": snapshot(folder), **model_state(policy)}
 
 
-@pytest.mark.parametrize(("name", "error", "message", "setup"), CATALOGUE,
-                         ids=[c[0] for c in CATALOGUE])  # fmt: skip
-def test_bad_input_is_named_and_nothing_is_written_or_lost(name, error, message, setup, tmp_path,
-                                                           policy):  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "error", "message", "setup"), CATALOGUE, ids=[c[0] for c in CATALOGUE]
+)
+def test_bad_input_is_named_and_nothing_is_written_or_lost(
+    name, error, message, setup, tmp_path, policy
+):
     call = setup(tmp_path, policy)
     before = state_of(tmp_path, policy)
     with pytest.raises(error, match=message) as raised:
@@ -404,9 +451,13 @@ def test_the_nothing_changed_check_catches_damage(tmp_path):
     def stop_at_once():  # neither a hook nor a weight, but the policy samples otherwise
         policy.stop_token_ids = tuple(range(len(policy.tokenizer)))
 
-    damages = [("hooks", leave_a_hook), ("weights", change_a_weight), ("greedy", stop_at_once),
-               ("files", lambda: (tmp_path / "kept.txt").write_text("lost")),
-               ("files", lambda: (tmp_path / "new.txt").write_text("written"))]  # fmt: skip
+    damages = [
+        ("hooks", leave_a_hook),
+        ("weights", change_a_weight),
+        ("greedy", stop_at_once),
+        ("files", lambda: (tmp_path / "kept.txt").write_text("lost")),
+        ("files", lambda: (tmp_path / "new.txt").write_text("written")),
+    ]
     for what, damage in damages:
         damage()
         with pytest.raises(AssertionError, match=f"changed the {what}"):

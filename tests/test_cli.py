@@ -6,9 +6,17 @@ from ipgkit.errors import ZeroSignalWarning
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["train-model"], ["evaluate"], ["attribute"], ["train-sae"], ["demo"], ["experiments"],
-     ["figures"]],
-)  # fmt: skip
+    [
+        [],
+        ["train-model"],
+        ["evaluate"],
+        ["attribute"],
+        ["train-sae"],
+        ["demo"],
+        ["experiments"],
+        ["figures"],
+    ],
+)
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
@@ -35,10 +43,31 @@ def test_attribute_writes_a_table_a_result_and_a_plot(tmp_path, capsys):
     from ipgkit.attribution import AttributionResult
 
     out = tmp_path / "scores.csv"
-    code = main(["attribute", "--n-problems", "3", "--n-rollouts", "2", "--n-steps", "2",
-                 "--layer", "1", "--site", "mlp", "--top", "5", "--reward", "length",
-                 "--temperature", "1.5", "--top-p", "1.0",
-                 "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            "attribute",
+            "--n-problems",
+            "3",
+            "--n-rollouts",
+            "2",
+            "--n-steps",
+            "2",
+            "--layer",
+            "1",
+            "--site",
+            "mlp",
+            "--top",
+            "5",
+            "--reward",
+            "length",
+            "--temperature",
+            "1.5",
+            "--top-p",
+            "1.0",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     table = pd.read_csv(out)
     assert len(table) == 512 and set(table["rank"]) == set(range(1, 513))
@@ -56,10 +85,31 @@ def test_attribute_scores_sae_features(tmp_path, capsys):
 
     sae_dir = save_sae(random_sae(128, 1, d_sae=96, k=8), tmp_path / "arith-L1")
     out = tmp_path / "features.csv"
-    code = main(["attribute", "--n-problems", "2", "--n-rollouts", "2", "--n-steps", "2",
-                 "--layer", "1", "--site", "sae", "--sae", str(sae_dir), "--reward", "length",
-                 "--temperature", "1.5", "--top-p", "1.0",
-                 "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            "attribute",
+            "--n-problems",
+            "2",
+            "--n-rollouts",
+            "2",
+            "--n-steps",
+            "2",
+            "--layer",
+            "1",
+            "--site",
+            "sae",
+            "--sae",
+            str(sae_dir),
+            "--reward",
+            "length",
+            "--temperature",
+            "1.5",
+            "--top-p",
+            "1.0",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     table = pd.read_csv(out)
     assert len(table) == 96 and set(table.kind) == {"sae"}
@@ -95,9 +145,20 @@ def test_figures_redraws_from_saved_tables_only(tmp_path, capsys):
     assert "no saved results" in capsys.readouterr().out
     data = tmp_path / "data" / "experiments"
     data.mkdir(parents=True)
-    rows = [{"method": m, "level": "neuron", "condition": c, "family": "pooled", "accuracy": a,
-             "ci_low": a - 0.05, "ci_high": a + 0.05, "base_accuracy": 0.6}
-            for m, a in (("IPG", 0.4), ("Random", 0.55)) for c in ("enhance", "suppress")]  # fmt: skip
+    rows = [
+        {
+            "method": m,
+            "level": "neuron",
+            "condition": c,
+            "family": "pooled",
+            "accuracy": a,
+            "ci_low": a - 0.05,
+            "ci_high": a + 0.05,
+            "base_accuracy": 0.6,
+        }
+        for m, a in (("IPG", 0.4), ("Random", 0.55))
+        for c in ("enhance", "suppress")
+    ]
     pd.DataFrame(rows).to_csv(data / "control.csv", index=False)
     assert main(["figures", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "control_table1.png").stat().st_size > 10_000
@@ -110,8 +171,23 @@ def test_attribute_says_when_no_unit_can_be_ranked(tmp_path, capsys):
     out = tmp_path / "scores.csv"
     # a keyword the model never writes: every rollout earns 0, so no advantage is nonzero
     with pytest.warns(ZeroSignalWarning):
-        code = main(["attribute", "--n-problems", "2", "--n-rollouts", "2", "--n-steps", "2",
-                     "--layer", "1", "--reward", "keywords:@@@", "--out", str(out)])  # fmt: skip
+        code = main(
+            [
+                "attribute",
+                "--n-problems",
+                "2",
+                "--n-rollouts",
+                "2",
+                "--n-steps",
+                "2",
+                "--layer",
+                "1",
+                "--reward",
+                "keywords:@@@",
+                "--out",
+                str(out),
+            ]
+        )
     assert code == 0
     printed = capsys.readouterr().out
     assert printed.startswith("No unit could be ranked (every score is 0): every prompt's")

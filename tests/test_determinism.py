@@ -13,10 +13,19 @@ from tests.conftest import tiny_policy
 def run_everything():
     policy = tiny_policy(seed=3, n_ctx=256)
     task = ipgkit.tasks.load("arith-word", split="test", n=6)
-    rollouts = ipgkit.sample(policy, task.problems, n=3, temperature=0.9, top_p=0.9,
-                             max_new_tokens=12, seed=7, reward=length_reward)  # fmt: skip
-    result = ipgkit.ipg(policy, None, mlp_neurons(1), rollouts=rollouts, n_rollouts=3, n_steps=3,
-                        progress=False)  # fmt: skip
+    rollouts = ipgkit.sample(
+        policy,
+        task.problems,
+        n=3,
+        temperature=0.9,
+        top_p=0.9,
+        max_new_tokens=12,
+        seed=7,
+        reward=length_reward,
+    )
+    result = ipgkit.ipg(
+        policy, None, mlp_neurons(1), rollouts=rollouts, n_rollouts=3, n_steps=3, progress=False
+    )
     table = ipgkit.evaluate(policy, task, n_samples=2, max_new_tokens=12, seed=5)
     return rollouts, result, table
 

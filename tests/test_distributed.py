@@ -19,8 +19,15 @@ from ipgkit.rollouts import Rollouts
 from ipgkit.tasks import length_reward
 from tests.conftest import tiny_policy
 
-SETTINGS = dict(n_rollouts=3, n_steps=3, max_new_tokens=10, temperature=0.9, top_p=1.0,
-                seeding="problem", internal_batch_size=8)  # fmt: skip
+SETTINGS = dict(
+    n_rollouts=3,
+    n_steps=3,
+    max_new_tokens=10,
+    temperature=0.9,
+    top_p=1.0,
+    seeding="problem",
+    internal_batch_size=8,
+)
 
 WORKER = """
 import sys
@@ -55,8 +62,9 @@ def test_per_problem_seeding_gives_each_problem_the_same_rollouts_in_any_batch()
     together = ipgkit.sample(policy, problems(), batch_size=4, **settings)
     alone = ipgkit.sample(policy, problems()[3:], batch_size=2, **settings)
     assert together.texts[9:] == alone.texts
-    assert torch.equal(together.completion_ids[9:, : alone.completion_ids.shape[1]],
-                       alone.completion_ids)  # fmt: skip
+    assert torch.equal(
+        together.completion_ids[9:, : alone.completion_ids.shape[1]], alone.completion_ids
+    )
 
 
 def test_two_processes_under_torchrun_equal_one(tmp_path):
@@ -65,13 +73,27 @@ def test_two_processes_under_torchrun_equal_one(tmp_path):
     script.write_text(WORKER)
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                str(script), str(out)]  # fmt: skip
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        str(out),
+    ]
     done = subprocess.run(torchrun, env=env, cwd=root, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     sharded = AttributionResult.load(out)
-    single = ipgkit.ipg(tiny_policy(seed=4, n_ctx=256), problems(), mlp_neurons(1), length_reward,
-                        progress=False, **SETTINGS)  # fmt: skip
+    single = ipgkit.ipg(
+        tiny_policy(seed=4, n_ctx=256),
+        problems(),
+        mlp_neurons(1),
+        length_reward,
+        progress=False,
+        **SETTINGS,
+    )
     assert sharded.info["processes"] == 2
     assert single.scores.abs().max() > 0
     torch.testing.assert_close(sharded.per_prompt, single.per_prompt, atol=1e-6, rtol=1e-6)
@@ -81,8 +103,9 @@ def test_two_processes_under_torchrun_equal_one(tmp_path):
     assert sharded.info["delta"] == pytest.approx(single.info["delta"], abs=1e-6)
 
     task = ipgkit.tasks.load("arith-word", split="test", n=5)
-    alone = ipgkit.evaluation_rollouts(tiny_policy(seed=4, n_ctx=256), task, n_samples=2,
-                                       max_new_tokens=10, seeding="problem")  # fmt: skip
+    alone = ipgkit.evaluation_rollouts(
+        tiny_policy(seed=4, n_ctx=256), task, n_samples=2, max_new_tokens=10, seeding="problem"
+    )
     states = torch.load(f"{out}.pt", weights_only=True)
     for state, expected in zip(states, alone, strict=True):
         gathered = Rollouts.from_state_dict(state)

@@ -19,8 +19,20 @@ from ipgkit.errors import IpgkitError
 from ipgkit.rollouts import sample
 from ipgkit.tasks.base import Problem
 
-ARGS = ["evaluate", "--task", "arith-word", "--limit", "48", "--samples", "2", "--ks", "1", "2",
-        "--batch-size", "8"]  # fmt: skip
+ARGS = [
+    "evaluate",
+    "--task",
+    "arith-word",
+    "--limit",
+    "48",
+    "--samples",
+    "2",
+    "--ks",
+    "1",
+    "2",
+    "--batch-size",
+    "8",
+]
 
 
 def saved_batches(progress: Path) -> int:
@@ -37,9 +49,12 @@ def test_a_killed_evaluation_resumes_without_redecoding(tmp_path, monkeypatch):
 
     out = tmp_path / "killed.csv"
     progress = tmp_path / ".killed.progress"
-    child = subprocess.Popen([sys.executable, "-m", "ipgkit.cli", *ARGS, "--out", str(out)],
-                             env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-m", "ipgkit.cli", *ARGS, "--out", str(out)],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 300
     while saved_batches(progress) < 8 and child.poll() is None:  # 6 greedy + 2 sampled
         assert time.monotonic() < deadline, "no batches saved in time"
@@ -65,11 +80,11 @@ def test_a_killed_evaluation_resumes_without_redecoding(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("seeding", ["batch", "problem"])
-def test_sampling_resumes_from_any_batch_to_the_same_rollouts(policy, tmp_path, seeding,
-                                                              monkeypatch):  # fmt: skip
+def test_sampling_resumes_from_any_batch_to_the_same_rollouts(
+    policy, tmp_path, seeding, monkeypatch
+):
     problems = [Problem(f"p{i}", f"{i}+{i % 3}", "", "") for i in range(5)]
-    settings = dict(n=3, temperature=1.0, max_new_tokens=10, seed=2, batch_size=4,
-                    seeding=seeding)  # fmt: skip
+    settings = dict(n=3, temperature=1.0, max_new_tokens=10, seed=2, batch_size=4, seeding=seeding)
     whole = sample(policy, problems, **settings)
     snapshots = []  # the checkpoint as it stood after each batch: what a kill there leaves
     save = rollouts_module.atomic_torch_save

@@ -45,8 +45,10 @@ def test_every_writer_gives_a_new_files_permissions(tmp_path):
 def test_a_json_record_round_trips_dataclasses_tuples_and_frames(tmp_path):
     problem = Problem("p/1", "1+1?", "1+1=2", "2", metadata={"steps": 1})
     pool = HardPool([problem], [FailedAttempt(problem, "1+1=3", ("1+1=3",))], k=8, candidates=5)
-    save_json_record({"pool": pool, "table": pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})},
-                     tmp_path / "record.json")  # fmt: skip
+    save_json_record(
+        {"pool": pool, "table": pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})},
+        tmp_path / "record.json",
+    )
     back = load_json_record(tmp_path / "record.json", [HardPool, FailedAttempt, Problem])
     assert back["pool"] == pool and isinstance(back["pool"].attempts[0].steps, tuple)
     pd.testing.assert_frame_equal(back["table"], pd.DataFrame({"a": [1, 2], "b": ["x", "y"]}))

@@ -23,10 +23,23 @@ from tests.conftest import tiny_policy
 
 
 def attention_model(n_key_value_heads=None, **overrides) -> HookedTransformer:
-    settings = dict(n_layers=3, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=48, d_vocab=40,
-                    act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
-                    rotary_dim=8, gated_mlp=True, n_key_value_heads=n_key_value_heads, seed=0,
-                    dtype=torch.float64)  # fmt: skip
+    settings = dict(
+        n_layers=3,
+        d_model=32,
+        n_heads=4,
+        d_head=8,
+        d_mlp=64,
+        n_ctx=48,
+        d_vocab=40,
+        act_fn="silu",
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        rotary_dim=8,
+        gated_mlp=True,
+        n_key_value_heads=n_key_value_heads,
+        seed=0,
+        dtype=torch.float64,
+    )
     settings.update(overrides)
     model = HookedTransformer(HookedTransformerConfig(**settings)).eval()
     for parameter in model.parameters():
@@ -94,8 +107,9 @@ def test_hooks_on_the_pattern_and_left_padding_keep_transformer_lens_attention()
     )
     torch.testing.assert_close(observed, eager_out, rtol=0, atol=0)
     assert not torch.equal(fused_cache["blocks.0.hook_attn_out"], eager_out)  # fused otherwise
-    torch.testing.assert_close(fused_cache["blocks.0.hook_attn_out"], eager_out, atol=1e-12,
-                               rtol=1e-10)  # fmt: skip
+    torch.testing.assert_close(
+        fused_cache["blocks.0.hook_attn_out"], eager_out, atol=1e-12, rtol=1e-10
+    )
 
 
 def test_attention_the_fused_path_cannot_reproduce_is_left_alone():
@@ -170,8 +184,11 @@ def test_split_keeps_order_and_fits_each_chunk(deep_policy):
 
 def test_a_row_larger_than_the_budget_is_refused_with_its_size(deep_policy):
     budget = MemoryBudget(1.0)
-    with pytest.raises(IpgkitError, match=r"memory budget of 1 MiB is below the \d+ MiB one row "
-                                          r"of 5000 tokens needs"):  # fmt: skip
+    with pytest.raises(
+        IpgkitError,
+        match=r"memory budget of 1 MiB is below the \d+ MiB one row "
+        r"of 5000 tokens needs",
+    ):
         budget.split([[0]], [5000], deep_policy.model.cfg)
 
 
@@ -202,8 +219,9 @@ def rollout_rows(policy, n_problems=3, n=3):
     return prompts, completions
 
 
-@pytest.mark.parametrize("components", [resid_neurons(0), mlp_neurons(1, [1, 7, 30])],
-                         ids=["resid-0", "mlp-1"])  # fmt: skip
+@pytest.mark.parametrize(
+    "components", [resid_neurons(0), mlp_neurons(1, [1, 7, 30])], ids=["resid-0", "mlp-1"]
+)
 @pytest.mark.parametrize("positions", ["all", "generated"])
 def test_budgeted_path_gradients_equal_unbudgeted(deep_policy, components, positions):
     prompts, completions = rollout_rows(deep_policy)
@@ -218,16 +236,33 @@ def test_budgeted_path_gradients_equal_unbudgeted(deep_policy, components, posit
     # blocks must replay it under the layout of their forward
     steering = scaling_hook(mlp_neurons(2).resolved(model), 1.7, "generated")
     with model.hooks(fwd_hooks=[("blocks.2.mlp.hook_post", steering)]):
-        plain = path_gradients(deep_policy, components, prompts, completions, alphas, weights,
-                               positions=positions, internal_batch_size=8)  # fmt: skip
-        budgeted = path_gradients(deep_policy, components, prompts, completions, alphas, weights,
-                                  positions=positions, internal_batch_size=8,
-                                  memory_budget=budget)  # fmt: skip
+        plain = path_gradients(
+            deep_policy,
+            components,
+            prompts,
+            completions,
+            alphas,
+            weights,
+            positions=positions,
+            internal_batch_size=8,
+        )
+        budgeted = path_gradients(
+            deep_policy,
+            components,
+            prompts,
+            completions,
+            alphas,
+            weights,
+            positions=positions,
+            internal_batch_size=8,
+            memory_budget=budget,
+        )
     assert len(budget.split([list(range(rows))], [widest] * rows, model.cfg, units)) >= 3
     assert plain.contributions.abs().max() > 1e-4
     torch.testing.assert_close(budgeted.contributions, plain.contributions, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(budgeted.sequence_logprobs, plain.sequence_logprobs, atol=1e-5,
-                               rtol=1e-6)  # fmt: skip
+    torch.testing.assert_close(
+        budgeted.sequence_logprobs, plain.sequence_logprobs, atol=1e-5, rtol=1e-6
+    )
 
 
 def test_budgeted_scores_equal_unbudgeted(deep_policy):
@@ -240,10 +275,12 @@ def test_budgeted_scores_equal_unbudgeted(deep_policy):
     for rows, scores in budgeted:
         width = scores.logprobs.shape[1]
         expected = plain[0][1]
-        torch.testing.assert_close(scores.logprobs, expected.logprobs[rows, :width], atol=1e-5,
-                                   rtol=1e-5)  # fmt: skip
-        torch.testing.assert_close(scores.entropy, expected.entropy[rows, :width], atol=1e-5,
-                                   rtol=1e-5)  # fmt: skip
+        torch.testing.assert_close(
+            scores.logprobs, expected.logprobs[rows, :width], atol=1e-5, rtol=1e-5
+        )
+        torch.testing.assert_close(
+            scores.entropy, expected.entropy[rows, :width], atol=1e-5, rtol=1e-5
+        )
 
 
 def test_ipg_with_a_memory_budget_equals_ipg_without(deep_policy):
@@ -252,11 +289,17 @@ def test_ipg_with_a_memory_budget_equals_ipg_without(deep_policy):
     def digits(prompts, completions, **_):
         return [float(sum(ch.isdigit() for ch in text)) for text in completions]
 
-    settings = dict(n_rollouts=3, n_steps=3, temperature=1.0, top_p=1.0, max_new_tokens=12,
-                    internal_batch_size=6, progress=False)  # fmt: skip
+    settings = dict(
+        n_rollouts=3,
+        n_steps=3,
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=12,
+        internal_batch_size=6,
+        progress=False,
+    )
     plain = ipg(deep_policy, problems, mlp_neurons(1), digits, **settings)
-    budgeted = ipg(deep_policy, problems, mlp_neurons(1), digits, memory_budget_mib=2.0,
-                   **settings)  # fmt: skip
+    budgeted = ipg(deep_policy, problems, mlp_neurons(1), digits, memory_budget_mib=2.0, **settings)
     assert plain.info["rows_scored"] > 0
     torch.testing.assert_close(budgeted.per_prompt, plain.per_prompt, atol=1e-5, rtol=1e-4)
     assert "memory_budget_mib" not in IPGConfig().describe()  # earlier cache keys stay valid
@@ -270,6 +313,7 @@ def test_the_mean_baseline_under_a_budget_equals_the_unbudgeted_one(deep_policy)
     groups = torch.arange(len(prompts)) // 3
     budget = MemoryBudget(2 * MemoryBudget(1e6).row_bytes(deep_policy.model.cfg, 30) / 2**20)
     plain = mean_activations(deep_policy, "blocks.1.mlp.hook_post", prompts, completions, groups)
-    budgeted = mean_activations(deep_policy, "blocks.1.mlp.hook_post", prompts, completions,
-                                groups, memory=budget)  # fmt: skip
+    budgeted = mean_activations(
+        deep_policy, "blocks.1.mlp.hook_post", prompts, completions, groups, memory=budget
+    )
     torch.testing.assert_close(budgeted, plain, atol=1e-6, rtol=1e-5)

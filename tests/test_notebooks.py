@@ -7,9 +7,22 @@ from pathlib import Path
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
-SMALL = {"N_PROBLEMS": 12, "N_SAMPLES": 4, "POOL": 12, "K": 2, "HELD_OUT": 6, "STEPS": 1,
-         "SUPPORT": 3, "VALIDATION": 4, "TEST": 6, "SEEDS": 2, "P_GRID": (2,), "GAMMA_GRID": (1.5,),
-         "SUPPORT_SIZES": (6,), "OUT": "experiments"}  # fmt: skip
+SMALL = {
+    "N_PROBLEMS": 12,
+    "N_SAMPLES": 4,
+    "POOL": 12,
+    "K": 2,
+    "HELD_OUT": 6,
+    "STEPS": 1,
+    "SUPPORT": 3,
+    "VALIDATION": 4,
+    "TEST": 6,
+    "SEEDS": 2,
+    "P_GRID": (2,),
+    "GAMMA_GRID": (1.5,),
+    "SUPPORT_SIZES": (6,),
+    "OUT": "experiments",
+}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -191,8 +191,14 @@ def test_zero_std_fraction_on_mixed_groups(policy):
 
 def test_rewards_and_zero_std_fraction(policy):
     task = load("arith-chain", split="test", n=3)
-    rollouts = ipgkit.sample(policy, task.problems, n=2, temperature=1.0, max_new_tokens=6,
-                             reward=lambda prompts, completions, **kw: [1.0] * len(completions))  # fmt: skip
+    rollouts = ipgkit.sample(
+        policy,
+        task.problems,
+        n=2,
+        temperature=1.0,
+        max_new_tokens=6,
+        reward=lambda prompts, completions, **kw: [1.0] * len(completions),
+    )
     assert rollouts.frac_reward_zero_std == 1.0
     assert torch.equal(rollouts.advantages(), torch.zeros(6))
     frame = rollouts.to_dataframe()
@@ -234,8 +240,10 @@ def test_scoring_long_completions_in_position_blocks_changes_nothing(policy):
     from ipgkit.rollouts import iter_scores
 
     prompts = policy.encode(["Q: 1+2\nA:\n", "Q: 30*4\nA:\n"])
-    completions = [policy.encode_completions(["1+2=3\n#### 3"])[0],
-                   policy.encode_completions(["30*4=120\n#### 120"])[0]]  # fmt: skip
+    completions = [
+        policy.encode_completions(["1+2=3\n#### 3"])[0],
+        policy.encode_completions(["30*4=120\n#### 120"])[0],
+    ]
     unembed = policy.model.unembed.W_U
     results = []
     for block in (256, 3):
@@ -250,8 +258,15 @@ def test_scoring_long_completions_in_position_blocks_changes_nothing(policy):
 
 def test_select_keeps_whole_groups_in_the_order_asked(policy):
     task = load("arith-chain", n=4)
-    rollouts = sample(policy, task.problems, n=3, temperature=1.0, max_new_tokens=6,
-                      reward=task.correctness, seed=3)  # fmt: skip
+    rollouts = sample(
+        policy,
+        task.problems,
+        n=3,
+        temperature=1.0,
+        max_new_tokens=6,
+        reward=task.correctness,
+        seed=3,
+    )
     chosen = rollouts.select([2, 0])
     assert [p.id for p in chosen.problems] == [task.problems[2].id, task.problems[0].id]
     assert chosen.group_ids.tolist() == [0, 0, 0, 1, 1, 1]

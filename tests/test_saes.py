@@ -40,12 +40,24 @@ from tests.attribution.test_ipg import (
 from tests.conftest import tiny_policy
 
 
-def random_sae(d_in: int, layer: int, d_sae: int = 64, k: int = 8, seed: int = 0,
-               dtype: str = "float32", model_name: str | None = None) -> TopKSAE:  # fmt: skip
+def random_sae(
+    d_in: int,
+    layer: int,
+    d_sae: int = 64,
+    k: int = 8,
+    seed: int = 0,
+    dtype: str = "float32",
+    model_name: str | None = None,
+) -> TopKSAE:
     """A TopK SAE with random weights (and biases, so latents fire and b_dec matters)."""
     hook_name = f"blocks.{layer}.hook_resid_post"
-    config = TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, dtype=dtype,
-                           metadata=SAEMetadata(hook_name=hook_name, model_name=model_name))  # fmt: skip
+    config = TopKSAEConfig(
+        d_in=d_in,
+        d_sae=d_sae,
+        k=k,
+        dtype=dtype,
+        metadata=SAEMetadata(hook_name=hook_name, model_name=model_name),
+    )
     sae = TopKSAE(config)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -173,25 +185,45 @@ def test_feature_ipg_runs_through_ipg_and_flags_gradients_through_error_terms(sp
     with warnings.catch_warnings():
         # features of the last SAE: no spliced SAE sits downstream of them
         warnings.filterwarnings("error", message=".*error term carries no gradient")
-        result = ipgkit.ipg(policy, problems, sae_features(policy, layer=1), digits, n_rollouts=3,
-                            n_steps=3, temperature=1.0, top_p=1.0, max_new_tokens=8,
-                            progress=False)  # fmt: skip
+        result = ipgkit.ipg(
+            policy,
+            problems,
+            sae_features(policy, layer=1),
+            digits,
+            n_rollouts=3,
+            n_steps=3,
+            temperature=1.0,
+            top_p=1.0,
+            max_new_tokens=8,
+            progress=False,
+        )
     table = result.to_dataframe()
     assert set(table.kind) == {"sae"} and len(table) == 64
     rollouts = sample(policy, problems, n=2, temperature=1.0, max_new_tokens=6)
     rows = len(rollouts)
     for upstream in (mlp_neurons(1), sae_features(policy, layer=0)):
         with pytest.warns(UserWarning, match="error term carries no gradient"):
-            path_gradients(policy, upstream, rollouts.row_prompt_ids(),
-                           rollouts.row_completion_ids(), torch.ones(rows), torch.ones(rows))  # fmt: skip
+            path_gradients(
+                policy,
+                upstream,
+                rollouts.row_prompt_ids(),
+                rollouts.row_completion_ids(),
+                torch.ones(rows),
+                torch.ones(rows),
+            )
 
 
 def test_reconstruction_metrics_of_a_perfect_sae_are_exact():
     """W_enc = [I, -I], W_dec = [I; -I], k = d_in: decode(encode(x)) = relu(x) - relu(-x) = x."""
     policy = tiny_policy(seed=2)
     d = policy.model.cfg.d_model
-    config = TopKSAEConfig(d_in=d, d_sae=2 * d, k=d, apply_b_dec_to_input=False,
-                           metadata=SAEMetadata(hook_name="blocks.0.hook_resid_post"))  # fmt: skip
+    config = TopKSAEConfig(
+        d_in=d,
+        d_sae=2 * d,
+        k=d,
+        apply_b_dec_to_input=False,
+        metadata=SAEMetadata(hook_name="blocks.0.hook_resid_post"),
+    )
     sae = TopKSAE(config)
     with torch.no_grad():
         eye = torch.eye(d)
@@ -213,11 +245,21 @@ def test_train_sae_writes_a_loadable_sae_lens_folder(tmp_path):
     traces = policy.encode(
         [f"Q: {i}+{2 * i}?\nA:\n{i}+{2 * i}={3 * i}\n#### {3 * i}" for i in range(40)]
     )
-    config = SAETrainingConfig(layer=1, k=4, expansion=2, training_tokens=65536, lr=3e-3,
-                               train_batch_size_tokens=512, lr_warm_up_steps=5)  # fmt: skip
+    config = SAETrainingConfig(
+        layer=1,
+        k=4,
+        expansion=2,
+        training_tokens=65536,
+        lr=3e-3,
+        train_batch_size_tokens=512,
+        lr_warm_up_steps=5,
+    )
     sae = train_sae(policy, config, traces=traces, out_dir=tmp_path / "tiny-L1", progress=False)
     assert sorted(p.name for p in (tmp_path / "tiny-L1").iterdir()) == [
-        "cfg.json", "ipgkit_training.json", "sae_weights.safetensors"]  # fmt: skip
+        "cfg.json",
+        "ipgkit_training.json",
+        "sae_weights.safetensors",
+    ]
     loaded = load_sae(tmp_path / "tiny-L1", policy)
     assert loaded.cfg.metadata.hook_name == "blocks.1.hook_resid_post"
     assert (loaded.cfg.d_sae, loaded.cfg.k, loaded.cfg.rescale_acts_by_decoder_norm) == (
@@ -256,9 +298,18 @@ def test_missing_shipped_sae_and_bad_paths_get_clear_errors(tmp_path):
 def test_metrics_markdown_formats_one_row_per_layer():
     import pandas as pd
 
-    row = {"layer": 2, "d_sae": 2048, "k": 16, "fvu": 0.0312, "l0": 16.0, "dead_fraction": 0.05,
-           "accuracy": 0.6, "accuracy_spliced": 0.5, "accuracy_change": -0.1,
-           "change_ci": [-0.15, -0.05]}  # fmt: skip
+    row = {
+        "layer": 2,
+        "d_sae": 2048,
+        "k": 16,
+        "fvu": 0.0312,
+        "l0": 16.0,
+        "dead_fraction": 0.05,
+        "accuracy": 0.6,
+        "accuracy_spliced": 0.5,
+        "accuracy_change": -0.1,
+        "change_ci": [-0.15, -0.05],
+    }
     text = metrics_markdown(pd.DataFrame([row]))
     assert (
         "| 2 | 2048 | 16 | 0.031 | 16.0 | 5.0% | 0.600 -> 0.500 (-0.100, [-0.150, -0.050]) |"
@@ -266,8 +317,10 @@ def test_metrics_markdown_formats_one_row_per_layer():
     )
 
 
-@pytest.mark.skipif(not (shipped_sae_dir("arith", 2) / "cfg.json").exists(),
-                    reason="the shipped SAEs are not trained yet")  # fmt: skip
+@pytest.mark.skipif(
+    not (shipped_sae_dir("arith", 2) / "cfg.json").exists(),
+    reason="the shipped SAEs are not trained yet",
+)
 def test_load_model_splices_the_shipped_sae_without_changing_the_model():
     plain = ipgkit.load_model("arith")
     policy = ipgkit.load_model("arith", saes=[2])

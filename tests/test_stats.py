@@ -127,8 +127,9 @@ def test_random_dice_is_the_exact_distribution_of_random_subsets():
 
 def outcome(correct):
     correct = np.asarray(correct, dtype=float)
-    return Outcome([f"p{i}" for i in range(len(correct))], correct, np.ones(len(correct)),
-                   [""] * len(correct))  # fmt: skip
+    return Outcome(
+        [f"p{i}" for i in range(len(correct))], correct, np.ones(len(correct)), [""] * len(correct)
+    )
 
 
 def test_table_one_uses_exact_mcnemar_on_problem_pairs_for_one_set():

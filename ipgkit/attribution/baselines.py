@@ -50,10 +50,31 @@ from .result import AttributionResult
 ARITHMETIC_CONCEPTS = tuple("0123456789+-*/=")
 #: concept words for GSM8K-style word problems
 WORD_PROBLEM_CONCEPTS = (
-    "add", "added", "plus", "sum", "total", "altogether", "subtract", "minus", "left", "remaining",
-    "difference", "times", "multiply", "product", "each", "per", "divide", "divided", "half",
-    "twice", "double", "more", "less", "fewer",
-)  # fmt: skip
+    "add",
+    "added",
+    "plus",
+    "sum",
+    "total",
+    "altogether",
+    "subtract",
+    "minus",
+    "left",
+    "remaining",
+    "difference",
+    "times",
+    "multiply",
+    "product",
+    "each",
+    "per",
+    "divide",
+    "divided",
+    "half",
+    "twice",
+    "double",
+    "more",
+    "less",
+    "fewer",
+)
 
 
 def random_baseline(policy: Policy, components: ComponentSet, seed: int = 0) -> AttributionResult:
@@ -96,12 +117,21 @@ def activation_magnitude(
         >>> activation_magnitude(policy, rollouts, resid_neurons(2)).top(20)   # doctest: +SKIP
     """
     components = components.resolved(policy.model)
-    per_prompt = mean_activations(policy, components.hook_name, rollouts.row_prompt_ids(),
-                                  rollouts.row_completion_ids(), rollouts.group_ids, positions,
-                                  lambda values: components.coordinates(values).abs(),
-                                  internal_batch_size)  # fmt: skip
-    info = {"positions": positions, "policy": policy.name,
-            "problem_ids": [p.id for p in rollouts.problems]}  # fmt: skip
+    per_prompt = mean_activations(
+        policy,
+        components.hook_name,
+        rollouts.row_prompt_ids(),
+        rollouts.row_completion_ids(),
+        rollouts.group_ids,
+        positions,
+        lambda values: components.coordinates(values).abs(),
+        internal_batch_size,
+    )
+    info = {
+        "positions": positions,
+        "policy": policy.name,
+        "problem_ids": [p.id for p in rollouts.problems],
+    }
     return AttributionResult.from_per_prompt(components, per_prompt, "activation", info)
 
 
@@ -136,9 +166,14 @@ def reasoning_neurons(
     components = components.resolved(policy.model)
     concept_ids = torch.tensor(concept_token_ids(policy, concepts))
     moments = torch.zeros(2, 3, len(components), dtype=torch.float64)  # [other/concept, n/sum/sq]
-    for chunk in iter_activations(policy, components.hook_name, rollouts.row_prompt_ids(),
-                                  rollouts.row_completion_ids(), positions,
-                                  internal_batch_size):  # fmt: skip
+    for chunk in iter_activations(
+        policy,
+        components.hook_name,
+        rollouts.row_prompt_ids(),
+        rollouts.row_completion_ids(),
+        positions,
+        internal_batch_size,
+    ):
         values = components.coordinates(chunk.activations.double())
         is_concept = torch.isin(chunk.token_ids, concept_ids)
         for which in (0, 1):
@@ -155,16 +190,32 @@ def reasoning_neurons(
     variances = (moments[:, 2] - counts[:, None] * means**2) / (counts[:, None] - 1)
     pooled = ((counts[:, None] - 1) * variances).sum(0) / (counts.sum() - 2)
     scores = (means[1] - means[0]) / pooled.clamp_min(1e-12).sqrt()
-    info = {"concepts": list(concepts), "concept_tokens": int(counts[1]),
-            "other_tokens": int(counts[0]), "positions": positions, "policy": policy.name}  # fmt: skip
+    info = {
+        "concepts": list(concepts),
+        "concept_tokens": int(counts[1]),
+        "other_tokens": int(counts[0]),
+        "positions": positions,
+        "policy": policy.name,
+    }
     return AttributionResult(components, scores, method="reasoning_neuron", info=info)
 
 
 #: reasoning moments in the embedded model's traces: operators, results, step breaks, the answer mark
 ARITHMETIC_REASONING_WORDS = ("+", "-", "*", "=", "\n", "####")
 #: reasoning vocabulary for chat models, in the spirit of Galichin et al.'s list
-REASONING_WORDS = ("wait", "but", "however", "alternatively", "perhaps", "maybe", "hmm", "check",
-                   "verify", "so", "therefore")  # fmt: skip
+REASONING_WORDS = (
+    "wait",
+    "but",
+    "however",
+    "alternatively",
+    "perhaps",
+    "maybe",
+    "hmm",
+    "check",
+    "verify",
+    "so",
+    "therefore",
+)
 
 
 def reason_score(
@@ -202,8 +253,10 @@ def reason_score(
         >>> reason_score(policy, rollouts, features).top(20)              # doctest: +SKIP
     """
     if alpha < 0 or min(window) < 0:
-        raise IpgkitError(f"reason_score needs alpha >= 0 and a window of non-negative sizes, got "
-                          f"alpha={alpha}, window={window}")  # fmt: skip
+        raise IpgkitError(
+            f"reason_score needs alpha >= 0 and a window of non-negative sizes, got "
+            f"alpha={alpha}, window={window}"
+        )
     components = components.resolved(policy.model)
     patterns = [_token_patterns(policy, word) for word in words]
     prompts, completions = rollouts.row_prompt_ids(), rollouts.row_completion_ids()
@@ -216,8 +269,9 @@ def reason_score(
     n_words, units = len(words), len(components)
     sums = torch.zeros(n_words + 2, units, dtype=torch.float64)  # per word, any word, all tokens
     counts = torch.zeros(n_words + 2, dtype=torch.float64)
-    for chunk in iter_activations(policy, components.hook_name, prompts, completions, positions,
-                                  internal_batch_size):  # fmt: skip
+    for chunk in iter_activations(
+        policy, components.hook_name, prompts, completions, positions, internal_batch_size
+    ):
         values = components.coordinates(chunk.activations.double())
         values = values if components.kind == "sae" else values.abs()
         member = table[chunk.row_index, :, chunk.position].double()  # [tokens, words]
@@ -244,10 +298,16 @@ def reason_score(
     n_present = int(present.sum())
     entropy = entropy / math.log(n_present) if n_present > 1 else torch.ones_like(entropy)
     scores = contrast * entropy.clamp(0, 1) ** alpha
-    info = {"words": [w for w, keep in zip(words, present.tolist(), strict=True) if keep],
-            "window": list(window), "alpha": alpha, "positions": positions,
-            "tokens_around": int(counts[n_words]), "tokens_away": int(outside),
-            "policy": policy.name, "problem_ids": [p.id for p in rollouts.problems]}  # fmt: skip
+    info = {
+        "words": [w for w, keep in zip(words, present.tolist(), strict=True) if keep],
+        "window": list(window),
+        "alpha": alpha,
+        "positions": positions,
+        "tokens_around": int(counts[n_words]),
+        "tokens_away": int(outside),
+        "policy": policy.name,
+        "problem_ids": [p.id for p in rollouts.problems],
+    }
     return AttributionResult(components, scores, method="reason_score", info=info)
 
 
@@ -304,9 +364,17 @@ def control_vector(
     means = []
     for text in (reasoning, contrast):
         prompts, completions = _reference_rows(policy, problems, text)
-        means.append(mean_activations(policy, components.hook_name, prompts, completions,
-                                      torch.arange(len(problems)), "generated",
-                                      chunk_size=internal_batch_size))  # fmt: skip
+        means.append(
+            mean_activations(
+                policy,
+                components.hook_name,
+                prompts,
+                completions,
+                torch.arange(len(problems)),
+                "generated",
+                chunk_size=internal_batch_size,
+            )
+        )
     differences = means[0] - means[1]
     _, singular_values, right = torch.linalg.svd(differences, full_matrices=False)
     direction = right[0]
@@ -315,11 +383,19 @@ def control_vector(
     explained = float(singular_values[0] ** 2 / (singular_values**2).sum())
     vector = ComponentSet(components.hook_name, (0,), "direction", direction[None].float())
     projections = differences @ direction
-    info = {"explained_second_moment": explained, "policy": policy.name,
-            "mean_projection_gap": float(projections.mean()),
-            "problem_ids": [p.id for p in problems]}  # fmt: skip
-    return AttributionResult(vector, torch.tensor([explained]), per_prompt=projections[:, None],
-                             method="control_vector", info=info)  # fmt: skip
+    info = {
+        "explained_second_moment": explained,
+        "policy": policy.name,
+        "mean_projection_gap": float(projections.mean()),
+        "problem_ids": [p.id for p in problems],
+    }
+    return AttributionResult(
+        vector,
+        torch.tensor([explained]),
+        per_prompt=projections[:, None],
+        method="control_vector",
+        info=info,
+    )
 
 
 def policy_gradient(
@@ -368,18 +444,34 @@ def integrated_gradients(
     for g in range(len(problems)):
         for k in range(n_steps):
             rows.add(g, k, prompts[g], completions[g], float(alphas[k]), float(weights[k]))
-    per_prompt, grads = rows.score(policy, components, len(problems), positions, baseline,
-                                   internal_batch_size, progress=progress)  # fmt: skip
-    ends = [rows.logprobs_at(end, alphas, grads, policy, components, positions, baseline,
-                             internal_batch_size).mean() for end in (0.0, 1.0)]  # fmt: skip
+    per_prompt, grads = rows.score(
+        policy,
+        components,
+        len(problems),
+        positions,
+        baseline,
+        internal_batch_size,
+        progress=progress,
+    )
+    ends = [
+        rows.logprobs_at(
+            end, alphas, grads, policy, components, positions, baseline, internal_batch_size
+        ).mean()
+        for end in (0.0, 1.0)
+    ]
     info = {
-        "n_steps": n_steps, "method": method, "positions": positions, "policy": policy.name,
+        "n_steps": n_steps,
+        "method": method,
+        "positions": positions,
+        "policy": policy.name,
         "baseline": "zero" if baseline is None else "tensor",
         "delta": float(per_prompt.sum(1).mean() - (ends[1] - ends[0])),
         "delta_of": "mean over prompts of log pi(reference) at alpha = 1 minus at alpha = 0",
-        "logprob(0)": float(ends[0]), "logprob(1)": float(ends[1]),
-        "problem_ids": [p.id for p in problems], "seconds": time.perf_counter() - started,
-    }  # fmt: skip
+        "logprob(0)": float(ends[0]),
+        "logprob(1)": float(ends[1]),
+        "problem_ids": [p.id for p in problems],
+        "seconds": time.perf_counter() - started,
+    }
     return AttributionResult.from_per_prompt(components, per_prompt, "integrated_gradients", info)
 
 

@@ -245,8 +245,7 @@ def path_gradients(
         chunks = packed_chunks(lengths, internal_batch_size)
     memory_budget = as_budget(memory_budget)
     if memory_budget is not None:
-        chunks = memory_budget.split(chunks, lengths, model.cfg,
-                                     units=components.hook_width(model))  # fmt: skip
+        chunks = memory_budget.split(chunks, lengths, model.cfg, units=components.hook_width(model))
     if resume_from is not None:
         if resume_from.contributions.shape != (rows, len(components)):
             raise IpgkitError(
@@ -265,17 +264,26 @@ def path_gradients(
     baseline_tensor = None if baseline is None else torch.as_tensor(baseline, dtype=torch.float64)
     started = last_saved = time.perf_counter()
     computed = 0
-    bar = tqdm(total=rows, initial=int(done.sum()), desc="ipg: scoring", unit="row",
-               disable=not progress)  # fmt: skip
+    bar = tqdm(
+        total=rows, initial=int(done.sum()), desc="ipg: scoring", unit="row", disable=not progress
+    )
     with torch.enable_grad(), frozen_parameters(model):
         for chunk in chunks:
             if bool(done[chunk].all()):
                 continue
             per_row, sequence = _chunk_contributions(
-                policy, components, hook_name, shared_layer, [prompt_ids[r] for r in chunk],
-                [completion_ids[r] for r in chunk], alphas[chunk], weights[chunk], positions,
-                baseline_tensor, memory_budget,
-            )  # fmt: skip
+                policy,
+                components,
+                hook_name,
+                shared_layer,
+                [prompt_ids[r] for r in chunk],
+                [completion_ids[r] for r in chunk],
+                alphas[chunk],
+                weights[chunk],
+                positions,
+                baseline_tensor,
+                memory_budget,
+            )
             contributions[chunk], sequence_logprobs[chunk] = per_row, sequence
             done[chunk] = True
             computed += len(chunk)
@@ -303,8 +311,19 @@ def _warn_about_error_terms(policy: Policy, hook_name: str) -> None:
         )
 
 
-def _chunk_contributions(policy, components, hook_name, shared_layer, prompts, completions,
-                         alphas, weights, positions, baseline, memory=None):  # fmt: skip
+def _chunk_contributions(
+    policy,
+    components,
+    hook_name,
+    shared_layer,
+    prompts,
+    completions,
+    alphas,
+    weights,
+    positions,
+    baseline,
+    memory=None,
+):
     """One forward/backward: per-row contributions [rows, units] and sum log pi [rows]."""
     scale = scaling_hook(components, alphas, positions, baseline)
     captured: dict[str, Tensor] = {}
@@ -320,11 +339,16 @@ def _chunk_contributions(policy, components, hook_name, shared_layer, prompts, c
     # the backward runs inside the loop, under the memory budget's fused attention and
     # checkpointed blocks (a budgeted iter_scores holds them until it is resumed)
     with policy.model.hooks(fwd_hooks=[(hook_name, scale_and_capture)]):
-        for _, scores in iter_scores(policy, prompts, completions, len(prompts),
-                                     with_entropy=False, shared_prefix_layer=shared_layer,
-                                     memory=memory,
-                                     gradient_from_block=gradient_block(
-                                         hook_name, policy.model.cfg.n_layers)):  # fmt: skip
+        for _, scores in iter_scores(
+            policy,
+            prompts,
+            completions,
+            len(prompts),
+            with_entropy=False,
+            shared_prefix_layer=shared_layer,
+            memory=memory,
+            gradient_from_block=gradient_block(hook_name, policy.model.cfg.n_layers),
+        ):
             if "scaled" not in captured:
                 raise IpgkitError(f"hook {hook_name} did not run in the forward pass")
             sequence = scores.logprobs.sum(-1)
@@ -335,9 +359,12 @@ def _chunk_contributions(policy, components, hook_name, shared_layer, prompts, c
     difference = components.coordinates(captured["original"].to(precision))
     if baseline is not None:
         difference = difference - baseline.to(difference.device, precision)
-    mask = position_mask(torch.tensor([len(p) for p in prompts]),
-                         torch.tensor([len(c) for c in completions]), difference.shape[1],
-                         positions).to(difference.device, precision)  # fmt: skip
+    mask = position_mask(
+        torch.tensor([len(p) for p in prompts]),
+        torch.tensor([len(c) for c in completions]),
+        difference.shape[1],
+        positions,
+    ).to(difference.device, precision)
     gradient = components.coordinates(gradient.to(precision))
     per_row = torch.einsum("bpu,bpu,bp->bu", difference, gradient, mask)
     return per_row.detach().double().cpu(), sequence.detach().double().cpu()
@@ -360,8 +387,14 @@ def scaled_sequence_logprobs(
     hook = scaling_hook(components.resolved(policy.model), float(alpha), positions, baseline)
     values = torch.zeros(len(prompt_ids), dtype=torch.float64)
     with torch.no_grad(), policy.model.hooks(fwd_hooks=[(components.hook_name, hook)]):
-        for rows, scores in iter_scores(policy, prompt_ids, completion_ids, internal_batch_size,
-                                        with_entropy=False, memory=memory):  # fmt: skip
+        for rows, scores in iter_scores(
+            policy,
+            prompt_ids,
+            completion_ids,
+            internal_batch_size,
+            with_entropy=False,
+            memory=memory,
+        ):
             values[rows] = scores.sequence_logprobs().double().cpu()
     return values
 
@@ -522,11 +555,13 @@ def ipg(
         raise IpgkitError("IPG needs a reward function (or, in paper mode, rollouts with rewards)")
     problems = list(problems)
     if distributed.world()[1] > 1:
-        result = _sharded_ipg(policy, problems, components, reward, config, rollouts, progress,
-                              checkpoint)  # fmt: skip
+        result = _sharded_ipg(
+            policy, problems, components, reward, config, rollouts, progress, checkpoint
+        )
     else:
-        result = _local_ipg(policy, problems, components, reward, config, rollouts, progress,
-                            checkpoint)  # fmt: skip
+        result = _local_ipg(
+            policy, problems, components, reward, config, rollouts, progress, checkpoint
+        )
     if result.info["rows_scored"] == 0:
         warnings.warn(
             f"IPG of {result.info['reward']!r} at {components.hook_name} is zero for every unit: "
@@ -537,19 +572,25 @@ def ipg(
     return result
 
 
-def _local_ipg(policy, problems, components, reward, config: IPGConfig, rollouts, progress,
-               checkpoint) -> AttributionResult:  # fmt: skip
+def _local_ipg(
+    policy, problems, components, reward, config: IPGConfig, rollouts, progress, checkpoint
+) -> AttributionResult:
     started = time.perf_counter()
     store = None
     if checkpoint is not None:
-        identity = {"config": config.describe(), "policy": policy.name,
-                    "problem_ids": [p.id for p in problems], "hook": components.hook_name,
-                    "indices": components.resolved(policy.model).indices,
-                    "reward": _reward_name(reward, rollouts)}  # fmt: skip
+        identity = {
+            "config": config.describe(),
+            "policy": policy.name,
+            "problem_ids": [p.id for p in problems],
+            "hook": components.hook_name,
+            "indices": components.resolved(policy.model).indices,
+            "reward": _reward_name(reward, rollouts),
+        }
         store = _Checkpoint(Path(checkpoint), identity)
     if config.mode == "paper":
-        estimate = _paper_mode(policy, problems, components, reward, config, rollouts, progress,
-                               store)  # fmt: skip
+        estimate = _paper_mode(
+            policy, problems, components, reward, config, rollouts, progress, store
+        )
     else:
         estimate = _on_path_mode(policy, problems, components, reward, config, progress, store)
     per_prompt = estimate.pop("per_prompt")
@@ -566,8 +607,9 @@ def _local_ipg(policy, problems, components, reward, config: IPGConfig, rollouts
     )
 
 
-def _sharded_ipg(policy, problems, components, reward, config: IPGConfig, rollouts, progress,
-                 checkpoint) -> AttributionResult:  # fmt: skip
+def _sharded_ipg(
+    policy, problems, components, reward, config: IPGConfig, rollouts, progress, checkpoint
+) -> AttributionResult:
     """IPG under torchrun: each rank attributes a contiguous block of prompts, the per-prompt
     sums and the surrogate's sums are gathered, and every rank returns the same result."""
     if config.mode != "paper" or not (
@@ -588,8 +630,16 @@ def _sharded_ipg(policy, problems, components, reward, config: IPGConfig, rollou
     if checkpoint is not None:
         checkpoint = f"{checkpoint}.rank{rank}-of-{size}"
     with distributed.local():
-        part = _local_ipg(policy, [problems[i] for i in block], components, reward, config, mine,
-                          progress and rank == 0, checkpoint)  # fmt: skip
+        part = _local_ipg(
+            policy,
+            [problems[i] for i in block],
+            components,
+            reward,
+            config,
+            mine,
+            progress and rank == 0,
+            checkpoint,
+        )
     pieces = distributed.gather({"per_prompt": part.per_prompt, "info": part.info})
     per_prompt = torch.cat([piece["per_prompt"] for piece in pieces])
     counts = [len(piece["info"]["problem_ids"]) for piece in pieces]
@@ -599,8 +649,9 @@ def _sharded_ipg(policy, problems, components, reward, config: IPGConfig, rollou
             counts
         )
 
-    surrogate = {end: weighted(lambda info, end=end: info["surrogate"][end])
-                 for end in ("S(0)", "S(1)")}  # fmt: skip
+    surrogate = {
+        end: weighted(lambda info, end=end: info["surrogate"][end]) for end in ("S(0)", "S(1)")
+    }
     info = {
         **part.info,
         "problem_ids": [p.id for p in problems],
@@ -665,8 +716,11 @@ CHECKPOINT_EVERY_SECONDS = float(os.environ.get("IPGKIT_CHECKPOINT_SECONDS", "30
 def _scoring_hooks(store: _Checkpoint | None) -> dict:
     if store is None:
         return {}
-    return {"resume_from": store.scoring(), "on_progress": store.save_scoring,
-            "save_every": CHECKPOINT_EVERY_SECONDS}  # fmt: skip
+    return {
+        "resume_from": store.scoring(),
+        "on_progress": store.save_scoring,
+        "save_every": CHECKPOINT_EVERY_SECONDS,
+    }
 
 
 def _reward_name(reward, rollouts: Rollouts | None = None) -> str:
@@ -687,19 +741,34 @@ def _support_baseline(policy, components, config: IPGConfig, rollouts: Rollouts)
         return baseline
     if config.baseline == "zero":
         return None
-    mean = mean_activations(policy, components.hook_name, rollouts.row_prompt_ids(),
-                            rollouts.row_completion_ids(), torch.zeros(len(rollouts), dtype=torch.long),
-                            config.positions, components.resolved(policy.model).coordinates,
-                            config.internal_batch_size,
-                            as_budget(config.memory_budget_mib))  # fmt: skip
+    mean = mean_activations(
+        policy,
+        components.hook_name,
+        rollouts.row_prompt_ids(),
+        rollouts.row_completion_ids(),
+        torch.zeros(len(rollouts), dtype=torch.long),
+        config.positions,
+        components.resolved(policy.model).coordinates,
+        config.internal_batch_size,
+        as_budget(config.memory_budget_mib),
+    )
     return mean[0]  # float64: h' keeps a float64 model's precision
 
 
 def _sample(policy, problems, reward, config: IPGConfig, seed: int, progress: bool) -> Rollouts:
-    return sample(policy, problems, n=config.n_rollouts, temperature=config.temperature,
-                  top_p=config.top_p, max_new_tokens=config.max_new_tokens, seed=seed,
-                  batch_size=config.sampling_batch_size, reward=reward, progress=progress,
-                  seeding=config.seeding)  # fmt: skip
+    return sample(
+        policy,
+        problems,
+        n=config.n_rollouts,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_new_tokens=config.max_new_tokens,
+        seed=seed,
+        batch_size=config.sampling_batch_size,
+        reward=reward,
+        progress=progress,
+        seeding=config.seeding,
+    )
 
 
 @dataclass
@@ -726,9 +795,19 @@ class PathRows:
         self.alphas.append(alpha)
         self.weights.append(weight)
 
-    def score(self, policy, components, n_groups: int, positions, baseline,
-              internal_batch_size: int, pack: bool = True, progress: bool = False, store=None,
-              memory_budget: MemoryBudget | float | None = None):  # fmt: skip
+    def score(
+        self,
+        policy,
+        components,
+        n_groups: int,
+        positions,
+        baseline,
+        internal_batch_size: int,
+        pack: bool = True,
+        progress: bool = False,
+        store=None,
+        memory_budget: MemoryBudget | float | None = None,
+    ):
         """Per-prompt sums of the rows' contributions [prompts, units], and the engine's output
         (None when there are no rows). ``pack=False`` runs one pass per (prompt, alpha point)."""
         units = len(components.resolved(policy.model))
@@ -744,36 +823,71 @@ class PathRows:
                 by_key.setdefault(key, []).append(row)
             chunks = list(by_key.values())
         grads = path_gradients(
-            policy, components, self.prompts, self.completions,
+            policy,
+            components,
+            self.prompts,
+            self.completions,
             torch.tensor(self.alphas, dtype=torch.float64),
-            torch.tensor(self.weights, dtype=torch.float64), positions=positions,
-            baseline=baseline, chunks=chunks, progress=progress, memory_budget=memory_budget,
+            torch.tensor(self.weights, dtype=torch.float64),
+            positions=positions,
+            baseline=baseline,
+            chunks=chunks,
+            progress=progress,
+            memory_budget=memory_budget,
             **_scoring_hooks(store),
-        )  # fmt: skip
+        )
         per_prompt.index_add_(0, torch.tensor(self.groups), grads.contributions)
         return per_prompt, grads
 
-    def logprobs_at(self, end: float, alphas: Tensor, grads: PathGradients, policy, components,
-                    positions, baseline, internal_batch_size: int,
-                    memory_budget: MemoryBudget | float | None = None) -> Tensor:  # fmt: skip
+    def logprobs_at(
+        self,
+        end: float,
+        alphas: Tensor,
+        grads: PathGradients,
+        policy,
+        components,
+        positions,
+        baseline,
+        internal_batch_size: int,
+        memory_budget: MemoryBudget | float | None = None,
+    ) -> Tensor:
         """``sum_s log pi`` of each trajectory (in the order added) at path point ``end``: taken
         from the scoring pass when ``end`` is one of ``alphas``, else one forward pass."""
         on_grid = next((k for k, a in enumerate(alphas.tolist()) if math.isclose(a, end)), None)
         index = [i for i, (_, k) in enumerate(self.keys) if k == (on_grid or 0)]
         if on_grid is not None:
             return grads.sequence_logprobs[index]
-        return scaled_sequence_logprobs(policy, components, [self.prompts[i] for i in index],
-                                        [self.completions[i] for i in index], end, positions,
-                                        baseline, internal_batch_size, memory_budget)  # fmt: skip
+        return scaled_sequence_logprobs(
+            policy,
+            components,
+            [self.prompts[i] for i in index],
+            [self.completions[i] for i in index],
+            end,
+            positions,
+            baseline,
+            internal_batch_size,
+            memory_budget,
+        )
 
 
-def _paper_mode(policy, problems, components, reward, config: IPGConfig, rollouts, progress,
-                store: _Checkpoint | None):  # fmt: skip
+def _paper_mode(
+    policy,
+    problems,
+    components,
+    reward,
+    config: IPGConfig,
+    rollouts,
+    progress,
+    store: _Checkpoint | None,
+):
     alphas, quadrature = integration_points(config.method, config.n_steps)
     sampling_started = time.perf_counter()
     if rollouts is None:
-        rollouts = _sampled(store, "unmodified", lambda: _sample(policy, problems, reward, config,
-                                                                 config.seed, progress))  # fmt: skip
+        rollouts = _sampled(
+            store,
+            "unmodified",
+            lambda: _sample(policy, problems, reward, config, config.seed, progress),
+        )
     elif reward is not None:
         rollouts = rollouts.with_rewards(reward)
     sampling_seconds = time.perf_counter() - sampling_started
@@ -785,20 +899,43 @@ def _paper_mode(policy, problems, components, reward, config: IPGConfig, rollout
     rows = PathRows()
     for r in live:
         for k, alpha in enumerate(alphas.tolist()):
-            rows.add(int(rollouts.group_ids[r]), k, prompt_ids[r], completion_ids[r], alpha,
-                     float(quadrature[k] * advantages[r] / config.n_rollouts))  # fmt: skip
+            rows.add(
+                int(rollouts.group_ids[r]),
+                k,
+                prompt_ids[r],
+                completion_ids[r],
+                alpha,
+                float(quadrature[k] * advantages[r] / config.n_rollouts),
+            )
     surrogate = {0.0: 0.0, 1.0: 0.0}  # with no live rows S is identically zero
     scoring_started = time.perf_counter()
-    per_prompt, grads = rows.score(policy, components, len(problems), config.positions, baseline,
-                                   config.internal_batch_size, config.pack, progress, store,
-                                   config.memory_budget_mib)  # fmt: skip
+    per_prompt, grads = rows.score(
+        policy,
+        components,
+        len(problems),
+        config.positions,
+        baseline,
+        config.internal_batch_size,
+        config.pack,
+        progress,
+        store,
+        config.memory_budget_mib,
+    )
     if grads is not None:
         # completeness of the surrogate S(alpha) = mean_prompts sum_rows A/N sum_s log pi_alpha
         live_weights = advantages[live].double() / config.n_rollouts
         for end in (0.0, 1.0):
-            values = rows.logprobs_at(end, alphas, grads, policy, components, config.positions,
-                                      baseline, config.internal_batch_size,
-                                      config.memory_budget_mib)  # fmt: skip
+            values = rows.logprobs_at(
+                end,
+                alphas,
+                grads,
+                policy,
+                components,
+                config.positions,
+                baseline,
+                config.internal_batch_size,
+                config.memory_budget_mib,
+            )
             surrogate[end] = float((live_weights * values).sum() / len(problems))
     scoring_seconds = time.perf_counter() - scoring_started
     change = surrogate[1.0] - surrogate[0.0]
@@ -832,8 +969,9 @@ def _paper_mode(policy, problems, components, reward, config: IPGConfig, rollout
     }
 
 
-def _on_path_mode(policy, problems, components, reward, config: IPGConfig, progress,
-                  store: _Checkpoint | None):  # fmt: skip
+def _on_path_mode(
+    policy, problems, components, reward, config: IPGConfig, progress, store: _Checkpoint | None
+):
     alphas, quadrature = integration_points(config.method, config.n_steps)
     resolved = components.resolved(policy.model)
     sampling_started = time.perf_counter()
@@ -841,8 +979,11 @@ def _on_path_mode(policy, problems, components, reward, config: IPGConfig, progr
     baseline, unmodified = None, None
     if isinstance(config.baseline, str) and config.baseline == "mean":
         # h' is a property of the unmodified model (alpha = 1 leaves h unchanged for any h')
-        unmodified = _sampled(store, "unmodified", lambda: _sample(
-            policy, problems, reward, config, config.seed + len(points), False))  # fmt: skip
+        unmodified = _sampled(
+            store,
+            "unmodified",
+            lambda: _sample(policy, problems, reward, config, config.seed + len(points), False),
+        )
         baseline = _support_baseline(policy, components, config, unmodified)
     elif isinstance(config.baseline, Tensor):
         baseline = _support_baseline(policy, components, config, None)
@@ -862,8 +1003,10 @@ def _on_path_mode(policy, problems, components, reward, config: IPGConfig, progr
         )
     ]
     # J(1) - J(0) from samples at the end points: on the grid, or drawn for that purpose
-    on_grid = {end: next((s for a, s in zip(points, samples, strict=True)
-                          if math.isclose(a, end)), None) for end in (0.0, 1.0)}  # fmt: skip
+    on_grid = {
+        end: next((s for a, s in zip(points, samples, strict=True) if math.isclose(a, end)), None)
+        for end in (0.0, 1.0)
+    }
     at_start = on_grid[0.0]
     if at_start is None:
         at_start = sample_at(0.0, config.seed + len(points) + 1)
@@ -876,12 +1019,27 @@ def _on_path_mode(policy, problems, components, reward, config: IPGConfig, progr
         advantages = rollouts.advantages(config.advantages)
         prompt_ids, completion_ids = rollouts.row_prompt_ids(), rollouts.row_completion_ids()
         for r in advantages.nonzero()[:, 0].tolist():
-            rows.add(int(rollouts.group_ids[r]), k, prompt_ids[r], completion_ids[r], points[k],
-                     float(quadrature[k] * advantages[r] / config.n_rollouts))  # fmt: skip
+            rows.add(
+                int(rollouts.group_ids[r]),
+                k,
+                prompt_ids[r],
+                completion_ids[r],
+                points[k],
+                float(quadrature[k] * advantages[r] / config.n_rollouts),
+            )
     scoring_started = time.perf_counter()
-    per_prompt, _ = rows.score(policy, components, len(problems), config.positions, baseline,
-                               config.internal_batch_size, config.pack, progress, store,
-                               config.memory_budget_mib)  # fmt: skip
+    per_prompt, _ = rows.score(
+        policy,
+        components,
+        len(problems),
+        config.positions,
+        baseline,
+        config.internal_batch_size,
+        config.pack,
+        progress,
+        store,
+        config.memory_budget_mib,
+    )
     scoring_seconds = time.perf_counter() - scoring_started
     j_start, j_end = float(at_start.rewards.mean()), float(at_end.rewards.mean())
     zero_std = [s.frac_reward_zero_std for s in samples]

@@ -131,8 +131,12 @@ class AttributionResult:
                 + no_signal_advice(self.frac_reward_zero_std)
             )
         chosen = [self.indices[j] for j in self.ranking(by)[:p].tolist()]
-        return ComponentSet(self.components.hook_name, tuple(chosen), self.components.kind,
-                            self.components.directions)  # fmt: skip
+        return ComponentSet(
+            self.components.hook_name,
+            tuple(chosen),
+            self.components.kind,
+            self.components.directions,
+        )
 
     def to_dataframe(self) -> pd.DataFrame:
         """Tidy table, one row per unit: hook, kind, index, score, stderr, rank (1 = highest score)."""
@@ -207,8 +211,14 @@ class AttributionResult:
         components = ComponentSet(
             header["hook_name"], tuple(header["indices"]), header["kind"], tensors.get("directions")
         )
-        return cls(components, tensors["scores"], tensors.get("stderr"),
-                   tensors.get("per_prompt"), header["method"], header["info"])  # fmt: skip
+        return cls(
+            components,
+            tensors["scores"],
+            tensors.get("stderr"),
+            tensors.get("per_prompt"),
+            header["method"],
+            header["info"],
+        )
 
     # --- plots ----------------------------------------------------------------------------------------
 
@@ -224,12 +234,14 @@ class AttributionResult:
         index = torch.tensor(self.indices)
         ax.axhline(0.0, color="0.7", linewidth=0.8)
         if self.stderr is not None and torch.isfinite(self.stderr).all():
-            ax.errorbar(index, self.scores, yerr=self.stderr, fmt="none", ecolor="0.75",
-                        elinewidth=0.8)  # fmt: skip
+            ax.errorbar(
+                index, self.scores, yerr=self.stderr, fmt="none", ecolor="0.75", elinewidth=0.8
+            )
         ax.scatter(index, self.scores, s=8, color="0.45", label="all units")
         chosen = self.ranking()[: min(top, len(self))]
-        ax.scatter(index[chosen], self.scores[chosen], s=18, color="tab:red",
-                   label=f"top {len(chosen)}")  # fmt: skip
+        ax.scatter(
+            index[chosen], self.scores[chosen], s=18, color="tab:red", label=f"top {len(chosen)}"
+        )
         ax.set_xlabel(f"{self.components.kind} index at {self.components.hook_name}")
         ax.set_ylabel(f"{self.method} score")
         ax.set_title(title or f"{self.method}: {self.info.get('reward', '')}".rstrip(": "))

@@ -86,8 +86,13 @@ def run_experiments(
         )
         if suite.ws.computed > before or not any(t["experiment"] == name for t in timings):
             timings = [t for t in timings if t["experiment"] != name]
-            timings.append({"experiment": name, "seconds": round(time.perf_counter() - started, 1),
-                            "evaluations_run": suite.ws.computed - before})  # fmt: skip
+            timings.append(
+                {
+                    "experiment": name,
+                    "seconds": round(time.perf_counter() - started, 1),
+                    "evaluations_run": suite.ws.computed - before,
+                }
+            )
             atomic_write_text(timing_path, pd.DataFrame(timings).to_csv(index=False))
     return tables
 

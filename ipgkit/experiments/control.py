@@ -33,14 +33,21 @@ def condition_row(base: list[Outcome], steered: list[Outcome]) -> dict:
         low, high = max(0.0, low), min(1.0, high)
     comparison = paired_comparison(base[0].correct, per_problem)
     return {
-        "accuracy": accuracy, "ci_low": low, "ci_high": high,
+        "accuracy": accuracy,
+        "ci_low": low,
+        "ci_high": high,
         "base_accuracy": float(base[0].correct.mean()),
-        "difference": comparison["difference"], "diff_ci_low": comparison["ci_low"],
-        "diff_ci_high": comparison["ci_high"], "p_value": comparison["p_value"],
-        "test": comparison["test"], "n": per_problem.size, "seeds": len(steered),
-        "seed_min": min(o.accuracy for o in steered), "seed_max": max(o.accuracy for o in steered),
+        "difference": comparison["difference"],
+        "diff_ci_low": comparison["ci_low"],
+        "diff_ci_high": comparison["ci_high"],
+        "p_value": comparison["p_value"],
+        "test": comparison["test"],
+        "n": per_problem.size,
+        "seeds": len(steered),
+        "seed_min": min(o.accuracy for o in steered),
+        "seed_max": max(o.accuracy for o in steered),
         "mean_length": float(np.mean([o.length.mean() for o in steered])),
-    }  # fmt: skip
+    }
 
 
 def validation_grid(suite: Suite) -> pd.DataFrame:
@@ -51,20 +58,35 @@ def validation_grid(suite: Suite) -> pd.DataFrame:
     rows = []
     for sets in suite.methods.values():
         seeds = sets.results[: config.validation_random_seeds]
-        trial = SelectedSets(sets.method, sets.level, sets.policy, sets.policy_key, seeds,
-                             sets.fixed_p)  # fmt: skip
-        base = np.mean([suite.evaluate(None, task, policy=sets.policy,
-                                       policy_key=sets.policy_key)[0].accuracy
-                        for task in tasks])  # fmt: skip
+        trial = SelectedSets(
+            sets.method, sets.level, sets.policy, sets.policy_key, seeds, sets.fixed_p
+        )
+        base = np.mean(
+            [
+                suite.evaluate(None, task, policy=sets.policy, policy_key=sets.policy_key)[
+                    0
+                ].accuracy
+                for task in tasks
+            ]
+        )
         ps = (sets.fixed_p,) if sets.fixed_p else config.p_grid
         for p in ps:
             for gamma in config.gamma_grid:
                 outcomes = [suite.evaluate(trial, task, p, gamma) for task in tasks]
                 accuracy = float(np.mean([o.accuracy for per_task in outcomes for o in per_task]))
-                rows.append({"method": sets.method, "level": sets.level, "condition": "enhance",
-                             "p": p, "gamma": gamma, "accuracy": accuracy,
-                             "base_accuracy": float(base), "seeds": len(seeds),
-                             "problems": sum(len(t) for t in tasks)})  # fmt: skip
+                rows.append(
+                    {
+                        "method": sets.method,
+                        "level": sets.level,
+                        "condition": "enhance",
+                        "p": p,
+                        "gamma": gamma,
+                        "accuracy": accuracy,
+                        "base_accuracy": float(base),
+                        "seeds": len(seeds),
+                        "problems": sum(len(t) for t in tasks),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -96,27 +118,51 @@ def capability_control(suite: Suite) -> pd.DataFrame:
                 outcomes = suite.evaluate(sets, task, p, gamma)
                 bases.append(base)
                 steered.append(outcomes)
-                rows.append({"method": name, "level": sets.level, "condition": condition,
-                             "family": task.name, "p": sets.fixed_p or p, "gamma": gamma,
-                             **condition_row(base, outcomes)})  # fmt: skip
-            rows.append({"method": name, "level": sets.level, "condition": condition,
-                         "family": "pooled", "p": sets.fixed_p or p, "gamma": gamma,
-                         **condition_row(pool_outcomes(bases), pool_outcomes(steered))})  # fmt: skip
+                rows.append(
+                    {
+                        "method": name,
+                        "level": sets.level,
+                        "condition": condition,
+                        "family": task.name,
+                        "p": sets.fixed_p or p,
+                        "gamma": gamma,
+                        **condition_row(base, outcomes),
+                    }
+                )
+            rows.append(
+                {
+                    "method": name,
+                    "level": sets.level,
+                    "condition": condition,
+                    "family": "pooled",
+                    "p": sets.fixed_p or p,
+                    "gamma": gamma,
+                    **condition_row(pool_outcomes(bases), pool_outcomes(steered)),
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def pool_outcomes(per_task: list[list[Outcome]]) -> list[Outcome]:
     """Outcomes of several tasks concatenated, seed by seed ([tasks][seeds] -> [seeds])."""
     seeds = len(per_task[0])
-    return [Outcome([i for outcomes in per_task for i in outcomes[s].problem_ids],
-                    np.concatenate([outcomes[s].correct for outcomes in per_task]),
-                    np.concatenate([outcomes[s].length for outcomes in per_task]),
-                    [t for outcomes in per_task for t in outcomes[s].texts])
-            for s in range(seeds)]  # fmt: skip
+    return [
+        Outcome(
+            [i for outcomes in per_task for i in outcomes[s].problem_ids],
+            np.concatenate([outcomes[s].correct for outcomes in per_task]),
+            np.concatenate([outcomes[s].length for outcomes in per_task]),
+            [t for outcomes in per_task for t in outcomes[s].texts],
+        )
+        for s in range(seeds)
+    ]
 
 
-HEAD_TO_HEAD = (("IPG", "Random"), ("IPG", "Activation"), ("IPG-SAE", "Random-SAE"),
-                ("IPG-SAE", "ReasonScore-SAE"))  # fmt: skip
+HEAD_TO_HEAD = (
+    ("IPG", "Random"),
+    ("IPG", "Activation"),
+    ("IPG-SAE", "Random-SAE"),
+    ("IPG-SAE", "ReasonScore-SAE"),
+)
 
 
 def head_to_head(suite: Suite, pairs=HEAD_TO_HEAD) -> pd.DataFrame:
@@ -144,12 +190,21 @@ def head_to_head(suite: Suite, pairs=HEAD_TO_HEAD) -> pd.DataFrame:
                 outcomes = pool_outcomes([suite.evaluate(sets, task, p, gamma) for task in tasks])
                 per_method.append(np.mean([o.correct for o in outcomes], axis=0))
             comparison = paired_comparison(per_method[1], per_method[0])
-            rows.append({"method": first, "baseline": second, "condition": condition,
-                         "accuracy": float(per_method[0].mean()),
-                         "baseline_accuracy": float(per_method[1].mean()),
-                         "difference": comparison["difference"], "ci_low": comparison["ci_low"],
-                         "ci_high": comparison["ci_high"], "p_value": comparison["p_value"],
-                         "test": comparison["test"], "n": comparison["n"]})  # fmt: skip
+            rows.append(
+                {
+                    "method": first,
+                    "baseline": second,
+                    "condition": condition,
+                    "accuracy": float(per_method[0].mean()),
+                    "baseline_accuracy": float(per_method[1].mean()),
+                    "difference": comparison["difference"],
+                    "ci_low": comparison["ci_low"],
+                    "ci_high": comparison["ci_high"],
+                    "p_value": comparison["p_value"],
+                    "test": comparison["test"],
+                    "n": comparison["n"],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -170,14 +225,26 @@ def dose_response(suite: Suite, methods=("IPG", "Activation", "Random")) -> pd.D
     rows = []
     for name in [m for m in methods if m in suite.methods]:
         sets = suite.methods[name]
-        sets = SelectedSets(sets.method, sets.level, sets.policy, sets.policy_key,
-                            sets.results[:2], sets.fixed_p)  # fmt: skip
-        base = pool_outcomes([suite.evaluate(None, task, policy=sets.policy, policy_key=sets.policy_key)
-                        for task in tasks])  # fmt: skip
+        sets = SelectedSets(
+            sets.method, sets.level, sets.policy, sets.policy_key, sets.results[:2], sets.fixed_p
+        )
+        base = pool_outcomes(
+            [
+                suite.evaluate(None, task, policy=sets.policy, policy_key=sets.policy_key)
+                for task in tasks
+            ]
+        )
         for axis, p, gamma in grid:
             steered = pool_outcomes([suite.evaluate(sets, task, p, gamma) for task in tasks])
-            rows.append({"method": name, "axis": axis, "p": p, "gamma": gamma,
-                         **condition_row(base, steered)})  # fmt: skip
+            rows.append(
+                {
+                    "method": name,
+                    "axis": axis,
+                    "p": p,
+                    "gamma": gamma,
+                    **condition_row(base, steered),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -200,20 +267,33 @@ def support_size(suite: Suite) -> pd.DataFrame:
     for baseline in ("zero", "mean"):
         results = {}
         for m in sorted({min(m, len(pool.problems)) for m in config.support_sizes}):
-            results[m] = suite.ipg(f"ipg_m{m}_{baseline}", suite.policy, suite.policy_key, units,
-                                   pool.select(range(m)), baseline=baseline)  # fmt: skip
+            results[m] = suite.ipg(
+                f"ipg_m{m}_{baseline}",
+                suite.policy,
+                suite.policy_key,
+                units,
+                pool.select(range(m)),
+                baseline=baseline,
+            )
         ranked = results[largest].ranks_anything
         reference = results[largest].top(config.dose_p) if ranked else None
         for m, result in results.items():
             sets = SelectedSets("IPG", "neuron", suite.policy, suite.policy_key, [result])
             for condition, gamma in (("suppress", 0.0), ("enhance", enhance_gamma)):
-                row = {"baseline": baseline, "M": m, "condition": condition,
-                       "p": config.dose_p, "gamma": gamma, "dice_with_largest": math.nan,
-                       "prompts_with_signal": round(m * (1 - result.frac_reward_zero_std)),
-                       "delta": result.delta}  # fmt: skip
+                row = {
+                    "baseline": baseline,
+                    "M": m,
+                    "condition": condition,
+                    "p": config.dose_p,
+                    "gamma": gamma,
+                    "dice_with_largest": math.nan,
+                    "prompts_with_signal": round(m * (1 - result.frac_reward_zero_std)),
+                    "delta": result.delta,
+                }
                 if result.ranks_anything:  # else no prompt has signal: no set to steer with
-                    steered = pool_outcomes([suite.evaluate(sets, task, config.dose_p, gamma)
-                                             for task in tasks])  # fmt: skip
+                    steered = pool_outcomes(
+                        [suite.evaluate(sets, task, config.dose_p, gamma) for task in tasks]
+                    )
                     if reference is not None:
                         row["dice_with_largest"] = dice(result.top(config.dose_p), reference)
                     row.update(condition_row(base, steered))
@@ -239,36 +319,63 @@ def site_search(suite: Suite, ps=(10,), gammas=(0.0, 1.5)) -> pd.DataFrame:
     for kind, layer, mode in trials:
         units = suite.neurons(kind, layer)
         if mode == "paper":
-            ipg_result = suite.ipg(f"ipg_{kind}{layer}", suite.policy, suite.policy_key, units,
-                                   rollouts)  # fmt: skip
+            ipg_result = suite.ipg(
+                f"ipg_{kind}{layer}", suite.policy, suite.policy_key, units, rollouts
+            )
         else:
             ipg_result = _on_path(suite, units, rollouts)
-        compared = {"IPG": ipg_result, "Random": random_baseline(suite.policy, units, 0),
-                    "Activation": suite.ws.attribution(
-                        f"activation_{kind}{layer}", {"policy": suite.policy_key,
-                        "units": units.hook_name, "rollouts": digest(rollouts.texts)},
-                        lambda units=units: activation_magnitude(suite.policy, rollouts, units))}  # fmt: skip
+        compared = {
+            "IPG": ipg_result,
+            "Random": random_baseline(suite.policy, units, 0),
+            "Activation": suite.ws.attribution(
+                f"activation_{kind}{layer}",
+                {
+                    "policy": suite.policy_key,
+                    "units": units.hook_name,
+                    "rollouts": digest(rollouts.texts),
+                },
+                lambda units=units: activation_magnitude(suite.policy, rollouts, units),
+            ),
+        }
         if mode == "on_path":
             compared = {"IPG": ipg_result}
         for method, result in compared.items():
             sets = SelectedSets(method, "neuron", suite.policy, suite.policy_key, [result])
             for p in ps:
                 for gamma in gammas:
-                    accuracy = np.mean([suite.evaluate(sets, task, p, gamma)[0].accuracy
-                                        for task in tasks])  # fmt: skip
-                    rows.append({"site": kind, "layer": layer, "mode": mode, "method": method,
-                                 "p": p, "gamma": gamma, "accuracy": float(accuracy),
-                                 "delta": result.delta if method == "IPG" else None})  # fmt: skip
+                    accuracy = np.mean(
+                        [suite.evaluate(sets, task, p, gamma)[0].accuracy for task in tasks]
+                    )
+                    rows.append(
+                        {
+                            "site": kind,
+                            "layer": layer,
+                            "mode": mode,
+                            "method": method,
+                            "p": p,
+                            "gamma": gamma,
+                            "accuracy": float(accuracy),
+                            "delta": result.delta if method == "IPG" else None,
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
 def _on_path(suite: Suite, units, rollouts):
-    config = IPGConfig(n_rollouts=suite.config.n_rollouts, n_steps=suite.config.n_steps,
-                       mode="on_path", seed=suite.config.seed)  # fmt: skip
+    config = IPGConfig(
+        n_rollouts=suite.config.n_rollouts,
+        n_steps=suite.config.n_steps,
+        mode="on_path",
+        seed=suite.config.seed,
+    )
     task = suite.support_task
     problems = rollouts.problems
-    key = {"policy": suite.policy_key, "units": units.hook_name, "config": config.describe(),
-           "problems": [p.id for p in problems]}  # fmt: skip
+    key = {
+        "policy": suite.policy_key,
+        "units": units.hook_name,
+        "config": config.describe(),
+        "problems": [p.id for p in problems],
+    }
     return suite.ws.attribution(
         "ipg_on_path",
         key,

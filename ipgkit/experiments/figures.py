@@ -13,8 +13,10 @@ from ipgkit.errors import IpgkitError
 
 
 def _errors(frame: pd.DataFrame, low: str = "ci_low", high: str = "ci_high", value="accuracy"):
-    return [(frame[value] - frame[low]).clip(lower=0).fillna(0),
-            (frame[high] - frame[value]).clip(lower=0).fillna(0)]  # fmt: skip
+    return [
+        (frame[value] - frame[low]).clip(lower=0).fillna(0),
+        (frame[high] - frame[value]).clip(lower=0).fillna(0),
+    ]
 
 
 def plot_control(table: pd.DataFrame, ax=None):
@@ -29,15 +31,29 @@ def plot_control(table: pd.DataFrame, ax=None):
     width = 0.4
     for offset, condition in ((-width / 2, "enhance"), (width / 2, "suppress")):
         rows = pooled[pooled.condition == condition].set_index("method").loc[methods]
-        ax.bar(np.arange(len(methods)) + offset, rows.accuracy, width, yerr=_errors(rows),
-               capsize=3, label=condition)  # fmt: skip
+        ax.bar(
+            np.arange(len(methods)) + offset,
+            rows.accuracy,
+            width,
+            yerr=_errors(rows),
+            capsize=3,
+            label=condition,
+        )
     bases = pooled.groupby("level").base_accuracy.first()
     for level, value in bases.items():
-        ax.axhline(value, color="k", lw=0.8, ls="--" if level == "neuron" else ":",
-                   label=f"unsteered ({level} model)")  # fmt: skip
+        ax.axhline(
+            value,
+            color="k",
+            lw=0.8,
+            ls="--" if level == "neuron" else ":",
+            label=f"unsteered ({level} model)",
+        )
     ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right", fontsize=8)
-    ax.set(ylabel="greedy accuracy (test, pooled)", ylim=(0, 1),
-           title="Capability control (IPG paper Table 1 analogue)")  # fmt: skip
+    ax.set(
+        ylabel="greedy accuracy (test, pooled)",
+        ylim=(0, 1),
+        title="Capability control (IPG paper Table 1 analogue)",
+    )
     ax.legend(fontsize=7, ncol=2)
     return ax
 
@@ -49,16 +65,18 @@ def plot_dose(table: pd.DataFrame):
     gammas = sorted(table[table.axis == "p"].gamma.unique())
     figure, axes = plt.subplots(1, 1 + len(gammas), figsize=(4.2 * (1 + len(gammas)), 3.4))
     for method, rows in table[table.axis == "gamma"].groupby("method", sort=False):
-        axes[0].errorbar(rows.gamma, rows.accuracy, yerr=_errors(rows), marker="o", capsize=2,
-                         label=method)  # fmt: skip
+        axes[0].errorbar(
+            rows.gamma, rows.accuracy, yerr=_errors(rows), marker="o", capsize=2, label=method
+        )
     p_fixed = int(table[table.axis == "gamma"].p.iloc[0])
     axes[0].set(xlabel="gamma", ylabel="accuracy (test, pooled)", title=f"p = {p_fixed}")
     for ax, gamma in zip(axes[1:], gammas, strict=True):
         for method, rows in table[(table.axis == "p") & (table.gamma == gamma)].groupby(
             "method", sort=False
         ):
-            ax.errorbar(rows.p, rows.accuracy, yerr=_errors(rows), marker="o", capsize=2,
-                        label=method)  # fmt: skip
+            ax.errorbar(
+                rows.p, rows.accuracy, yerr=_errors(rows), marker="o", capsize=2, label=method
+            )
         ax.set(xscale="log", xlabel="p (components)", title=f"gamma = {gamma:g}")
     axes[0].legend(fontsize=8)
     figure.tight_layout()
@@ -73,8 +91,14 @@ def plot_support(table: pd.DataFrame):
     figure, axes = plt.subplots(1, 3, figsize=(12.5, 3.4))
     for (baseline, condition), rows in table.groupby(["baseline", "condition"], sort=False):
         ax = axes[0 if condition == "suppress" else 1]
-        ax.errorbar(rows.M, rows.accuracy, yerr=_errors(rows), marker="o", capsize=2,
-                    label=f"h' = {baseline}")  # fmt: skip
+        ax.errorbar(
+            rows.M,
+            rows.accuracy,
+            yerr=_errors(rows),
+            marker="o",
+            capsize=2,
+            label=f"h' = {baseline}",
+        )
         if condition == "suppress":
             axes[2].plot(rows.M, rows.dice_with_largest, marker="o", label=f"h' = {baseline}")
     for ax, title in zip(axes[:2], ("suppress (gamma = 0)", "enhance"), strict=True):
@@ -83,8 +107,13 @@ def plot_support(table: pd.DataFrame):
             xscale="log", xlabel="support prompts M", ylabel="accuracy (test, pooled)", title=title
         )
         ax.legend(fontsize=8)
-    axes[2].set(xscale="log", xlabel="support prompts M", ylabel="Dice with the largest M",
-                ylim=(0, 1.02), title="stability of the top set")  # fmt: skip
+    axes[2].set(
+        xscale="log",
+        xlabel="support prompts M",
+        ylabel="Dice with the largest M",
+        ylim=(0, 1.02),
+        title="stability of the top set",
+    )
     axes[2].legend(fontsize=8)
     figure.tight_layout()
     return figure
@@ -96,8 +125,9 @@ def plot_consistency(consistency: pd.DataFrame, transfer: pd.DataFrame):
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    pairs = consistency.assign(pair=consistency["first"].map(_short) + " vs "
-                               + consistency["second"].map(_short))  # fmt: skip
+    pairs = consistency.assign(
+        pair=consistency["first"].map(_short) + " vs " + consistency["second"].map(_short)
+    )
     labels = list(dict.fromkeys(pairs.pair))
     ps = sorted(pairs.p.unique())
     width = 0.8 / len(ps)
@@ -105,10 +135,21 @@ def plot_consistency(consistency: pd.DataFrame, transfer: pd.DataFrame):
         rows = pairs[pairs.p == p].set_index("pair").loc[labels]
         x = np.arange(len(labels)) + i * width
         axes[0].bar(x, rows.dice, width, label=f"p = {p}")
-        axes[0].scatter(x, rows.random_p95, marker="_", color="k", s=80,
-                        label="random 95th pct" if i == 0 else None)  # fmt: skip
-    axes[0].set_xticks(np.arange(len(labels)) + width * (len(ps) - 1) / 2, labels, fontsize=7,
-                       rotation=40, ha="right")  # fmt: skip
+        axes[0].scatter(
+            x,
+            rows.random_p95,
+            marker="_",
+            color="k",
+            s=80,
+            label="random 95th pct" if i == 0 else None,
+        )
+    axes[0].set_xticks(
+        np.arange(len(labels)) + width * (len(ps) - 1) / 2,
+        labels,
+        fontsize=7,
+        rotation=40,
+        ha="right",
+    )
     axes[0].set(ylabel="Dice", title="Overlap of top-p IPG sets across datasets")
     axes[0].legend(fontsize=7)
     cells = transfer.assign(column=transfer.source.map(_short) + "\n" + transfer.condition)
@@ -117,8 +158,14 @@ def plot_consistency(consistency: pd.DataFrame, transfer: pd.DataFrame):
     for offset, target in enumerate(targets):
         rows = cells[cells.target == target].set_index("column").loc[columns]
         x = np.arange(len(columns)) + 0.15 * (offset - (len(targets) - 1) / 2)
-        axes[1].errorbar(x, rows.difference, fmt="o", capsize=3, label=f"on {_short(target)}",
-                         yerr=_errors(rows, "diff_ci_low", "diff_ci_high", "difference"))  # fmt: skip
+        axes[1].errorbar(
+            x,
+            rows.difference,
+            fmt="o",
+            capsize=3,
+            label=f"on {_short(target)}",
+            yerr=_errors(rows, "diff_ci_low", "diff_ci_high", "difference"),
+        )
     axes[1].set_xticks(range(len(columns)), columns, fontsize=7)
     axes[1].axhline(0, color="k", lw=0.8)
     axes[1].set(
@@ -147,12 +194,20 @@ def plot_distilled(table: pd.DataFrame, ax=None):
     width = 0.4
     for offset, model in ((-width / 2, "base"), (width / 2, "distilled")):
         part = rows[rows.model == model].set_index("label").reindex(labels)
-        ax.bar(np.arange(len(labels)) + offset, part.difference, width, label=f"{model} model",
-               yerr=_errors(part, "diff_ci_low", "diff_ci_high", "difference"), capsize=3)  # fmt: skip
+        ax.bar(
+            np.arange(len(labels)) + offset,
+            part.difference,
+            width,
+            label=f"{model} model",
+            yerr=_errors(part, "diff_ci_low", "diff_ci_high", "difference"),
+            capsize=3,
+        )
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(range(len(labels)), labels, fontsize=7)
-    ax.set(ylabel="accuracy change (test, 95% CI)",
-           title="Transfer to a distilled student (IPG paper Table 3 analogue)")  # fmt: skip
+    ax.set(
+        ylabel="accuracy change (test, 95% CI)",
+        title="Transfer to a distilled student (IPG paper Table 3 analogue)",
+    )
     ax.legend(fontsize=8)
     return ax
 
@@ -166,13 +221,18 @@ def plot_strength(table: pd.DataFrame):
     for (model, name), rows in table.groupby(["model", "set"], sort=False):
         label = f"{model}: {name}"
         axes[0].plot(rows.gamma, rows.mean_length, marker="o", label=label)
-        axes[1].errorbar(rows.gamma, rows.accuracy, yerr=_errors(rows), marker="o", capsize=2,
-                         label=label)  # fmt: skip
+        axes[1].errorbar(
+            rows.gamma, rows.accuracy, yerr=_errors(rows), marker="o", capsize=2, label=label
+        )
         axes[2].plot(rows.gamma, rows.check_rate, marker="o", label=label)
     axes[0].set(xlabel="gamma", ylabel="mean completion tokens", title="reasoning length")
     axes[1].set(xlabel="gamma", ylabel="accuracy (test, pooled)", title="accuracy")
-    axes[2].set(xlabel="gamma", ylabel="completions with a check line", title="check rate",
-                ylim=(-0.02, 1.02))  # fmt: skip
+    axes[2].set(
+        xlabel="gamma",
+        ylabel="completions with a check line",
+        title="check rate",
+        ylim=(-0.02, 1.02),
+    )
     axes[0].legend(fontsize=7)
     figure.tight_layout()
     return figure
@@ -184,8 +244,9 @@ def plot_sites(table: pd.DataFrame):
 
     rows = table.assign(site_name=table.site + table.layer.astype(str) + " " + table["mode"])
     conditions = rows[["p", "gamma"]].drop_duplicates().values.tolist()
-    figure, axes = plt.subplots(1, len(conditions), figsize=(3.2 * len(conditions), 3.4),
-                                sharey=True, squeeze=False)  # fmt: skip
+    figure, axes = plt.subplots(
+        1, len(conditions), figsize=(3.2 * len(conditions), 3.4), sharey=True, squeeze=False
+    )
     for ax, (p, gamma) in zip(axes[0], conditions, strict=True):
         part = rows[(rows.p == p) & (rows.gamma == gamma)]
         for method, group in part.groupby("method", sort=False):
@@ -235,5 +296,14 @@ def draw_figures(tables_dir: str | os.PathLike, out_dir: str | os.PathLike) -> l
     return written
 
 
-__all__ = ["FIGURES", "draw_figures", "plot_consistency", "plot_control", "plot_distilled",
-           "plot_dose", "plot_sites", "plot_strength", "plot_support"]  # fmt: skip
+__all__ = [
+    "FIGURES",
+    "draw_figures",
+    "plot_consistency",
+    "plot_control",
+    "plot_distilled",
+    "plot_dose",
+    "plot_sites",
+    "plot_strength",
+    "plot_support",
+]

@@ -87,9 +87,19 @@ class RealModelConfig:
 
 def small_real_config(**overrides) -> RealModelConfig:
     """A minutes-long version (tests, a first look)."""
-    settings = dict(benchmark_problems=4, benchmark_tokens=48, support=3, n_rollouts=2, n_steps=2,
-                    support_tokens=32, held_out=3, steering_tokens=32, top=5, gammas=(0.0,),
-                    random_seeds=1)  # fmt: skip
+    settings = dict(
+        benchmark_problems=4,
+        benchmark_tokens=48,
+        support=3,
+        n_rollouts=2,
+        n_steps=2,
+        support_tokens=32,
+        held_out=3,
+        steering_tokens=32,
+        top=5,
+        gammas=(0.0,),
+        random_seeds=1,
+    )
     return RealModelConfig(**{**settings, **overrides})
 
 
@@ -103,9 +113,18 @@ def benchmark_row(task_name: str, outcome: Outcome, budget: int) -> dict:
     # a completion that stopped on its own has EOS inside the budget
     truncated = int((outcome.length >= budget).sum())
     low, high = wilson_interval(correct, n)
-    return {"task": task_name, "n": n, "accuracy": correct / n, "ci_low": low, "ci_high": high,
-            "boxed": boxed / n, "any_answer": answered / n, "truncated": truncated / n,
-            "mean_length": float(outcome.length.mean()), "max_new_tokens": budget}  # fmt: skip
+    return {
+        "task": task_name,
+        "n": n,
+        "accuracy": correct / n,
+        "ci_low": low,
+        "ci_high": high,
+        "boxed": boxed / n,
+        "any_answer": answered / n,
+        "truncated": truncated / n,
+        "mean_length": float(outcome.length.mean()),
+        "max_new_tokens": budget,
+    }
 
 
 def steering_row(method: str, gamma: float, base: Outcome, steered: list[Outcome], budget: int):
@@ -114,12 +133,21 @@ def steering_row(method: str, gamma: float, base: Outcome, steered: list[Outcome
     length = np.mean([o.length for o in steered], axis=0)
     change = paired_comparison(base.length, length)
     mean, low, high = mean_interval(length.tolist())
-    return {"method": method, "gamma": gamma, "seeds": len(steered), "n": length.size,
-            "mean_length": mean, "ci_low": low, "ci_high": high,
-            "length_change": change["difference"], "change_ci_low": change["ci_low"],
-            "change_ci_high": change["ci_high"], "p_value": change["p_value"],
-            "truncated": float(np.mean([(o.length >= budget).mean() for o in steered])),
-            "accuracy": float(np.mean([o.accuracy for o in steered]))}  # fmt: skip
+    return {
+        "method": method,
+        "gamma": gamma,
+        "seeds": len(steered),
+        "n": length.size,
+        "mean_length": mean,
+        "ci_low": low,
+        "ci_high": high,
+        "length_change": change["difference"],
+        "change_ci_low": change["ci_low"],
+        "change_ci_high": change["ci_high"],
+        "p_value": change["p_value"],
+        "truncated": float(np.mean([(o.length >= budget).mean() for o in steered])),
+        "accuracy": float(np.mean([o.accuracy for o in steered])),
+    }
 
 
 def real_model_study(
@@ -144,59 +172,93 @@ def real_model_study(
     benchmarks = []
     for name in ("gsm8k", "math500"):
         task = load(name, split="test", path=data / name, n=config.benchmark_problems)
-        outcome = ws.evaluate(policy, key, task, max_new_tokens=config.benchmark_tokens,
-                              progress=progress)  # fmt: skip
+        outcome = ws.evaluate(
+            policy, key, task, max_new_tokens=config.benchmark_tokens, progress=progress
+        )
         benchmarks.append(benchmark_row(name, outcome, config.benchmark_tokens))
 
     support = load("gsm8k", split="train", path=data / "gsm8k", n=config.support)
-    sampling = dict(n=config.n_rollouts, temperature=0.6, top_p=0.8, seed=0,
-                    max_new_tokens=config.support_tokens)  # fmt: skip
-    rollouts = ws.rollouts("support", {"model": key, "problems": digest([p.id for p in support.problems]), **sampling},
-                           lambda: sample(policy, support.problems, reward=length_reward,
-                                          progress=progress, **sampling))  # fmt: skip
+    sampling = dict(
+        n=config.n_rollouts,
+        temperature=0.6,
+        top_p=0.8,
+        seed=0,
+        max_new_tokens=config.support_tokens,
+    )
+    rollouts = ws.rollouts(
+        "support",
+        {"model": key, "problems": digest([p.id for p in support.problems]), **sampling},
+        lambda: sample(
+            policy, support.problems, reward=length_reward, progress=progress, **sampling
+        ),
+    )
     units = mlp_neurons(config.layer)
-    ipg_config = IPGConfig(n_rollouts=config.n_rollouts, n_steps=config.n_steps,
-                           max_new_tokens=config.support_tokens, internal_batch_size=8)  # fmt: skip
+    ipg_config = IPGConfig(
+        n_rollouts=config.n_rollouts,
+        n_steps=config.n_steps,
+        max_new_tokens=config.support_tokens,
+        internal_batch_size=8,
+    )
 
     def attribute():
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="IPG completeness gap")
-            return ipg(policy, None, units, config=ipg_config, rollouts=rollouts,
-                       progress=progress)  # fmt: skip
+            return ipg(policy, None, units, config=ipg_config, rollouts=rollouts, progress=progress)
 
-    result = ws.attribution("ipg-length", {"model": key, "units": units.hook_name,
-                                           "config": ipg_config.describe(),
-                                           "rollouts": digest(rollouts.texts)}, attribute)  # fmt: skip
+    result = ws.attribution(
+        "ipg-length",
+        {
+            "model": key,
+            "units": units.hook_name,
+            "config": ipg_config.describe(),
+            "rollouts": digest(rollouts.texts),
+        },
+        attribute,
+    )
     top = result.to_dataframe().sort_values("rank").head(config.top).reset_index(drop=True)
 
     held_out = load("gsm8k", split="test", path=data / "gsm8k", n=config.held_out)
     budget = config.steering_tokens
 
     def run(components=None, gamma=1.0) -> Outcome:
-        return ws.evaluate(policy, key, held_out, components, gamma, max_new_tokens=budget,
-                           progress=progress)  # fmt: skip
+        return ws.evaluate(
+            policy, key, held_out, components, gamma, max_new_tokens=budget, progress=progress
+        )
 
     base = run()
     rows = [steering_row("unsteered", 1.0, base, [base], budget)]
-    randoms = [random_baseline(policy, units, seed).top(config.top)
-               for seed in range(config.random_seeds)]  # fmt: skip
+    randoms = [
+        random_baseline(policy, units, seed).top(config.top) for seed in range(config.random_seeds)
+    ]
     for gamma in config.gammas:
         rows.append(steering_row("IPG", gamma, base, [run(result.top(config.top), gamma)], budget))
         steered = [run(chosen, gamma) for chosen in randoms]
         rows.append(steering_row("Random", gamma, base, steered, budget))
 
-    tables = {"benchmarks": pd.DataFrame(benchmarks), "top_neurons": top,
-              "length_steering": pd.DataFrame(rows)}  # fmt: skip
+    tables = {
+        "benchmarks": pd.DataFrame(benchmarks),
+        "top_neurons": top,
+        "length_steering": pd.DataFrame(rows),
+    }
     for name, frame in tables.items():
         ws.table(name, asdict(config), lambda frame=frame: frame)
-    ws.note("real_model", {"seconds": time.perf_counter() - started,
-                           "support_length_mean": float(rollouts.rewards.mean()),
-                           "support_length_std": float(rollouts.rewards.std()),
-                           "frac_reward_zero_std": float(rollouts.frac_reward_zero_std),
-                           "ipg_info": {k: v for k, v in result.info.items()
-                                        if isinstance(v, int | float | str)}})  # fmt: skip
+    ws.note(
+        "real_model",
+        {
+            "seconds": time.perf_counter() - started,
+            "support_length_mean": float(rollouts.rewards.mean()),
+            "support_length_std": float(rollouts.rewards.std()),
+            "frac_reward_zero_std": float(rollouts.frac_reward_zero_std),
+            "ipg_info": {k: v for k, v in result.info.items() if isinstance(v, int | float | str)},
+        },
+    )
     return tables
 
 
-__all__ = ["RealModelConfig", "benchmark_row", "real_model_study", "small_real_config",
-           "steering_row"]  # fmt: skip
+__all__ = [
+    "RealModelConfig",
+    "benchmark_row",
+    "real_model_study",
+    "small_real_config",
+    "steering_row",
+]

@@ -35,8 +35,15 @@ from .workspace import Outcome, Workspace, digest
 
 Site = Literal["mlp", "resid"]
 #: Table 1's methods: neuron-level, then SAE-feature-level (these need an SAE)
-NEURON_METHODS = ("IPG", "Random", "Activation", "Reasoning Neuron", "Control Vector",
-                  "Policy Gradient", "Integrated Gradients")  # fmt: skip
+NEURON_METHODS = (
+    "IPG",
+    "Random",
+    "Activation",
+    "Reasoning Neuron",
+    "Control Vector",
+    "Policy Gradient",
+    "Integrated Gradients",
+)
 FEATURE_METHODS = ("IPG-SAE", "Random-SAE", "ReasonScore-SAE")
 
 
@@ -97,16 +104,24 @@ class ExperimentConfig:
     dose_p: int = 10
     support_sizes: tuple[int, ...] = (1, 5, 20, 50, 200)
     datasets: tuple[str, ...] = (
-        "arith-word/train", "arith-chain/train", "arith-word/hard-train", "arith-chain/hard-train",
-    )  # fmt: skip
+        "arith-word/train",
+        "arith-chain/train",
+        "arith-word/hard-train",
+        "arith-chain/hard-train",
+    )
     dice_ps: tuple[int, ...] = (5, 10, 20)
     distill_problems: int = 700
     distill: DistillConfig = field(default_factory=DistillConfig)
     strength_gammas: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0)
     strength_p: int = 10
     sites: tuple[tuple[str, int], ...] = (
-        ("mlp", 0), ("mlp", 1), ("mlp", 2), ("mlp", 3), ("resid", 1), ("resid", 2),
-    )  # fmt: skip
+        ("mlp", 0),
+        ("mlp", 1),
+        ("mlp", 2),
+        ("mlp", 3),
+        ("resid", 1),
+        ("resid", 2),
+    )
     methods: tuple[str, ...] | None = None
     seed: int = 0
 
@@ -141,16 +156,33 @@ def small_config(**overrides) -> ExperimentConfig:
     from ipgkit.training.sft import SFTConfig
 
     base = ExperimentConfig(
-        support=6, n_rollouts=4, n_steps=4, validation=12, test=16, p_grid=(2, 4),
-        gamma_grid=(1.5, 2.0), suppress_p=4, random_seeds=(0, 1), validation_random_seeds=1,
-        dose_problems=8, dose_gammas=(0.0, 1.0, 2.0), dose_ps=(1, 4), dose_p=4,
-        support_sizes=(2, 6), datasets=("arith-word/train", "arith-chain/train"), dice_ps=(4,),
-        distill_problems=12, strength_gammas=(0.0, 1.0, 2.0), strength_p=4,
-        distill=DistillConfig(samples=2, max_new_tokens=96,
-                              sft=SFTConfig(learning_rate=1e-3, num_train_epochs=1,
-                                            per_device_train_batch_size=8)),
+        support=6,
+        n_rollouts=4,
+        n_steps=4,
+        validation=12,
+        test=16,
+        p_grid=(2, 4),
+        gamma_grid=(1.5, 2.0),
+        suppress_p=4,
+        random_seeds=(0, 1),
+        validation_random_seeds=1,
+        dose_problems=8,
+        dose_gammas=(0.0, 1.0, 2.0),
+        dose_ps=(1, 4),
+        dose_p=4,
+        support_sizes=(2, 6),
+        datasets=("arith-word/train", "arith-chain/train"),
+        dice_ps=(4,),
+        distill_problems=12,
+        strength_gammas=(0.0, 1.0, 2.0),
+        strength_p=4,
+        distill=DistillConfig(
+            samples=2,
+            max_new_tokens=96,
+            sft=SFTConfig(learning_rate=1e-3, num_train_epochs=1, per_device_train_batch_size=8),
+        ),
         sites=(("mlp", 0), ("resid", 0)),
-    )  # fmt: skip
+    )
     return replace(base, **overrides)
 
 
@@ -196,9 +228,15 @@ class Suite:
         >>> table = capability_control(suite)                                  # doctest: +SKIP
     """
 
-    def __init__(self, out_dir: str | os.PathLike, config: ExperimentConfig | None = None,
-                 policy: Policy | None = None, sae=None, progress: bool = True,
-                 overwrite: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        config: ExperimentConfig | None = None,
+        policy: Policy | None = None,
+        sae=None,
+        progress: bool = True,
+        overwrite: bool = False,
+    ) -> None:
         from ipgkit.models import load_model
 
         self.config = config or ExperimentConfig()
@@ -223,35 +261,71 @@ class Suite:
     def support_task(self) -> Task:
         """The support pool: train problems of every family, interleaved, as many as the largest
         support size needs. Table 1's support set is its first ``support * len(families)``."""
-        per_family = max(self.config.support, -(-max(self.config.support_sizes)
-                                                   // len(self.config.families)))  # fmt: skip
+        per_family = max(
+            self.config.support, -(-max(self.config.support_sizes) // len(self.config.families))
+        )
         return mix_tasks(self.tasks("train", per_family))
 
     @property
     def support_count(self) -> int:
         return self.config.support * len(self.config.families)
 
-    def support_rollouts(self, policy: Policy | None = None, policy_key: str | None = None,
-                         reward: Callable | None = None, reward_name: str = "correctness",
-                         max_new_tokens: int | None = None) -> Rollouts:  # fmt: skip
+    def support_rollouts(
+        self,
+        policy: Policy | None = None,
+        policy_key: str | None = None,
+        reward: Callable | None = None,
+        reward_name: str = "correctness",
+        max_new_tokens: int | None = None,
+    ) -> Rollouts:
         """The support pool's rollouts (IPG paper settings: N per prompt, T = 0.6, top-p 0.8),
         sampled once per policy and reward."""
         task = self.support_task
-        settings = {"policy": policy_key or self.policy_key, "problems": len(task),
-                    "n": self.config.n_rollouts, "seed": self.config.seed, "reward": reward_name,
-                    "max_new_tokens": max_new_tokens or task.max_new_tokens}  # fmt: skip
-        return self.paper_rollouts("support", settings, task, policy or self.policy,
-                                   self.config.seed, reward, max_new_tokens)  # fmt: skip
+        settings = {
+            "policy": policy_key or self.policy_key,
+            "problems": len(task),
+            "n": self.config.n_rollouts,
+            "seed": self.config.seed,
+            "reward": reward_name,
+            "max_new_tokens": max_new_tokens or task.max_new_tokens,
+        }
+        return self.paper_rollouts(
+            "support",
+            settings,
+            task,
+            policy or self.policy,
+            self.config.seed,
+            reward,
+            max_new_tokens,
+        )
 
-    def paper_rollouts(self, name: str, settings, task: Task, policy: Policy, seed: int,
-                       reward: Callable | None = None,
-                       max_new_tokens: int | None = None) -> Rollouts:  # fmt: skip
+    def paper_rollouts(
+        self,
+        name: str,
+        settings,
+        task: Task,
+        policy: Policy,
+        seed: int,
+        reward: Callable | None = None,
+        max_new_tokens: int | None = None,
+    ) -> Rollouts:
         """``n_rollouts`` completions per problem of ``task`` with the IPG paper's sampling
         settings (T = 0.6, top-p 0.8), drawn once per (name, settings) and cached."""
-        return self.ws.rollouts(name, settings, lambda: sample(
-            policy, task.problems, n=self.config.n_rollouts, temperature=0.6, top_p=0.8,
-            max_new_tokens=max_new_tokens or task.max_new_tokens, seed=seed,
-            reward=reward or task.correctness, progress=self.progress))  # fmt: skip
+        return self.ws.rollouts(
+            name,
+            settings,
+            lambda: sample(
+                policy,
+                task.problems,
+                n=self.config.n_rollouts,
+                temperature=0.6,
+                top_p=0.8,
+                max_new_tokens=max_new_tokens or task.max_new_tokens,
+                seed=seed,
+                reward=reward or task.correctness,
+                progress=self.progress,
+            ),
+        )
 
     # --- components ---------------------------------------------------------------------------
 
@@ -277,19 +351,37 @@ class Suite:
 
         return sae_features(self.spliced, self.config.layer)
 
-    def ipg(self, name: str, policy: Policy, policy_key: str, components: ComponentSet,
-            rollouts: Rollouts, **settings) -> AttributionResult:  # fmt: skip
+    def ipg(
+        self,
+        name: str,
+        policy: Policy,
+        policy_key: str,
+        components: ComponentSet,
+        rollouts: Rollouts,
+        **settings,
+    ) -> AttributionResult:
         """IPG on ``rollouts`` (paper mode), cached."""
         config = IPGConfig(n_rollouts=rollouts.n, n_steps=self.config.n_steps, **settings)
-        key = {"policy": policy_key, "units": components.hook_name, "config": config.describe(),
-               "problems": digest([p.id for p in rollouts.problems]),
-               "rollouts": digest(rollouts.texts), "reward": rollouts.reward_name}  # fmt: skip
+        key = {
+            "policy": policy_key,
+            "units": components.hook_name,
+            "config": config.describe(),
+            "problems": digest([p.id for p in rollouts.problems]),
+            "rollouts": digest(rollouts.texts),
+            "reward": rollouts.reward_name,
+        }
 
         def compute() -> AttributionResult:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="IPG completeness gap")
-                return ipg(policy, None, components, config=config, rollouts=rollouts,
-                           progress=self.progress)  # fmt: skip
+                return ipg(
+                    policy,
+                    None,
+                    components,
+                    config=config,
+                    rollouts=rollouts,
+                    progress=self.progress,
+                )
 
         return self.ws.attribution(name, key, compute)
 
@@ -305,36 +397,60 @@ class Suite:
         problems = rollouts.problems
         units, key, policy = self.neurons(), self.policy_key, self.policy
         cached, seeds, q = self.ws.attribution, self.config.random_seeds, self.config.n_steps
-        base = {"policy": key, "units": units.hook_name, "problems": digest([p.id for p in problems]),
-                "rollouts": digest(rollouts.texts)}  # fmt: skip
+        base = {
+            "policy": key,
+            "units": units.hook_name,
+            "problems": digest([p.id for p in problems]),
+            "rollouts": digest(rollouts.texts),
+        }
         quiet = {"progress": False}
         neuron_methods = {
             "IPG": lambda: [self.ipg("ipg", policy, key, units, rollouts)],
             "Random": lambda: [random_baseline(policy, units, seed) for seed in seeds],
-            "Activation": lambda: [cached("activation", base, lambda: activation_magnitude(
-                policy, rollouts, units))],
-            "Reasoning Neuron": lambda: [cached("reasoning_neurons", base, lambda: reasoning_neurons(
-                policy, rollouts, units))],
-            "Control Vector": lambda: [cached("control_vector", base, lambda: control_vector(
-                policy, problems, units))],
-            "Policy Gradient": lambda: [cached("policy_gradient", base, lambda: policy_gradient(
-                policy, None, units, rollouts=rollouts, **quiet))],
-            "Integrated Gradients": lambda: [cached("integrated_gradients", {**base, "q": q},
-                lambda: integrated_gradients(policy, problems, units, n_steps=q, **quiet))],
-        }  # fmt: skip
+            "Activation": lambda: [
+                cached("activation", base, lambda: activation_magnitude(policy, rollouts, units))
+            ],
+            "Reasoning Neuron": lambda: [
+                cached(
+                    "reasoning_neurons", base, lambda: reasoning_neurons(policy, rollouts, units)
+                )
+            ],
+            "Control Vector": lambda: [
+                cached("control_vector", base, lambda: control_vector(policy, problems, units))
+            ],
+            "Policy Gradient": lambda: [
+                cached(
+                    "policy_gradient",
+                    base,
+                    lambda: policy_gradient(policy, None, units, rollouts=rollouts, **quiet),
+                )
+            ],
+            "Integrated Gradients": lambda: [
+                cached(
+                    "integrated_gradients",
+                    {**base, "q": q},
+                    lambda: integrated_gradients(policy, problems, units, n_steps=q, **quiet),
+                )
+            ],
+        }
         wanted = self.config.methods or (*neuron_methods, *FEATURE_METHODS)
-        selected = {name: SelectedSets(name, "neuron", policy, key, build(),
-                                       1 if name == "Control Vector" else None)
-                    for name, build in neuron_methods.items() if name in wanted}  # fmt: skip
+        selected = {
+            name: SelectedSets(
+                name, "neuron", policy, key, build(), 1 if name == "Control Vector" else None
+            )
+            for name, build in neuron_methods.items()
+            if name in wanted
+        }
         if self.spliced is not None and any(name in wanted for name in FEATURE_METHODS):
             features, spliced, skey = self.features(), self.spliced, self.spliced_key
             fbase = {**base, "policy": skey, "units": features.hook_name}
             feature_methods = {
                 "IPG-SAE": lambda: [self.ipg("ipg_sae", spliced, skey, features, rollouts)],
                 "Random-SAE": lambda: [random_baseline(spliced, features, s) for s in seeds],
-                "ReasonScore-SAE": lambda: [cached("reason_score", fbase, lambda: reason_score(
-                    spliced, rollouts, features))],
-            }  # fmt: skip
+                "ReasonScore-SAE": lambda: [
+                    cached("reason_score", fbase, lambda: reason_score(spliced, rollouts, features))
+                ],
+            }
             for name, build in feature_methods.items():
                 if name in wanted:
                     selected[name] = SelectedSets(name, "feature", spliced, skey, build())
@@ -347,8 +463,12 @@ class Suite:
         from ipgkit.training.distill import distill
 
         config = self.config
-        settings = {"teacher": self.policy_key, "distill": asdict(config.distill),
-                    "problems": config.distill_problems, "families": config.families}  # fmt: skip
+        settings = {
+            "teacher": self.policy_key,
+            "distill": asdict(config.distill),
+            "problems": config.distill_problems,
+            "families": config.families,
+        }
         key = f"{self.policy_key}-distilled:{digest(settings)[:8]}"
         train = mix_tasks(self.tasks("train", config.distill_problems))
         unused = train.problems[len(self.support_task) :]
@@ -361,8 +481,10 @@ class Suite:
 
         def fit() -> dict:
             trained, log, counts = distill(self.policy, train, config.distill, self.progress)
-            self.ws.note("student", {**counts, "final_loss": float(log.loss.tail(10).mean()),
-                                     "steps": len(log)})  # fmt: skip
+            self.ws.note(
+                "student",
+                {**counts, "final_loss": float(log.loss.tail(10).mean()), "steps": len(log)},
+            )
             return trained.model.state_dict()
 
         model = self.policy.clone()
@@ -373,24 +495,46 @@ class Suite:
 
     # --- evaluation ---------------------------------------------------------------------------
 
-    def evaluate(self, sets: SelectedSets | None, task: Task, p: int = 0, gamma: float = 1.0,
-                 policy: Policy | None = None, policy_key: str | None = None,
-                 max_new_tokens: int | None = None) -> list[Outcome]:  # fmt: skip
+    def evaluate(
+        self,
+        sets: SelectedSets | None,
+        task: Task,
+        p: int = 0,
+        gamma: float = 1.0,
+        policy: Policy | None = None,
+        policy_key: str | None = None,
+        max_new_tokens: int | None = None,
+    ) -> list[Outcome]:
         """Per-problem outcomes of one condition, one per seed of ``sets`` (the unsteered model
         when ``sets`` is None or gamma = 1)."""
         if sets is None:
-            return [self.ws.evaluate(policy or self.policy, policy_key or self.policy_key, task,
-                                     max_new_tokens=max_new_tokens)]  # fmt: skip
-        return [self.ws.evaluate(policy or sets.policy, policy_key or sets.policy_key, task,
-                                 chosen, gamma, max_new_tokens=max_new_tokens)
-                for chosen in sets.sets(p)]  # fmt: skip
+            return [
+                self.ws.evaluate(
+                    policy or self.policy,
+                    policy_key or self.policy_key,
+                    task,
+                    max_new_tokens=max_new_tokens,
+                )
+            ]
+        return [
+            self.ws.evaluate(
+                policy or sets.policy,
+                policy_key or sets.policy_key,
+                task,
+                chosen,
+                gamma,
+                max_new_tokens=max_new_tokens,
+            )
+            for chosen in sets.sets(p)
+        ]
 
     def selection(self) -> pd.DataFrame:
         """Validation accuracy of every method over the (p, gamma) grid (cached as a table)."""
         from .control import validation_grid
 
-        return self.ws.table("validation_grid", self.config.settings(),
-                             lambda: validation_grid(self))  # fmt: skip
+        return self.ws.table(
+            "validation_grid", self.config.settings(), lambda: validation_grid(self)
+        )
 
     def chosen(self, method: str) -> tuple[int, float]:
         """The (p, gamma) a method chose on validation: the best mean accuracy over families

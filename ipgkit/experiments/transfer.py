@@ -27,12 +27,19 @@ def dataset_sets(suite: Suite, resample: int = 0):
     for dataset in config.datasets:
         family, split = dataset.split("/")
         task = suite.task(family, split, config.support)
-        settings = {"policy": suite.policy_key, "dataset": dataset, "n": config.n_rollouts,
-                    "problems": len(task), "seed": seed}  # fmt: skip
-        rollouts = suite.paper_rollouts(f"support_{family}_{split}", settings, task,
-                                        suite.policy, seed)  # fmt: skip
-        results[dataset] = suite.ipg(f"ipg_{family}_{split}", suite.policy, suite.policy_key,
-                                     units, rollouts)  # fmt: skip
+        settings = {
+            "policy": suite.policy_key,
+            "dataset": dataset,
+            "n": config.n_rollouts,
+            "problems": len(task),
+            "seed": seed,
+        }
+        rollouts = suite.paper_rollouts(
+            f"support_{family}_{split}", settings, task, suite.policy, seed
+        )
+        results[dataset] = suite.ipg(
+            f"ipg_{family}_{split}", suite.policy, suite.policy_key, units, rollouts
+        )
     return results
 
 
@@ -57,15 +64,33 @@ def dataset_consistency(suite: Suite) -> pd.DataFrame:
         for p in suite.config.dice_ps:
             if not (results[first].ranks_anything and other.ranks_anything):
                 # a support set without signal ranks nothing: no overlap to measure
-                rows.append({"first": first, "second": second, "p": p, "dice": math.nan,
-                             "random_mean": random_dice(width, p)["mean"], "random_p95": math.nan,
-                             "p_value": math.nan, "units": width})  # fmt: skip
+                rows.append(
+                    {
+                        "first": first,
+                        "second": second,
+                        "p": p,
+                        "dice": math.nan,
+                        "random_mean": random_dice(width, p)["mean"],
+                        "random_p95": math.nan,
+                        "p_value": math.nan,
+                        "units": width,
+                    }
+                )
                 continue
             value = dice(results[first].top(p), other.top(p))
             chance = random_dice(width, p, observed=value)
-            rows.append({"first": first, "second": second, "p": p, "dice": value,
-                         "random_mean": chance["mean"], "random_p95": chance["p95"],
-                         "p_value": chance["p_value"], "units": width})  # fmt: skip
+            rows.append(
+                {
+                    "first": first,
+                    "second": second,
+                    "p": p,
+                    "dice": value,
+                    "random_mean": chance["mean"],
+                    "random_p95": chance["p95"],
+                    "p_value": chance["p_value"],
+                    "units": width,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -85,11 +110,20 @@ def dataset_transfer(suite: Suite) -> pd.DataFrame:
         base = suite.evaluate(None, task)
         for source, result in results.items():
             sets = SelectedSets("IPG", "neuron", suite.policy, suite.policy_key, [result])
-            for condition, (p, gamma) in (("suppress", (config.suppress_p, 0.0)),
-                                          ("enhance", (p_enhance, gamma_enhance))):  # fmt: skip
-                rows.append({"source": source, "target": family, "condition": condition, "p": p,
-                             "gamma": gamma,
-                             **condition_row(base, suite.evaluate(sets, task, p, gamma))})  # fmt: skip
+            for condition, (p, gamma) in (
+                ("suppress", (config.suppress_p, 0.0)),
+                ("enhance", (p_enhance, gamma_enhance)),
+            ):
+                rows.append(
+                    {
+                        "source": source,
+                        "target": family,
+                        "condition": condition,
+                        "p": p,
+                        "gamma": gamma,
+                        **condition_row(base, suite.evaluate(sets, task, p, gamma)),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -112,30 +146,54 @@ def distilled_transfer(suite: Suite) -> pd.DataFrame:
     units = suite.neurons()
 
     def run(sets, p, gamma, policy, policy_key):
-        return pool_outcomes([suite.evaluate(sets, task, p, gamma, policy=policy, policy_key=policy_key,
-                                       max_new_tokens=budget) for task in tasks])  # fmt: skip
+        return pool_outcomes(
+            [
+                suite.evaluate(
+                    sets,
+                    task,
+                    p,
+                    gamma,
+                    policy=policy,
+                    policy_key=policy_key,
+                    max_new_tokens=budget,
+                )
+                for task in tasks
+            ]
+        )
 
     rows = []
     teacher_base = run(None, 0, 1.0, suite.policy, suite.policy_key)
     student_base = run(None, 0, 1.0, model, key)
     for name, outcomes in (("base", teacher_base), ("distilled", student_base)):
-        rows.append({"model": name, "set": "none", "condition": "unsteered", "p": 0, "gamma": 1.0,
-                     "check_rate": check_rate(outcomes[0].texts),
-                     **condition_row(outcomes, outcomes)})  # fmt: skip
+        rows.append(
+            {
+                "model": name,
+                "set": "none",
+                "condition": "unsteered",
+                "p": 0,
+                "gamma": 1.0,
+                "check_rate": check_rate(outcomes[0].texts),
+                **condition_row(outcomes, outcomes),
+            }
+        )
     own_rollouts = suite.support_rollouts(model, key, max_new_tokens=budget).select(
-        range(suite.support_count))  # fmt: skip
+        range(suite.support_count)
+    )
     own = suite.ipg("ipg_student", model, key, units, own_rollouts)
     p_enhance, gamma_enhance = suite.chosen("IPG")
     candidates = {"IPG (base model's)": suite.methods["IPG"]}
     if "Random" in suite.methods:
-        candidates["Random"] = SelectedSets("Random", "neuron", model, key,
-                                            suite.methods["Random"].results[:3])  # fmt: skip
+        candidates["Random"] = SelectedSets(
+            "Random", "neuron", model, key, suite.methods["Random"].results[:3]
+        )
     if "Activation" in suite.methods:
         candidates["Activation (base model's)"] = suite.methods["Activation"]
     candidates["IPG (student's own)"] = SelectedSets("IPG", "neuron", model, key, [own])
     for name, sets in candidates.items():
-        for condition, (p, gamma) in (("enhance", (p_enhance, gamma_enhance)),
-                                      ("suppress", (config.suppress_p, 0.0))):  # fmt: skip
+        for condition, (p, gamma) in (
+            ("enhance", (p_enhance, gamma_enhance)),
+            ("suppress", (config.suppress_p, 0.0)),
+        ):
             for model_name, policy, policy_key, base in (
                 ("base", suite.policy, suite.policy_key, teacher_base),
                 ("distilled", model, key, student_base),
@@ -143,10 +201,17 @@ def distilled_transfer(suite: Suite) -> pd.DataFrame:
                 if name == "IPG (student's own)" and model_name == "base":
                     continue
                 steered = run(sets, p, gamma, policy, policy_key)
-                rows.append({"model": model_name, "set": name, "condition": condition, "p": p,
-                             "gamma": gamma,
-                             "check_rate": float(np.mean([check_rate(o.texts) for o in steered])),
-                             **condition_row(base, steered)})  # fmt: skip
+                rows.append(
+                    {
+                        "model": model_name,
+                        "set": name,
+                        "condition": condition,
+                        "p": p,
+                        "gamma": gamma,
+                        "check_rate": float(np.mean([check_rate(o.texts) for o in steered])),
+                        **condition_row(base, steered),
+                    }
+                )
     overlap = dice(
         suite.methods["IPG"].results[0].top(config.suppress_p), own.top(config.suppress_p)
     )
@@ -171,8 +236,10 @@ def reasoning_strength(suite: Suite) -> pd.DataFrame:
     model, key = suite.student
     budget = config.distill.max_new_tokens
     rows = []
-    for model_name, policy, policy_key in (("base", suite.policy, suite.policy_key),
-                                           ("distilled", model, key)):  # fmt: skip
+    for model_name, policy, policy_key in (
+        ("base", suite.policy, suite.policy_key),
+        ("distilled", model, key),
+    ):
         rollouts = suite.support_rollouts(
             policy, policy_key, reward=length_reward, reward_name="length", max_new_tokens=budget
         )
@@ -181,24 +248,52 @@ def reasoning_strength(suite: Suite) -> pd.DataFrame:
         sets = {"IPG (length)": [result], "Random": [random_baseline(policy, units, 0)]}
         if not result.ranks_anything:  # every support length tied: no IPG set, rows say so
             del sets["IPG (length)"]
-            rows += [{"model": model_name, "set": "IPG (length)", "p": config.strength_p,
-                      "gamma": gamma, "support_mean_length": float(rollouts.rewards.mean())}
-                     for gamma in config.strength_gammas]  # fmt: skip
-        base = pool_outcomes([suite.evaluate(None, task, policy=policy, policy_key=policy_key,
-                                       max_new_tokens=budget) for task in tasks])  # fmt: skip
+            rows += [
+                {
+                    "model": model_name,
+                    "set": "IPG (length)",
+                    "p": config.strength_p,
+                    "gamma": gamma,
+                    "support_mean_length": float(rollouts.rewards.mean()),
+                }
+                for gamma in config.strength_gammas
+            ]
+        base = pool_outcomes(
+            [
+                suite.evaluate(
+                    None, task, policy=policy, policy_key=policy_key, max_new_tokens=budget
+                )
+                for task in tasks
+            ]
+        )
         for name, results in sets.items():
             chosen = SelectedSets(name, "neuron", policy, policy_key, results)
             for gamma in config.strength_gammas:
-                steered = pool_outcomes([suite.evaluate(chosen, task, config.strength_p, gamma,
-                                                  max_new_tokens=budget) for task in tasks])  # fmt: skip
+                steered = pool_outcomes(
+                    [
+                        suite.evaluate(
+                            chosen, task, config.strength_p, gamma, max_new_tokens=budget
+                        )
+                        for task in tasks
+                    ]
+                )
                 row = condition_row(base, steered)
                 lengths = steered[0].length - base[0].length
-                rows.append({"model": model_name, "set": name, "p": config.strength_p,
-                             "gamma": gamma, "check_rate": check_rate(steered[0].texts),
-                             "length_change": float(lengths.mean()),
-                             "length_change_se": float(lengths.std(ddof=1) / np.sqrt(lengths.size))
-                             if lengths.size > 1 else float("nan"),
-                             "support_mean_length": float(rollouts.rewards.mean()), **row})  # fmt: skip
+                rows.append(
+                    {
+                        "model": model_name,
+                        "set": name,
+                        "p": config.strength_p,
+                        "gamma": gamma,
+                        "check_rate": check_rate(steered[0].texts),
+                        "length_change": float(lengths.mean()),
+                        "length_change_se": float(lengths.std(ddof=1) / np.sqrt(lengths.size))
+                        if lengths.size > 1
+                        else float("nan"),
+                        "support_mean_length": float(rollouts.rewards.mean()),
+                        **row,
+                    }
+                )
     return pd.DataFrame(rows)
 
 

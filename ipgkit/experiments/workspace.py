@@ -73,13 +73,21 @@ class Outcome:
         return float(self.correct.mean())
 
     def to_record(self) -> dict:
-        return {"problem_ids": self.problem_ids, "correct": self.correct.tolist(),
-                "length": self.length.tolist(), "texts": self.texts}  # fmt: skip
+        return {
+            "problem_ids": self.problem_ids,
+            "correct": self.correct.tolist(),
+            "length": self.length.tolist(),
+            "texts": self.texts,
+        }
 
     @classmethod
     def from_record(cls, record: dict) -> Outcome:
-        return cls(record["problem_ids"], np.asarray(record["correct"], dtype=float),
-                   np.asarray(record["length"], dtype=float), record["texts"])  # fmt: skip
+        return cls(
+            record["problem_ids"],
+            np.asarray(record["correct"], dtype=float),
+            np.asarray(record["length"], dtype=float),
+            record["texts"],
+        )
 
 
 class Workspace:
@@ -135,8 +143,9 @@ class Workspace:
         wanted = json.loads(_settings_text(settings))
         if previous == wanted:
             return
-        changed = sorted(k for k in previous.keys() | wanted.keys()
-                         if previous.get(k) != wanted.get(k))  # fmt: skip
+        changed = sorted(
+            k for k in previous.keys() | wanted.keys() if previous.get(k) != wanted.get(k)
+        )
         if not overwrite:
             raise IpgkitError(
                 f"{self.root} holds results of other settings (differing: {', '.join(changed)}); "
@@ -165,22 +174,36 @@ class Workspace:
         Args:
             policy_key: names the weights (e.g. ``"arith"``, ``"arith+sae2"``): part of the key.
         """
-        sets = [] if components is None else (
-            [components] if isinstance(components, ComponentSet) else list(components))  # fmt: skip
+        sets = (
+            []
+            if components is None
+            else ([components] if isinstance(components, ComponentSet) else list(components))
+        )
         steered = bool(sets) and gamma != 1.0
-        key = "|".join([
-            policy_key, task.name, task.split, digest([p.id for p in task.problems]),
-            ",".join(set_signature(s) for s in sets) if steered else "none",
-            f"{float(gamma):g}" if steered else "1", positions if steered else "-",
-            str(max_new_tokens or task.max_new_tokens),
-        ])  # fmt: skip
+        key = "|".join(
+            [
+                policy_key,
+                task.name,
+                task.split,
+                digest([p.id for p in task.problems]),
+                ",".join(set_signature(s) for s in sets) if steered else "none",
+                f"{float(gamma):g}" if steered else "1",
+                positions if steered else "-",
+                str(max_new_tokens or task.max_new_tokens),
+            ]
+        )
         if key in self._evaluations:
             return Outcome.from_record(self._evaluations[key])
         with steer(policy, sets, gamma, positions) if steered else contextlib.nullcontext():
-            greedy, _ = evaluation_rollouts(policy, task, max_new_tokens=max_new_tokens,
-                                            progress=progress)  # fmt: skip
-        outcome = Outcome([p.id for p in task.problems], greedy.rewards.numpy().astype(float),
-                          greedy.completion_lengths.numpy().astype(float), list(greedy.texts))  # fmt: skip
+            greedy, _ = evaluation_rollouts(
+                policy, task, max_new_tokens=max_new_tokens, progress=progress
+            )
+        outcome = Outcome(
+            [p.id for p in task.problems],
+            greedy.rewards.numpy().astype(float),
+            greedy.completion_lengths.numpy().astype(float),
+            list(greedy.texts),
+        )
         record = {"key": key, **outcome.to_record()}
         self._evaluations[key] = record
         self.computed += 1

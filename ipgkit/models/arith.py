@@ -28,11 +28,23 @@ def arith_config(**overrides) -> HookedTransformerConfig:
     Rotary positions because TransformerLens 3.9's KV-cached generation is wrong with learned ones.
     """
     settings = dict(
-        n_layers=4, d_model=128, n_heads=4, d_head=32, d_mlp=512, d_vocab=VOCAB_SIZE, n_ctx=512,
-        act_fn="gelu", normalization_type="LN", positional_embedding_type="rotary", rotary_dim=32,
-        original_architecture="ipgkit-arith", tokenizer_prepends_bos=False, default_prepend_bos=True,
-        device="cpu", seed=0,
-    )  # fmt: skip
+        n_layers=4,
+        d_model=128,
+        n_heads=4,
+        d_head=32,
+        d_mlp=512,
+        d_vocab=VOCAB_SIZE,
+        n_ctx=512,
+        act_fn="gelu",
+        normalization_type="LN",
+        positional_embedding_type="rotary",
+        rotary_dim=32,
+        original_architecture="ipgkit-arith",
+        tokenizer_prepends_bos=False,
+        default_prepend_bos=True,
+        device="cpu",
+        seed=0,
+    )
     settings.update(overrides)
     return HookedTransformerConfig(**settings)
 
@@ -66,8 +78,10 @@ def save_arith(model: HookedTransformer, weights_dir: str | Path, extra: dict) -
 
     weights_dir = Path(weights_dir)
     weights_dir.mkdir(parents=True, exist_ok=True)
-    architecture = {k: getattr(model.cfg, k) for k in ("n_layers", "d_model", "n_heads", "d_head",
-                                                        "d_mlp", "n_ctx", "rotary_dim")}  # fmt: skip
+    architecture = {
+        k: getattr(model.cfg, k)
+        for k in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "n_ctx", "rotary_dim")
+    }
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = weights_dir / "model.safetensors.tmp"
     save_file(state, str(tmp))

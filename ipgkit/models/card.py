@@ -34,8 +34,14 @@ def measure_splits(policy: Policy, n: int, n_samples: int, seed: int = 0):
             greedy, sampled = evaluation_rollouts(policy, task, n_samples, seed=seed, progress=True)
             tables.append(evaluation_table(policy.name, task, greedy, sampled, ks=(1, n_samples)))
             for problem, reward in zip(task.problems, greedy.rewards.tolist(), strict=True):
-                by_steps.append({"family": family, "split": split,
-                                 "n_steps": problem.metadata["n_steps"], "correct": reward})  # fmt: skip
+                by_steps.append(
+                    {
+                        "family": family,
+                        "split": split,
+                        "n_steps": problem.metadata["n_steps"],
+                        "correct": reward,
+                    }
+                )
             if split == "hard-test":
                 failures += first_failures(task, sampled)
     steps = pd.DataFrame(by_steps).groupby(["split", "n_steps"]).correct.agg(["mean", "count"])
@@ -68,10 +74,17 @@ def verifier_accuracy(policy: Policy, attempts: list[tuple], max_new_tokens: int
     n = len(prompts)
     if n == 0:
         nan = float("nan")
-        return {"n": 0, "skipped_too_long": skipped, "parsed": nan, "location_accuracy": nan,
-                "exact_accuracy": nan, "exact_ci95": (nan, nan)}  # fmt: skip
-    completions = sample(policy, prompts, temperature=0.0, max_new_tokens=max_new_tokens,
-                         format_prompts=False).texts  # fmt: skip
+        return {
+            "n": 0,
+            "skipped_too_long": skipped,
+            "parsed": nan,
+            "location_accuracy": nan,
+            "exact_accuracy": nan,
+            "exact_ci95": (nan, nan),
+        }
+    completions = sample(
+        policy, prompts, temperature=0.0, max_new_tokens=max_new_tokens, format_prompts=False
+    ).texts
     parsed = [parse_intervention(text) for text in completions]
     located = sum(
         p is not None and p.location == e.location for p, e in zip(parsed, expected, strict=True)
@@ -116,14 +129,18 @@ def markdown(card: dict) -> str:
     table = pd.DataFrame(card["accuracy"])
     wide = table.pivot_table(index=["task", "split"], columns="metric", values="value", sort=False)
     ci = table[table.metric == "accuracy@1"].set_index(["task", "split"])
-    lines = ["| family | split | accuracy@1 (95% CI) | pass@8 | mixed correctness (8 @ T=0.7) | pass@8 = 0 |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| family | split | accuracy@1 (95% CI) | pass@8 | mixed correctness (8 @ T=0.7) | pass@8 = 0 |",
+        "|---|---|---|---|---|---|",
+    ]
     pass_at_n = f"pass@{card['n_samples']}"
     for (task, split), row in wide.iterrows():
         low, high = ci.loc[(task, split), ["ci_low", "ci_high"]]
-        lines.append(f"| {task} | {split} | {row['accuracy@1']:.1%} ({low:.1%}-{high:.1%}) | "
-                     f"{row[pass_at_n]:.1%} | {row['frac_mixed']:.1%} | "
-                     f"{row['frac_all_wrong']:.1%} |")  # fmt: skip
+        lines.append(
+            f"| {task} | {split} | {row['accuracy@1']:.1%} ({low:.1%}-{high:.1%}) | "
+            f"{row[pass_at_n]:.1%} | {row['frac_mixed']:.1%} | "
+            f"{row['frac_all_wrong']:.1%} |"
+        )
     lines += ["", "| split | steps | greedy accuracy | problems |", "|---|---|---|---|"]
     for row in card["accuracy_by_steps"]:
         lines.append(f"| {row['split']} | {row['n_steps']} | {row['mean']:.1%} | {row['count']} |")
@@ -132,11 +149,15 @@ def markdown(card: dict) -> str:
         "| verifier input | n | parsed | right location | exact fix (95% CI) |",
         "|---|---|---|---|---|",
     ]
-    for key, label in (("verifier_on_own_failures", "the model's own failed hard attempts"),
-                       ("verifier_on_synthetic_failures", "synthetic one-slip attempts")):  # fmt: skip
+    for key, label in (
+        ("verifier_on_own_failures", "the model's own failed hard attempts"),
+        ("verifier_on_synthetic_failures", "synthetic one-slip attempts"),
+    ):
         v = card[key]
-        lines.append(f"| {label} | {v['n']} | {v['parsed']:.1%} | {v['location_accuracy']:.1%} | "
-                     f"{v['exact_accuracy']:.1%} ({v['exact_ci95'][0]:.1%}-{v['exact_ci95'][1]:.1%}) |")  # fmt: skip
+        lines.append(
+            f"| {label} | {v['n']} | {v['parsed']:.1%} | {v['location_accuracy']:.1%} | "
+            f"{v['exact_accuracy']:.1%} ({v['exact_ci95'][0]:.1%}-{v['exact_ci95'][1]:.1%}) |"
+        )
     return "\n".join(lines)
 
 

@@ -77,8 +77,9 @@ def chat_prompt_format(tokenizer):
 
         def with_template(question: str) -> str:
             messages = [{"role": "user", "content": question}]
-            text = tokenizer.apply_chat_template(messages, tokenize=False,
-                                                 add_generation_prompt=True)  # fmt: skip
+            text = tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
             return text[len(bos) :] if bos and text.startswith(bos) else text
 
         return with_template
@@ -115,8 +116,13 @@ def hooked_from_hf(hf_model, config_dir: str | os.PathLike, device: str = "cpu",
         config = HookedTransformerConfig(**settings)
         model = HookedTransformer(config)
         state = loading.get_pretrained_state_dict(readable, config, hf_model)
-    model.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False,
-                                      center_unembed=False, fold_value_biases=False)  # fmt: skip
+    model.load_and_process_state_dict(
+        state,
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+    )
     _use_weights_in_place(model)
     return model.eval()
 
@@ -165,9 +171,13 @@ def hf_policy(model, tokenizer, name: str) -> Policy:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    return Policy(model=model, tokenizer=tokenizer, name=name,
-                  prompt_format=chat_prompt_format(tokenizer),
-                  prepend_bos=_adds_bos(tokenizer))  # fmt: skip
+    return Policy(
+        model=model,
+        tokenizer=tokenizer,
+        name=name,
+        prompt_format=chat_prompt_format(tokenizer),
+        prepend_bos=_adds_bos(tokenizer),
+    )
 
 
 def _adds_bos(tokenizer) -> bool:

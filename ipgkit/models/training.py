@@ -170,8 +170,13 @@ def train_model(config: TrainingConfig, out_dir: str | Path, progress: bool = Tr
         start_step, elapsed = state["step"], state["elapsed"]
     model.train()
     started = time.perf_counter() - elapsed
-    bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps,
-               desc="train-model", disable=not progress)  # fmt: skip
+    bar = tqdm(
+        range(start_step, config.steps),
+        initial=start_step,
+        total=config.steps,
+        desc="train-model",
+        disable=not progress,
+    )
     running = None
     for step in bar:
         tokens, loss_mask = batch_for_step(step, config, tokenizer, model.cfg.n_ctx)
@@ -197,11 +202,15 @@ def train_model(config: TrainingConfig, out_dir: str | Path, progress: bool = Tr
                 log.write(json.dumps(record) + "\n")
         if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
             atomic_torch_save(
-                {"config": asdict(config), "model": model.state_dict(),
-                 "optimizer": optimizer.state_dict(), "step": step + 1,
-                 "elapsed": time.perf_counter() - started},
+                {
+                    "config": asdict(config),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": step + 1,
+                    "elapsed": time.perf_counter() - started,
+                },
                 checkpoint_path,
-            )  # fmt: skip
+            )
     model.eval()
     seconds = time.perf_counter() - started
     save_arith(model, out_dir, {"training": asdict(config), "training_seconds": round(seconds, 1)})

@@ -49,8 +49,10 @@ def load(
     """
     if name in FAMILIES:
         if path is not None or instruction is not None:
-            raise IpgkitError(f"{name} is generated in the embedded model's format; it takes no "
-                              "path and no instruction")  # fmt: skip
+            raise IpgkitError(
+                f"{name} is generated in the embedded model's format; it takes no "
+                "path and no instruction"
+            )
         return load_arith(name, split=split, n=500 if n is None else n, seed=seed)
     if name in ("gsm8k", "math500"):
         if path is None:

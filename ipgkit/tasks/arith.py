@@ -24,9 +24,19 @@ FAMILIES = ("arith-word", "arith-chain")
 MAX_VALUE = 999
 
 _NAMES = (
-    ("Ann", "She"), ("Ben", "He"), ("Cal", "He"), ("Dee", "She"), ("Eve", "She"), ("Gus", "He"),
-    ("Ivy", "She"), ("Joe", "He"), ("Kim", "She"), ("Leo", "He"), ("Mia", "She"), ("Ned", "He"),
-)  # fmt: skip
+    ("Ann", "She"),
+    ("Ben", "He"),
+    ("Cal", "He"),
+    ("Dee", "She"),
+    ("Eve", "She"),
+    ("Gus", "He"),
+    ("Ivy", "She"),
+    ("Joe", "He"),
+    ("Kim", "She"),
+    ("Leo", "He"),
+    ("Mia", "She"),
+    ("Ned", "He"),
+)
 _OBJECTS = ("apples", "coins", "cards", "books", "shells", "stamps", "pens", "marbles", "beads")
 _ADD = ("{p} buys {n} more.", "{p} finds {n} more.", "{p} gets {n} more.", "{p} wins {n} more.")
 _SUB = ("{p} gives away {n}.", "{p} loses {n}.", "{p} sells {n}.", "{p} uses {n}.")
@@ -167,9 +177,13 @@ def make_problem(family: str, rng: random.Random, difficulty: Difficulty, pid: s
         question=question,
         reference=solution_text(start, ops),
         answer=str(final_value(start, ops)),
-        metadata={"family": family, "n_steps": len(ops), "start": start,
-                  "ops": [(op.symbol, op.operand) for op in ops]},
-    )  # fmt: skip
+        metadata={
+            "family": family,
+            "n_steps": len(ops),
+            "start": start,
+            "ops": [(op.symbol, op.operand) for op in ops],
+        },
+    )
 
 
 _FINAL = re.compile(r"####\s*(-?\d+)")

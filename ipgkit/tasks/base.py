@@ -106,8 +106,13 @@ def mix_tasks(tasks: Sequence[Task], name: str | None = None) -> Task:
     problems: list[Problem] = []
     for i in range(max(len(task) for task in tasks)):
         problems.extend(task.problems[i] for task in tasks if i < len(task))
-    return Task(name or "+".join(t.name for t in tasks), tasks[0].split, problems,
-                grade=tasks[0].grade, max_new_tokens=max(t.max_new_tokens for t in tasks))  # fmt: skip
+    return Task(
+        name or "+".join(t.name for t in tasks),
+        tasks[0].split,
+        problems,
+        grade=tasks[0].grade,
+        max_new_tokens=max(t.max_new_tokens for t in tasks),
+    )
 
 
 def reward_columns(problems: Sequence[Problem], repeats: int = 1) -> dict[str, list[Any]]:

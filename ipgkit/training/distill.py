@@ -111,9 +111,10 @@ class DistillConfig:
     check_fraction: float = 0.5
     max_new_tokens: int = 256
     sft: SFTConfig = field(
-        default_factory=lambda: SFTConfig(learning_rate=5e-4, num_train_epochs=3,
-                                          per_device_train_batch_size=32)
-    )  # fmt: skip
+        default_factory=lambda: SFTConfig(
+            learning_rate=5e-4, num_train_epochs=3, per_device_train_batch_size=32
+        )
+    )
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -128,21 +129,36 @@ def distillation_examples(
 ) -> tuple[list[SFTExample], dict]:
     """The teacher's own correct traces on ``task`` (one per problem), a ``check_fraction`` of them
     rewritten with :func:`add_checks`. Returns the examples and counts (problems, kept, checked)."""
-    rollouts = sample(teacher, task.problems, n=config.samples, temperature=config.temperature,
-                      max_new_tokens=task.max_new_tokens, seed=config.seed,
-                      reward=task.correctness, progress=progress)  # fmt: skip
+    rollouts = sample(
+        teacher,
+        task.problems,
+        n=config.samples,
+        temperature=config.temperature,
+        max_new_tokens=task.max_new_tokens,
+        seed=config.seed,
+        reward=task.correctness,
+        progress=progress,
+    )
     rng = random.Random(config.seed)
     examples, checked = [], 0
     rewards = rollouts.rewards_by_group()
     for g, problem in enumerate(task.problems):
-        trace = _first_clean_trace(rollouts.texts[g * config.samples : (g + 1) * config.samples],
-                                   rewards[g].tolist())  # fmt: skip
+        trace = _first_clean_trace(
+            rollouts.texts[g * config.samples : (g + 1) * config.samples], rewards[g].tolist()
+        )
         if trace is None:
             continue
         if rng.random() < config.check_fraction:
             trace, checked = add_checks(trace), checked + 1
-        examples.append(text_example(teacher, teacher.prompt_format(problem.statement), trace,
-                                     eos=True, source=problem.id))  # fmt: skip
+        examples.append(
+            text_example(
+                teacher,
+                teacher.prompt_format(problem.statement),
+                trace,
+                eos=True,
+                source=problem.id,
+            )
+        )
     if not examples:
         raise IpgkitError(f"the teacher solved none of the {len(task)} problems; nothing to distil")
     return examples, {"problems": len(task), "kept": len(examples), "checked": checked}

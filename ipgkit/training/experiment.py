@@ -82,9 +82,14 @@ class InTExperimentConfig:
         default_factory=lambda: SFTConfig(learning_rate=3e-5, num_train_epochs=3)
     )
     grpo: GRPOConfig = field(
-        default_factory=lambda: GRPOConfig(max_steps=30, learning_rate=1e-5, eval_every=10,
-                                           max_completion_length=160, eval_ks=(1, 8))
-    )  # fmt: skip
+        default_factory=lambda: GRPOConfig(
+            max_steps=30,
+            learning_rate=1e-5,
+            eval_every=10,
+            max_completion_length=160,
+            eval_ks=(1, 8),
+        )
+    )
     seed: int = 0
 
 
@@ -107,19 +112,41 @@ def run_int_experiment(
     atomic_write_text(recorded, json.dumps(settings, indent=2))
     train = load_task(config.family, split="hard-train", n=config.pool_candidates)
     held_out = load_task(config.family, split="hard-test", n=config.held_out)
-    pool: HardPool = _cached(out / "pool.json", lambda: hard_pool(
-        policy, train, k=config.k, seed=config.seed, progress=progress))  # fmt: skip
+    pool: HardPool = _cached(
+        out / "pool.json",
+        lambda: hard_pool(policy, train, k=config.k, seed=config.seed, progress=progress),
+    )
     if not pool.problems:
         raise IpgkitError(f"no problem of {config.family} hard-train has pass@{config.k} = 0")
-    rule: InterventionSet = _cached(out / "interventions_rule.json", lambda: propose_interventions(
-        policy, train, pool.attempts, ReferenceChecker(), config.n_continuations,
-        seed=config.seed, progress=progress))  # fmt: skip
-    own: InterventionSet = _cached(out / "interventions_self.json", lambda: propose_interventions(
-        policy, train, pool.attempts, SelfProposer(policy, n=config.self_proposals, seed=config.seed),
-        config.n_continuations, seed=config.seed, progress=progress))  # fmt: skip
+    rule: InterventionSet = _cached(
+        out / "interventions_rule.json",
+        lambda: propose_interventions(
+            policy,
+            train,
+            pool.attempts,
+            ReferenceChecker(),
+            config.n_continuations,
+            seed=config.seed,
+            progress=progress,
+        ),
+    )
+    own: InterventionSet = _cached(
+        out / "interventions_self.json",
+        lambda: propose_interventions(
+            policy,
+            train,
+            pool.attempts,
+            SelfProposer(policy, n=config.self_proposals, seed=config.seed),
+            config.n_continuations,
+            seed=config.seed,
+            progress=progress,
+        ),
+    )
     yields = pd.concat([rule.yields, own.yields], ignore_index=True)
-    table = _cached_frame(out / "interventions.csv", lambda: continuation_table(
-        policy, train, rule, n=config.table_samples, seed=config.seed))  # fmt: skip
+    table = _cached_frame(
+        out / "interventions.csv",
+        lambda: continuation_table(policy, train, rule, n=config.table_samples, seed=config.seed),
+    )
 
     datasets = {
         "int": int_examples(policy, rule),
@@ -127,24 +154,39 @@ def run_int_experiment(
     }
     if not datasets["int"]:
         raise IpgkitError("no intervention survived the filters; nothing to fine-tune on")
-    tuned = {name: _sft_policy(policy, examples, config.sft, out / f"sft_{name}.pt", progress)
-             for name, examples in datasets.items()}  # fmt: skip
-    on_policy = _cached_frame(out / "on_policy.csv", lambda: _on_policy_table(
-        policy, tuned, datasets, rule, train, pool, config))  # fmt: skip
+    tuned = {
+        name: _sft_policy(policy, examples, config.sft, out / f"sft_{name}.pt", progress)
+        for name, examples in datasets.items()
+    }
+    on_policy = _cached_frame(
+        out / "on_policy.csv",
+        lambda: _on_policy_table(policy, tuned, datasets, rule, train, pool, config),
+    )
 
     steps, finals = [], []
     starts = {"grpo": policy, "int+grpo": tuned["int"], "ref-sft+grpo": tuned["ref-sft"]}
     for arm, start in starts.items():
         model = start.clone()
-        run = grpo_train(model, pool.problems, train.correctness, config.grpo, held_out,
-                         out / f"grpo_{arm}", progress=progress)  # fmt: skip
+        run = grpo_train(
+            model,
+            pool.problems,
+            train.correctness,
+            config.grpo,
+            held_out,
+            out / f"grpo_{arm}",
+            progress=progress,
+        )
         steps.append(run.log.assign(arm=arm))
         if arm == "grpo":  # the untrained model, evaluated with the same seed before step 1
             finals.append(run.evals[run.evals.step == 0].assign(arm="base"))
         finals.append(run.evals.assign(arm=arm))
-    tables = {"yields": yields, "interventions": table, "on_policy": on_policy,
-              "steps": pd.concat(steps, ignore_index=True),
-              "final": pd.concat(finals, ignore_index=True)}  # fmt: skip
+    tables = {
+        "yields": yields,
+        "interventions": table,
+        "on_policy": on_policy,
+        "steps": pd.concat(steps, ignore_index=True),
+        "final": pd.concat(finals, ignore_index=True),
+    }
     for name, frame in tables.items():
         atomic_write_text(out / f"{name}.csv", frame.to_csv(index=False))
     return tables
@@ -186,20 +228,44 @@ def _on_policy_table(policy, tuned, datasets, rule, train, pool, config) -> pd.D
     rows = []
     for name, examples in datasets.items():
         total, count = completion_nll(policy, examples)
-        rows.append({"metric": "nll_per_token_under_base", "dataset": name,
-                     "value": float(total.sum() / count.sum()), "n": len(examples)})  # fmt: skip
+        rows.append(
+            {
+                "metric": "nll_per_token_under_base",
+                "dataset": name,
+                "value": float(total.sum() / count.sum()),
+                "n": len(examples),
+            }
+        )
     for name, model in {"base": policy, **tuned}.items():
-        rollouts = sample(model, pool.problems, n=2, temperature=1.0, seed=config.seed,
-                          max_new_tokens=train.max_new_tokens)  # fmt: skip
+        rollouts = sample(
+            model,
+            pool.problems,
+            n=2,
+            temperature=1.0,
+            seed=config.seed,
+            max_new_tokens=train.max_new_tokens,
+        )
         with torch.no_grad():
             scores = score_rollouts(model, rollouts, chunk_size=32)
         entropy = float(scores.entropy[scores.mask].mean())
-        rows.append({"metric": "token_entropy_on_pool", "dataset": name, "value": entropy,
-                     "n": len(rollouts)})  # fmt: skip
+        rows.append(
+            {
+                "metric": "token_entropy_on_pool",
+                "dataset": name,
+                "value": entropy,
+                "n": len(rollouts),
+            }
+        )
     for name, model in (("base", policy), ("int", tuned["int"])):
         values = intervention_logprob(model, rule)
-        rows.append({"metric": "intervention_logprob_per_token", "dataset": name,
-                     "value": float(values.mean()), "n": len(values)})  # fmt: skip
+        rows.append(
+            {
+                "metric": "intervention_logprob_per_token",
+                "dataset": name,
+                "value": float(values.mean()),
+                "n": len(values),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -212,8 +278,12 @@ def plot_int_experiment(tables: dict[str, pd.DataFrame], path: str | Path | None
     for arm, log in tables["steps"].groupby("arm", sort=False):
         axes[0].plot(log.step, log.frac_reward_zero_std, label=arm)
         axes[1].plot(log.step, log.reward, label=arm)
-    axes[0].set(xlabel="GRPO step", ylabel="frac_reward_zero_std", ylim=(-0.02, 1.02),
-                title="zero-advantage ratio (hard pool)")  # fmt: skip
+    axes[0].set(
+        xlabel="GRPO step",
+        ylabel="frac_reward_zero_std",
+        ylim=(-0.02, 1.02),
+        title="zero-advantage ratio (hard pool)",
+    )
     axes[1].set(xlabel="GRPO step", ylabel="mean reward", title="reward (hard pool)")
     axes[0].legend(fontsize=8)
     final = tables["final"]
@@ -224,12 +294,20 @@ def plot_int_experiment(tables: dict[str, pd.DataFrame], path: str | Path | None
     for position, metric in enumerate(metrics):
         rows = last[last.metric == metric].set_index("arm").loc[arms]
         x = [i + position * width for i in range(len(arms))]
-        axes[2].bar(x, rows.value, width,
-                    yerr=[(rows.value - rows.ci_low).clip(lower=0).fillna(0),
-                          (rows.ci_high - rows.value).clip(lower=0).fillna(0)], label=metric,
-                    capsize=3)  # fmt: skip
-    axes[2].set_xticks([i + width * (len(metrics) - 1) / 2 for i in range(len(arms))], arms,
-                       fontsize=8)  # fmt: skip
+        axes[2].bar(
+            x,
+            rows.value,
+            width,
+            yerr=[
+                (rows.value - rows.ci_low).clip(lower=0).fillna(0),
+                (rows.ci_high - rows.value).clip(lower=0).fillna(0),
+            ],
+            label=metric,
+            capsize=3,
+        )
+    axes[2].set_xticks(
+        [i + width * (len(metrics) - 1) / 2 for i in range(len(arms))], arms, fontsize=8
+    )
     axes[2].set(ylabel="held-out (hard-test)", title="after GRPO")
     axes[2].legend(fontsize=8)
     figure.tight_layout()
@@ -241,10 +319,22 @@ def plot_int_experiment(tables: dict[str, pd.DataFrame], path: str | Path | None
 def small_config(**overrides) -> InTExperimentConfig:
     """A minutes-long version for notebooks and tests: fewer problems, samples and steps."""
     base = InTExperimentConfig(
-        pool_candidates=24, k=4, held_out=12, n_continuations=4, self_proposals=1, table_samples=2,
-        grpo=GRPOConfig(num_generations=4, per_device_train_batch_size=16, max_steps=2,
-                        eval_every=2, eval_samples=2, eval_ks=(1, 2), max_completion_length=120),
-    )  # fmt: skip
+        pool_candidates=24,
+        k=4,
+        held_out=12,
+        n_continuations=4,
+        self_proposals=1,
+        table_samples=2,
+        grpo=GRPOConfig(
+            num_generations=4,
+            per_device_train_batch_size=16,
+            max_steps=2,
+            eval_every=2,
+            eval_samples=2,
+            eval_ks=(1, 2),
+            max_completion_length=120,
+        ),
+    )
     return replace(base, **overrides)
 
 

@@ -107,18 +107,30 @@ class GRPOConfig:
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:
-            raise IpgkitError(f"num_generations must be >= 2 for group advantages, got {self.num_generations}")  # fmt: skip
+            raise IpgkitError(
+                f"num_generations must be >= 2 for group advantages, got {self.num_generations}"
+            )
         if self.per_device_train_batch_size % self.num_generations:
             raise IpgkitError(
                 f"per_device_train_batch_size ({self.per_device_train_batch_size}) must be a "
                 f"multiple of num_generations ({self.num_generations})"
             )
         if self.loss_type not in ("grpo", "bnpo", "dr_grpo", "dapo"):
-            raise IpgkitError(f"unknown loss_type {self.loss_type!r}; choose grpo, bnpo, dr_grpo or dapo")  # fmt: skip
+            raise IpgkitError(
+                f"unknown loss_type {self.loss_type!r}; choose grpo, bnpo, dr_grpo or dapo"
+            )
         if self.scale_rewards not in ("group", "batch", "none"):
-            raise IpgkitError(f"scale_rewards must be 'group', 'batch' or 'none', got {self.scale_rewards!r}")  # fmt: skip
-        for name in ("max_steps", "num_iterations", "max_completion_length", "eval_every",
-                     "save_steps", "chunk_size"):  # fmt: skip
+            raise IpgkitError(
+                f"scale_rewards must be 'group', 'batch' or 'none', got {self.scale_rewards!r}"
+            )
+        for name in (
+            "max_steps",
+            "num_iterations",
+            "max_completion_length",
+            "eval_every",
+            "save_steps",
+            "chunk_size",
+        ):
             if getattr(self, name) < 1:
                 raise IpgkitError(f"GRPOConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.beta < 0 or self.epsilon < 0 or not math.isfinite(self.learning_rate):
@@ -163,7 +175,9 @@ def grpo_objective(
     elif config.loss_type in ("bnpo", "dapo"):
         row_weight = torch.full((rows,), 1.0 / float(lengths.sum()), dtype=torch.float64)
     else:
-        row_weight = torch.full((rows,), 1.0 / (rows * config.max_completion_length), dtype=torch.float64)  # fmt: skip
+        row_weight = torch.full(
+            (rows,), 1.0 / (rows * config.max_completion_length), dtype=torch.float64
+        )
     low, high = (
         config.epsilon,
         config.epsilon if config.epsilon_high is None else config.epsilon_high,
@@ -188,11 +202,16 @@ def grpo_objective(
             loss.backward()
         totals["loss"] += float(loss.detach())
         totals["entropy"] += float((scores.entropy.detach() * mask).sum())
-        totals["clipped"] += float(((ratio.detach() != clipped_ratio.detach()).to(mask.dtype) * mask).sum())  # fmt: skip
+        totals["clipped"] += float(
+            ((ratio.detach() != clipped_ratio.detach()).to(mask.dtype) * mask).sum()
+        )
         totals["tokens"] += float(mask.sum())
     tokens = max(totals["tokens"], 1.0)
-    metrics = {"loss": totals["loss"], "entropy": totals["entropy"] / tokens,
-               "clip_ratio": totals["clipped"] / tokens}  # fmt: skip
+    metrics = {
+        "loss": totals["loss"],
+        "entropy": totals["entropy"] / tokens,
+        "clip_ratio": totals["clipped"] / tokens,
+    }
     if ref_logprobs is not None and config.beta > 0:
         metrics["kl"] = totals["kl"] / tokens
     return metrics
@@ -257,8 +276,12 @@ def grpo_train(
     model = policy.model
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(parameters, lr=config.learning_rate)
-    identity = {"config": asdict(config), "problems": [p.id for p in problems],
-                "reward": getattr(reward, "__name__", type(reward).__name__), "policy": policy.name}  # fmt: skip
+    identity = {
+        "config": asdict(config),
+        "problems": [p.id for p in problems],
+        "reward": getattr(reward, "__name__", type(reward).__name__),
+        "policy": policy.name,
+    }
     identity = json.loads(json.dumps(identity))  # as it reads back: tuples become lists
     checkpoint = Path(output_dir) / "checkpoint.pt" if output_dir is not None else None
     log: list[dict] = []
@@ -289,9 +312,14 @@ def grpo_train(
     def save(step: int) -> None:
         if checkpoint is None:
             return
-        state = {"identity": identity, "step": step, "model": model.state_dict(),
-                 "optimizer": optimizer.state_dict(), "log": log,
-                 "evals": pd.concat(evals).to_dict("records") if evals else []}  # fmt: skip
+        state = {
+            "identity": identity,
+            "step": step,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "log": log,
+            "evals": pd.concat(evals).to_dict("records") if evals else [],
+        }
         if reference is not None and ref_policy is None:
             state["reference"] = reference.model.state_dict()
         atomic_torch_save(state, checkpoint)
@@ -300,22 +328,36 @@ def grpo_train(
     def evaluate_at(step: int) -> None:
         if eval_task is None or any((frame["step"] == step).any() for frame in evals):
             return
-        table = evaluate(policy, eval_task, n_samples=config.eval_samples, ks=config.eval_ks,
-                         temperature=config.temperature, top_p=config.top_p,
-                         max_new_tokens=config.max_completion_length, seed=config.seed)  # fmt: skip
+        table = evaluate(
+            policy,
+            eval_task,
+            n_samples=config.eval_samples,
+            ks=config.eval_ks,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            max_new_tokens=config.max_completion_length,
+            seed=config.seed,
+        )
         evals.append(table.assign(step=step))
 
     if start == 0:
         evaluate_at(0)
-    bar = tqdm(total=config.max_steps, initial=start, desc="grpo", unit="step",
-               disable=not progress)  # fmt: skip
+    bar = tqdm(
+        total=config.max_steps, initial=start, desc="grpo", unit="step", disable=not progress
+    )
     for step in range(start, config.max_steps):
         started = time.perf_counter()
-        rollouts = sample(policy, _step_problems(problems, config, step), n=config.num_generations,
-                          temperature=config.temperature, top_p=config.top_p,
-                          max_new_tokens=config.max_completion_length,
-                          seed=config.seed * 100_003 + step, batch_size=config.per_device_train_batch_size,
-                          reward=reward)  # fmt: skip
+        rollouts = sample(
+            policy,
+            _step_problems(problems, config, step),
+            n=config.num_generations,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            max_new_tokens=config.max_completion_length,
+            seed=config.seed * 100_003 + step,
+            batch_size=config.per_device_train_batch_size,
+            reward=reward,
+        )
         row = grpo_step(policy, optimizer, rollouts, config, reference)
         row.update(step=step + 1, seconds=time.perf_counter() - started)
         log.append(row)
@@ -339,7 +381,9 @@ def _step_problems(problems: Sequence[Problem], config: GRPOConfig, step: int) -
     chosen = []
     for position in range(step * count, (step + 1) * count):
         epoch, index = divmod(position, len(problems))
-        order = torch.randperm(len(problems), generator=torch.Generator().manual_seed(config.seed * 7919 + epoch))  # fmt: skip
+        order = torch.randperm(
+            len(problems), generator=torch.Generator().manual_seed(config.seed * 7919 + epoch)
+        )
         chosen.append(problems[int(order[index])])
     return chosen
 

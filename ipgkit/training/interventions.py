@@ -123,9 +123,18 @@ def hard_pool(
     """
     if k < 1:
         raise IpgkitError(f"k must be >= 1, got {k}")
-    rollouts = sample(policy, task.problems, n=k, temperature=temperature, top_p=top_p,
-                      max_new_tokens=max_new_tokens or task.max_new_tokens, seed=seed,
-                      batch_size=batch_size, reward=task.correctness, progress=progress)  # fmt: skip
+    rollouts = sample(
+        policy,
+        task.problems,
+        n=k,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens or task.max_new_tokens,
+        seed=seed,
+        batch_size=batch_size,
+        reward=task.correctness,
+        progress=progress,
+    )
     solved = rollouts.rewards_by_group().amax(-1) > 0
     problems, attempts = [], []
     for group, problem in enumerate(task.problems):
@@ -192,25 +201,38 @@ class SelfProposer:
                 verifier_prompt(a.problem.question, a.problem.reference, a.steps) for a in attempts
             ]
         return [
-            self.policy.prompt_format(INT_INSTRUCTION.format(
-                question=a.problem.question, reference=a.problem.reference,
-                attempt=number_steps(a.steps)))
+            self.policy.prompt_format(
+                INT_INSTRUCTION.format(
+                    question=a.problem.question,
+                    reference=a.problem.reference,
+                    attempt=number_steps(a.steps),
+                )
+            )
             for a in attempts
-        ]  # fmt: skip
+        ]
 
     def __call__(self, attempts: Sequence[FailedAttempt]) -> list[list[str]]:
         """``n`` answers per attempt; none for an attempt whose verification prompt leaves no room
         for ``max_new_tokens`` in the context (counted by :func:`propose_interventions`)."""
         prompts = self.prompts(attempts)
         lengths = [len(ids) for ids in self.policy.encode(prompts)]
-        fits = [i for i, length in enumerate(lengths)
-                if length + self.max_new_tokens <= self.policy.n_ctx]  # fmt: skip
+        fits = [
+            i
+            for i, length in enumerate(lengths)
+            if length + self.max_new_tokens <= self.policy.n_ctx
+        ]
         answers: list[list[str]] = [[] for _ in attempts]
         if not fits:
             return answers
-        rollouts = sample(self.policy, [prompts[i] for i in fits], n=self.n,
-                          temperature=self.temperature, max_new_tokens=self.max_new_tokens,
-                          seed=self.seed, format_prompts=False)  # fmt: skip
+        rollouts = sample(
+            self.policy,
+            [prompts[i] for i in fits],
+            n=self.n,
+            temperature=self.temperature,
+            max_new_tokens=self.max_new_tokens,
+            seed=self.seed,
+            format_prompts=False,
+        )
         for row, index in enumerate(fits):
             answers[index] = rollouts.texts[row * self.n : (row + 1) * self.n]
         return answers
@@ -258,8 +280,11 @@ class InterventionSet:
     candidates: list[Intervention | None]
 
     def kept(self) -> list[tuple[FailedAttempt, Intervention, str | None]]:
-        return [(a, i, c) for a, i, c in zip(self.attempts, self.interventions,
-                                             self.continuations, strict=True) if i is not None]  # fmt: skip
+        return [
+            (a, i, c)
+            for a, i, c in zip(self.attempts, self.interventions, self.continuations, strict=True)
+            if i is not None
+        ]
 
 
 def propose_interventions(
@@ -307,15 +332,25 @@ def propose_interventions(
     continuations: list[str | None] = [None] * len(attempts)
     correct = [False] * len(attempts)
     if with_fix:
-        results = continue_from(policy, task, [attempts[i] for i in with_fix],
-                                [candidates[i] for i in with_fix], "intervention",
-                                n_continuations, temperature, seed, progress)  # fmt: skip
+        results = continue_from(
+            policy,
+            task,
+            [attempts[i] for i in with_fix],
+            [candidates[i] for i in with_fix],
+            "intervention",
+            n_continuations,
+            temperature,
+            seed,
+            progress,
+        )
         for index, (texts, rewards) in zip(with_fix, results, strict=True):
             hits = [t for t, r in zip(texts, rewards, strict=True) if r > 0]
             correct[index] = bool(hits)
             continuations[index] = hits[0] if hits else None
-    kept = [fix if (correct[i] or not require_correct_continuation) else None
-            for i, fix in enumerate(candidates)]  # fmt: skip
+    kept = [
+        fix if (correct[i] or not require_correct_continuation) else None
+        for i, fix in enumerate(candidates)
+    ]
     answered = sum(bool(texts) for texts in answers)
     rows = [{"stage": "attempts answered", "count": answered, "unit": "attempts"}]
     rows += [{"stage": stage, "count": n, "unit": "proposals"} for stage, n in counts.items()]
@@ -352,10 +387,20 @@ def continue_from(
         elif condition == "intervention":
             head += fix.content + "\n"
         heads.append(head)
-    prompts = [policy.prompt_format(a.problem.statement) + head for a, head in zip(attempts, heads, strict=True)]  # fmt: skip
-    rollouts = sample(policy, prompts, n=n, temperature=temperature, seed=seed,
-                      max_new_tokens=task.max_new_tokens, format_prompts=False,
-                      progress=progress)  # fmt: skip
+    prompts = [
+        policy.prompt_format(a.problem.statement) + head
+        for a, head in zip(attempts, heads, strict=True)
+    ]
+    rollouts = sample(
+        policy,
+        prompts,
+        n=n,
+        temperature=temperature,
+        seed=seed,
+        max_new_tokens=task.max_new_tokens,
+        format_prompts=False,
+        progress=progress,
+    )
     results = []
     for index, (attempt, head) in enumerate(zip(attempts, heads, strict=True)):
         texts = [head + t for t in rollouts.texts[index * n : (index + 1) * n]]
@@ -380,8 +425,11 @@ def continuation_table(
     the table is not conditioned on the continuations having already succeeded once.
     """
     if isinstance(interventions, InterventionSet):
-        pairs = [(a, i) for a, i in zip(interventions.attempts, interventions.candidates,
-                                        strict=True) if i is not None]  # fmt: skip
+        pairs = [
+            (a, i)
+            for a, i in zip(interventions.attempts, interventions.candidates, strict=True)
+            if i is not None
+        ]
     else:
         pairs = list(interventions)
     if not pairs:
@@ -393,11 +441,21 @@ def continuation_table(
         per_attempt = [sum(r) / len(r) for _, r in results]
         accuracy, low, high = mean_interval(per_attempt)
         coverage = [float(any(r)) for _, r in results]
-        rows.append({"condition": {"prefix": "prefix", "original": "prefix + original step",
-                                   "intervention": "prefix + intervention"}[condition],
-                     "accuracy": accuracy, "ci_low": low, "ci_high": high,
-                     "coverage": sum(coverage) / len(coverage), "attempts": len(pairs),
-                     "samples": n})  # fmt: skip
+        rows.append(
+            {
+                "condition": {
+                    "prefix": "prefix",
+                    "original": "prefix + original step",
+                    "intervention": "prefix + intervention",
+                }[condition],
+                "accuracy": accuracy,
+                "ci_low": low,
+                "ci_high": high,
+                "coverage": sum(coverage) / len(coverage),
+                "attempts": len(pairs),
+                "samples": n,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -418,16 +476,31 @@ def int_examples(
         prompt = policy.prompt_format(attempt.problem.statement)
         prefix = attempt.prefix(fix.location)
         if variant == "prefix+intervention":
-            examples.append(text_example(policy, prompt, prefix + fix.content + "\n", eos=False,
-                                         source=attempt.problem.id))  # fmt: skip
+            examples.append(
+                text_example(
+                    policy,
+                    prompt,
+                    prefix + fix.content + "\n",
+                    eos=False,
+                    source=attempt.problem.id,
+                )
+            )
         elif variant == "intervention only":
-            examples.append(text_example(policy, prompt + prefix, fix.content + "\n", eos=False,
-                                         source=attempt.problem.id))  # fmt: skip
+            examples.append(
+                text_example(
+                    policy,
+                    prompt + prefix,
+                    fix.content + "\n",
+                    eos=False,
+                    source=attempt.problem.id,
+                )
+            )
         elif variant == "with suffix":
             if continuation is None:
                 continue
-            examples.append(text_example(policy, prompt, continuation, eos=True,
-                                         source=attempt.problem.id))  # fmt: skip
+            examples.append(
+                text_example(policy, prompt, continuation, eos=True, source=attempt.problem.id)
+            )
         else:
             raise IpgkitError(f"unknown variant {variant!r}")
     return examples

@@ -58,8 +58,10 @@ def text_example(policy: Policy, prompt: str, completion: str, eos: bool, source
 
 def reference_examples(policy: Policy, problems: Sequence[Problem]) -> list[SFTExample]:
     """prompt -> reference solution + EOS: the reference-solution SFT baseline of the InT paper."""
-    return [text_example(policy, policy.prompt_format(p.statement), p.reference, eos=True,
-                         source=p.id) for p in problems]  # fmt: skip
+    return [
+        text_example(policy, policy.prompt_format(p.statement), p.reference, eos=True, source=p.id)
+        for p in problems
+    ]
 
 
 @dataclass(frozen=True)
@@ -133,9 +135,11 @@ def sft_loss(policy: Policy, examples: Sequence[SFTExample]) -> Float[Tensor, ""
 
 
 def train_sft(
-    policy: Policy, examples: Sequence[SFTExample], config: SFTConfig | None = None,
+    policy: Policy,
+    examples: Sequence[SFTExample],
+    config: SFTConfig | None = None,
     progress: bool = True,
-) -> pd.DataFrame:  # fmt: skip
+) -> pd.DataFrame:
     """Fine-tune ``policy.model`` in place on ``examples``; returns the per-step log (step, epoch,
     loss, tokens). Active hooks (steering) stay active, as in every ipgkit loop.
 
@@ -147,9 +151,12 @@ def train_sft(
     if not examples:
         raise IpgkitError("no SFT examples to train on")
     parameters = [p for p in policy.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate,
-                                  betas=(0.9, config.adam_beta2),
-                                  weight_decay=config.weight_decay)  # fmt: skip
+    optimizer = torch.optim.AdamW(
+        parameters,
+        lr=config.learning_rate,
+        betas=(0.9, config.adam_beta2),
+        weight_decay=config.weight_decay,
+    )
     generator = torch.Generator().manual_seed(config.seed)
     size = config.per_device_train_batch_size
     steps = config.num_train_epochs * math.ceil(len(examples) / size)
@@ -168,9 +175,15 @@ def train_sft(
             if config.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
             optimizer.step()
-            log.append({"step": len(log) + 1, "epoch": epoch, "loss": float(loss.detach()),
-                        "learning_rate": optimizer.param_groups[0]["lr"],
-                        "tokens": sum(len(e.completion_ids) for e in batch)})  # fmt: skip
+            log.append(
+                {
+                    "step": len(log) + 1,
+                    "epoch": epoch,
+                    "loss": float(loss.detach()),
+                    "learning_rate": optimizer.param_groups[0]["lr"],
+                    "tokens": sum(len(e.completion_ids) for e in batch),
+                }
+            )
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
     bar.close()

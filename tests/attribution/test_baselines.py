@@ -17,17 +17,20 @@ def digit_count(prompts, completions, **_):
 
 @pytest.fixture(scope="module")
 def support(policy):
-    problems = [Problem(f"p{i}", f"{i}+{i}", f"{i}+{i}={2 * i}\n#### {2 * i}", str(2 * i))
-                for i in range(4)]  # fmt: skip
-    return problems, sample(policy, problems, n=3, temperature=1.0, max_new_tokens=10, seed=1,
-                            reward=digit_count)  # fmt: skip
+    problems = [
+        Problem(f"p{i}", f"{i}+{i}", f"{i}+{i}={2 * i}\n#### {2 * i}", str(2 * i)) for i in range(4)
+    ]
+    return problems, sample(
+        policy, problems, n=3, temperature=1.0, max_new_tokens=10, seed=1, reward=digit_count
+    )
 
 
 def generated_activations(policy, rollouts, hook_name):
     """Per row, the activations at the completion positions, one unpadded forward per row."""
     rows = []
-    for prompt, completion in zip(rollouts.row_prompt_ids(), rollouts.row_completion_ids(),
-                                  strict=True):  # fmt: skip
+    for prompt, completion in zip(
+        rollouts.row_prompt_ids(), rollouts.row_completion_ids(), strict=True
+    ):
         tokens = torch.tensor([[*prompt, *completion]])
         _, cache = policy.model.run_with_cache(tokens, names_filter=hook_name)
         rows.append((cache[hook_name][0, len(prompt) :], completion))
@@ -48,10 +51,11 @@ def test_activation_magnitude_matches_a_direct_computation(policy, support):
     result = baselines.activation_magnitude(policy, rollouts, mlp_neurons(1, [0, 3, 9]))
     per_prompt = torch.zeros(len(rollouts.problems), 3, dtype=torch.float64)
     counts = torch.zeros(len(rollouts.problems))
-    for group, (activation, _) in zip(rollouts.group_ids.tolist(),
-                                      generated_activations(policy, rollouts,
-                                                            "blocks.1.mlp.hook_post"),
-                                      strict=True):  # fmt: skip
+    for group, (activation, _) in zip(
+        rollouts.group_ids.tolist(),
+        generated_activations(policy, rollouts, "blocks.1.mlp.hook_post"),
+        strict=True,
+    ):
         per_prompt[group] += activation[:, [0, 3, 9]].abs().sum(0).double()
         counts[group] += len(activation)
     expected = (per_prompt / counts[:, None]).mean(0)
@@ -115,8 +119,9 @@ def test_policy_gradient_is_ipg_at_alpha_one(policy, support):
 
 def test_integrated_gradients_are_complete_for_a_smooth_path(policy, support):
     problems, _ = support
-    result = baselines.integrated_gradients(policy, problems, mlp_neurons(0), n_steps=16,
-                                            method="gausslegendre", progress=False)  # fmt: skip
+    result = baselines.integrated_gradients(
+        policy, problems, mlp_neurons(0), n_steps=16, method="gausslegendre", progress=False
+    )
     change = result.info["logprob(1)"] - result.info["logprob(0)"]
     assert abs(change) > 1e-3
     assert abs(result.delta) < 1e-4 * max(1.0, abs(change))
@@ -130,18 +135,21 @@ def test_reason_score_matches_a_direct_computation(policy, support):
     spliced = attach_saes(policy, [random_sae(32, 1, d_sae=48, k=6)])
     features = sae_features(spliced, layer=1)
     words, window, alpha = ("+", "\n", "A:"), (1, 2), 0.7
-    result = baselines.reason_score(spliced, rollouts, features, words=words, window=window,
-                                    alpha=alpha, positions="all")  # fmt: skip
+    result = baselines.reason_score(
+        spliced, rollouts, features, words=words, window=window, alpha=alpha, positions="all"
+    )
     # the same statistic by plain loops over unpadded rows
     word_ids = [policy.tokenizer(w, add_special_tokens=False)["input_ids"] for w in words]
     per_word = [[] for _ in words]
     around, away = [], []
-    for prompt, completion in zip(rollouts.row_prompt_ids(), rollouts.row_completion_ids(),
-                                  strict=True):  # fmt: skip
+    for prompt, completion in zip(
+        rollouts.row_prompt_ids(), rollouts.row_completion_ids(), strict=True
+    ):
         sequence = [*prompt, *completion]
         with torch.no_grad():
-            _, cache = spliced.model.run_with_cache(torch.tensor([sequence]),
-                                                    names_filter=features.hook_name)  # fmt: skip
+            _, cache = spliced.model.run_with_cache(
+                torch.tensor([sequence]), names_filter=features.hook_name
+            )
         acts = cache[features.hook_name][0].double()
         near = [set() for _ in words]
         for w, ids in enumerate(word_ids):

@@ -52,8 +52,18 @@ def six_token_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_vocab_policy(seed: int = 0) -> Policy:
-    config = arith_config(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=16,
-                          rotary_dim=8, d_vocab=VOCAB, seed=seed, dtype=torch.float64)  # fmt: skip
+    config = arith_config(
+        n_layers=2,
+        d_model=16,
+        n_heads=2,
+        d_head=8,
+        d_mlp=32,
+        n_ctx=16,
+        rotary_dim=8,
+        d_vocab=VOCAB,
+        seed=seed,
+        dtype=torch.float64,
+    )
     model = HookedTransformer(config)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # larger weights than TL's init, so pi is far from uniform
@@ -132,15 +142,17 @@ def reference_logprobs(model, hook_name, units, factors, completions, prompts=No
 
 def reference_value(policy, components, factors, completions, rewards):
     """J = sum_tau pi(tau) R(tau) with the units scaled by ``factors``."""
-    logprobs = reference_logprobs(policy.model, components.hook_name, components.indices, factors,
-                                  completions)  # fmt: skip
+    logprobs = reference_logprobs(
+        policy.model, components.hook_name, components.indices, factors, completions
+    )
     return (logprobs.exp() * rewards).sum()
 
 
 def reference_gradient(policy, components, alpha, completions, rewards):
     """dJ/dalpha_i at alpha_i = alpha for every unit, by autograd: sum_t h_ti dJ/dh~_ti."""
-    factors = torch.full((len(components.indices),), float(alpha), dtype=torch.float64,
-                         requires_grad=True)  # fmt: skip
+    factors = torch.full(
+        (len(components.indices),), float(alpha), dtype=torch.float64, requires_grad=True
+    )
     (gradient,) = torch.autograd.grad(
         reference_value(policy, components, factors, completions, rewards), factors
     )
@@ -168,14 +180,20 @@ def engine_ipg(policy, components, completions, rewards, alphas, weights):
     for alpha, weight in zip(alphas, weights, strict=True):
         factors = torch.full((len(components.indices),), alpha, dtype=torch.float64)
         with torch.no_grad():
-            logprobs = reference_logprobs(policy.model, components.hook_name, components.indices,
-                                          factors, completions)  # fmt: skip
+            logprobs = reference_logprobs(
+                policy.model, components.hook_name, components.indices, factors, completions
+            )
         row_alphas += [alpha] * len(completions)
         row_weights += (weight * logprobs.exp() * rewards).tolist()
-    grads = path_gradients(policy, components, [PROMPT_IDS] * len(row_alphas),
-                           completions * len(alphas), torch.tensor(row_alphas, dtype=torch.float64),
-                           torch.tensor(row_weights, dtype=torch.float64),
-                           internal_batch_size=200)  # fmt: skip
+    grads = path_gradients(
+        policy,
+        components,
+        [PROMPT_IDS] * len(row_alphas),
+        completions * len(alphas),
+        torch.tensor(row_alphas, dtype=torch.float64),
+        torch.tensor(row_weights, dtype=torch.float64),
+        internal_batch_size=200,
+    )
     return grads.contributions.sum(0)
 
 
@@ -190,8 +208,13 @@ def test_trajectories_are_a_distribution_and_the_scorer_is_the_reference(world):
         pytest.approx(1.0, abs=1e-12)
     )
     with torch.no_grad():
-        reference = reference_logprobs(policy.model, components.hook_name, components.indices,
-                                       torch.ones(8, dtype=torch.float64), completions)  # fmt: skip
+        reference = reference_logprobs(
+            policy.model,
+            components.hook_name,
+            components.indices,
+            torch.ones(8, dtype=torch.float64),
+            completions,
+        )
         scores = score_completions(policy, [PROMPT_IDS] * len(completions), completions)
     torch.testing.assert_close(scores.sequence_logprobs().double(), reference, rtol=0, atol=1e-10)
 
@@ -208,10 +231,12 @@ def test_the_reference_gradient_is_a_derivative(world):
             factors = torch.full((2,), 0.6, dtype=torch.float64)
             factors[unit] += sign * step
             with torch.no_grad():
-                values.append(float(reference_value(policy, components, factors, completions,
-                                                    rewards)))  # fmt: skip
-        assert float(gradient[unit]) == pytest.approx((values[0] - values[1]) / (2 * step),
-                                                      rel=1e-6, abs=1e-9)  # fmt: skip
+                values.append(
+                    float(reference_value(policy, components, factors, completions, rewards))
+                )
+        assert float(gradient[unit]) == pytest.approx(
+            (values[0] - values[1]) / (2 * step), rel=1e-6, abs=1e-9
+        )
 
 
 @pytest.mark.parametrize(
@@ -236,8 +261,14 @@ def test_completeness_up_to_the_quadrature_error(world, components):
         policy, components, 0.0, completions, rewards
     )
     nodes, gauss_weights = np.polynomial.legendre.leggauss(24)
-    gauss = engine_ipg(policy, components, completions, rewards, ((nodes + 1) / 2).tolist(),
-                       (gauss_weights / 2).tolist())  # fmt: skip
+    gauss = engine_ipg(
+        policy,
+        components,
+        completions,
+        rewards,
+        ((nodes + 1) / 2).tolist(),
+        (gauss_weights / 2).tolist(),
+    )
     assert float(gauss.sum()) == pytest.approx(change, abs=1e-7)
     # the right Riemann sum converges at rate 1/q: its error shrinks about fourfold from q=10 to 40
     errors = []
@@ -256,9 +287,21 @@ def test_monte_carlo_on_path_converges_to_the_reference(world):
     problems = [Problem(f"copy/{i}", PROMPT, "", "") for i in range(8)]
 
     def estimate(n):
-        return ipg(policy, problems, components, token_reward, mode="on_path", n_rollouts=n,
-                   n_steps=4, temperature=1.0, top_p=1.0, max_new_tokens=HORIZON,
-                   internal_batch_size=512, sampling_batch_size=512, progress=False)  # fmt: skip
+        return ipg(
+            policy,
+            problems,
+            components,
+            token_reward,
+            mode="on_path",
+            n_rollouts=n,
+            n_steps=4,
+            temperature=1.0,
+            top_p=1.0,
+            max_new_tokens=HORIZON,
+            internal_batch_size=512,
+            sampling_batch_size=512,
+            progress=False,
+        )
 
     small, large = estimate(16), estimate(512)
     z = (large.scores - exact) / large.stderr
@@ -285,10 +328,20 @@ def test_policy_gradient_is_the_gradient_of_J_at_alpha_one(world):
     components = mlp_neurons(0, range(0, 32, 4)).resolved(policy.model)
     exact = reference_gradient(policy, components, 1.0, completions, rewards)
     problems = [Problem(f"copy/{i}", PROMPT, "", "") for i in range(8)]
-    estimate = policy_gradient(policy, problems, components, token_reward, advantage="rloo",
-                               n_rollouts=256, temperature=1.0, top_p=1.0,
-                               max_new_tokens=HORIZON, internal_batch_size=512,
-                               sampling_batch_size=512, progress=False)  # fmt: skip
+    estimate = policy_gradient(
+        policy,
+        problems,
+        components,
+        token_reward,
+        advantage="rloo",
+        n_rollouts=256,
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=HORIZON,
+        internal_batch_size=512,
+        sampling_batch_size=512,
+        progress=False,
+    )
     assert exact.abs().max() > 1e-2
     z = (estimate.scores - exact) / estimate.stderr
     assert z.abs().max() < 4.5, z
@@ -315,8 +368,16 @@ def test_paper_mode_equals_the_hand_computed_estimator(world, baseline):
     components = mlp_neurons(0, [0, 3, 7, 12]).resolved(policy.model)
     problems = [Problem(f"copy/{i}", PROMPT, "", "") for i in range(3)]
     n = 4
-    rollouts = sample(policy, problems, n=n, temperature=1.0, top_p=1.0, max_new_tokens=HORIZON,
-                      seed=5, reward=token_reward)  # fmt: skip
+    rollouts = sample(
+        policy,
+        problems,
+        n=n,
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=HORIZON,
+        seed=5,
+        reward=token_reward,
+    )
     completions = rollouts.row_completion_ids()
     rewards = [reward_of(c) for c in completions]
     assert len(set(rewards)) > 0
@@ -331,15 +392,23 @@ def test_paper_mode_equals_the_hand_computed_estimator(world, baseline):
     advantages = group_mean_std_advantages(rewards, n)
     expected = torch.zeros(len(components.indices), dtype=torch.float64)
     for alpha, weight in zip(*RIGHT_RIEMANN_5, strict=True):
-        factors = torch.full((len(components.indices),), alpha, dtype=torch.float64,
-                             requires_grad=True)  # fmt: skip
-        logprobs = reference_logprobs(policy.model, components.hook_name, components.indices,
-                                      factors, completions, baseline=h_prime)  # fmt: skip
+        factors = torch.full(
+            (len(components.indices),), alpha, dtype=torch.float64, requires_grad=True
+        )
+        logprobs = reference_logprobs(
+            policy.model,
+            components.hook_name,
+            components.indices,
+            factors,
+            completions,
+            baseline=h_prime,
+        )
         objective = (torch.tensor(advantages, dtype=torch.float64) * logprobs).sum() / n
         (gradient,) = torch.autograd.grad(objective, factors)
         expected += weight * gradient / len(problems)
-    result = ipg(policy, None, components, rollouts=rollouts, n_steps=5, baseline=baseline,
-                 progress=False)  # fmt: skip
+    result = ipg(
+        policy, None, components, rollouts=rollouts, n_steps=5, baseline=baseline, progress=False
+    )
     assert expected.abs().max() > 1e-3
     torch.testing.assert_close(result.scores, expected, rtol=1e-7, atol=1e-10)
 
@@ -347,9 +416,20 @@ def test_paper_mode_equals_the_hand_computed_estimator(world, baseline):
 def test_on_path_completeness_delta_is_reported(world):
     policy, *_ = world
     problems = [Problem(f"copy/{i}", PROMPT, "", "") for i in range(4)]
-    result = ipg(policy, problems, mlp_neurons(0), token_reward, mode="on_path", n_rollouts=64,
-                 n_steps=4, temperature=1.0, top_p=1.0, max_new_tokens=HORIZON,
-                 sampling_batch_size=256, progress=False)  # fmt: skip
+    result = ipg(
+        policy,
+        problems,
+        mlp_neurons(0),
+        token_reward,
+        mode="on_path",
+        n_rollouts=64,
+        n_steps=4,
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=HORIZON,
+        sampling_batch_size=256,
+        progress=False,
+    )
     info = result.info
     assert info["delta"] == pytest.approx(
         float(result.scores.sum()) - (info["J(1)"] - info["J(0)"])
@@ -367,22 +447,26 @@ def digit_count(prompts, completions, **_):
 
 def test_packed_and_one_row_per_pass_agree(policy):
     problems = [Problem(f"p{i}", f"{i}+{i}", "", "") for i in range(3)]
-    rollouts = sample(policy, problems, n=4, temperature=1.0, max_new_tokens=12, seed=3,
-                      reward=digit_count)  # fmt: skip
+    rollouts = sample(
+        policy, problems, n=4, temperature=1.0, max_new_tokens=12, seed=3, reward=digit_count
+    )
     rows = len(rollouts)
     prompts, completions = rollouts.row_prompt_ids(), rollouts.row_completion_ids()
     assert len({len(c) for c in completions}) > 1  # ragged, so padding differs between paths
     alphas = torch.linspace(0.1, 1.0, rows)
     weights = torch.randn(rows, generator=torch.Generator().manual_seed(0))
     components = resid_neurons(1)
-    packed = path_gradients(policy, components, prompts, completions, alphas, weights,
-                            internal_batch_size=5)  # fmt: skip
-    single = path_gradients(policy, components, prompts, completions, alphas, weights,
-                            chunks=[[r] for r in range(rows)])  # fmt: skip
+    packed = path_gradients(
+        policy, components, prompts, completions, alphas, weights, internal_batch_size=5
+    )
+    single = path_gradients(
+        policy, components, prompts, completions, alphas, weights, chunks=[[r] for r in range(rows)]
+    )
     assert packed.contributions.abs().max() > 1e-4
     torch.testing.assert_close(packed.contributions, single.contributions, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(packed.sequence_logprobs, single.sequence_logprobs, atol=1e-5,
-                               rtol=1e-6)  # fmt: skip
+    torch.testing.assert_close(
+        packed.sequence_logprobs, single.sequence_logprobs, atol=1e-5, rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("components", [resid_neurons(0), mlp_neurons(1, [2, 5])])
@@ -410,18 +494,29 @@ def test_sharing_the_prefix_changes_nothing(policy, components):
                 share_prefix=share,
             )
         )
-    torch.testing.assert_close(results[0].contributions, results[1].contributions, atol=1e-5,
-                               rtol=1e-5)  # fmt: skip
+    torch.testing.assert_close(
+        results[0].contributions, results[1].contributions, atol=1e-5, rtol=1e-5
+    )
     torch.testing.assert_close(results[0].sequence_logprobs, results[1].sequence_logprobs)
     site = path_site(policy.model, components.hook_name)
-    assert site == (("blocks.1.hook_resid_pre", 1) if components.kind == "resid" else
-                    ("blocks.1.mlp.hook_post", 1))  # fmt: skip
+    assert site == (
+        ("blocks.1.hook_resid_pre", 1)
+        if components.kind == "resid"
+        else ("blocks.1.mlp.hook_post", 1)
+    )
 
 
 def test_ipg_packed_equals_sequential(policy):
     problems = [Problem(f"p{i}", f"{i}*{i}", "", "") for i in range(3)]
-    settings = dict(n_rollouts=3, n_steps=4, temperature=1.0, top_p=1.0, max_new_tokens=10,
-                    internal_batch_size=7, progress=False)  # fmt: skip
+    settings = dict(
+        n_rollouts=3,
+        n_steps=4,
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=10,
+        internal_batch_size=7,
+        progress=False,
+    )
     packed = ipg(policy, problems, mlp_neurons(0), digit_count, **settings)
     sequential = ipg(policy, problems, mlp_neurons(0), digit_count, pack=False, **settings)
     assert packed.info["rows_scored"] > 0
@@ -430,17 +525,37 @@ def test_ipg_packed_equals_sequential(policy):
 
 def test_paper_mode_completeness_of_the_surrogate(policy):
     problems = [Problem(f"p{i}", f"{i}-{i}", "", "") for i in range(3)]
-    result = ipg(policy, problems, mlp_neurons(1), digit_count, n_rollouts=4, n_steps=24,
-                 method="gausslegendre", temperature=1.0, top_p=1.0, max_new_tokens=10,
-                 progress=False)  # fmt: skip
+    result = ipg(
+        policy,
+        problems,
+        mlp_neurons(1),
+        digit_count,
+        n_rollouts=4,
+        n_steps=24,
+        method="gausslegendre",
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=10,
+        progress=False,
+    )
     surrogate = result.info["surrogate"]
     change = surrogate["S(1)"] - surrogate["S(0)"]
     assert abs(change) > 1e-3
     assert abs(result.delta) < 1e-4 * max(1.0, abs(change))
     # with both end points on the grid, S(0) and S(1) come from the scoring pass itself
-    trapezoid = ipg(policy, problems, mlp_neurons(1), digit_count, n_rollouts=4, n_steps=48,
-                    method="riemann_trapezoid", temperature=1.0, top_p=1.0, max_new_tokens=10,
-                    progress=False)  # fmt: skip
+    trapezoid = ipg(
+        policy,
+        problems,
+        mlp_neurons(1),
+        digit_count,
+        n_rollouts=4,
+        n_steps=48,
+        method="riemann_trapezoid",
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=10,
+        progress=False,
+    )
     assert trapezoid.info["surrogate"] == pytest.approx(surrogate, rel=1e-5)
     assert abs(trapezoid.delta) < 1e-3 * max(1.0, abs(change))
 
@@ -451,8 +566,16 @@ def test_paper_mode_completeness_of_the_surrogate(policy):
 def test_constant_reward_gives_zero_scores_and_says_so_loudly(policy):
     problems = [Problem(f"p{i}", str(i), "", "") for i in range(3)]
     with pytest.warns(ZeroSignalWarning, match=r"zero for every unit.*frac_reward_zero_std = 1"):
-        result = ipg(policy, problems, resid_neurons(0), lambda p, c, **_: [1.0] * len(c),
-                     n_rollouts=3, n_steps=2, max_new_tokens=6, progress=False)  # fmt: skip
+        result = ipg(
+            policy,
+            problems,
+            resid_neurons(0),
+            lambda p, c, **_: [1.0] * len(c),
+            n_rollouts=3,
+            n_steps=2,
+            max_new_tokens=6,
+            progress=False,
+        )
     assert torch.equal(result.scores, torch.zeros(policy.model.cfg.d_model, dtype=torch.float64))
     assert result.frac_reward_zero_std == 1.0
     assert result.info["rows_scored"] == 0 and result.delta == 0.0
@@ -468,8 +591,17 @@ def test_a_reward_with_signal_does_not_warn(policy):
     problems = [Problem(f"p{i}", f"{i}+{i}", "", "") for i in range(3)]
     with warnings.catch_warnings():
         warnings.simplefilter("error", ZeroSignalWarning)
-        result = ipg(policy, problems, resid_neurons(0), digit_count, n_rollouts=3, n_steps=2,
-                     temperature=1.0, max_new_tokens=10, progress=False)  # fmt: skip
+        result = ipg(
+            policy,
+            problems,
+            resid_neurons(0),
+            digit_count,
+            n_rollouts=3,
+            n_steps=2,
+            temperature=1.0,
+            max_new_tokens=10,
+            progress=False,
+        )
     assert result.info["rows_scored"] > 0 and result.ranks_anything
 
 
@@ -496,8 +628,9 @@ def test_baseline_equal_to_the_activation_gives_zero(policy):
     components = resid_neurons(0, [unit, other])
     settings = dict(n_rollouts=3, n_steps=3, temperature=1.0, max_new_tokens=8, progress=False)
     zero = ipg(constant, problems, components, digit_count, **settings)
-    matched = ipg(constant, problems, components, digit_count,
-                  baseline=torch.tensor([value, 0.0]), **settings)  # fmt: skip
+    matched = ipg(
+        constant, problems, components, digit_count, baseline=torch.tensor([value, 0.0]), **settings
+    )
     assert zero.info["rows_scored"] > 0
     assert zero.scores[0] != 0.0  # with h' = 0 the constant unit does get attribution
     assert matched.scores[0] == 0.0  # h' = h: the path is constant, nothing to attribute
@@ -525,8 +658,15 @@ def test_bad_input_gets_a_clear_error(policy):
     with pytest.raises(IpgkitError, match="n_rollouts >= 2"):
         ipg(policy, problems, resid_neurons(0), digit_count, n_rollouts=1, progress=False)
     with pytest.raises(RewardError, match="non-finite"):
-        ipg(policy, problems, resid_neurons(0), lambda p, c, **_: [math.nan] * len(c),
-            n_rollouts=2, max_new_tokens=4, progress=False)  # fmt: skip
+        ipg(
+            policy,
+            problems,
+            resid_neurons(0),
+            lambda p, c, **_: [math.nan] * len(c),
+            n_rollouts=2,
+            max_new_tokens=4,
+            progress=False,
+        )
     with pytest.raises(IpgkitError, match="empty"):
         ipg(policy, [], resid_neurons(0), digit_count, progress=False)
     with pytest.raises(IpgkitError, match="needs a reward function"):
@@ -534,8 +674,15 @@ def test_bad_input_gets_a_clear_error(policy):
     with pytest.raises(IpgkitError, match="unknown integration method"):
         ipg(policy, problems, resid_neurons(0), digit_count, method="simpson", progress=False)
     with pytest.raises(IpgkitError, match="one value per unit"):
-        ipg(policy, problems, resid_neurons(0, [1, 2]), digit_count, baseline=torch.zeros(3),
-            max_new_tokens=4, progress=False)  # fmt: skip
+        ipg(
+            policy,
+            problems,
+            resid_neurons(0, [1, 2]),
+            digit_count,
+            baseline=torch.zeros(3),
+            max_new_tokens=4,
+            progress=False,
+        )
     with pytest.raises(IpgkitError, match="out of range"):
         ipg(policy, problems, resid_neurons(0, [999]), digit_count, progress=False)
 
@@ -548,8 +695,14 @@ def test_an_interrupted_run_resumes_without_resampling(policy, tmp_path, monkeyp
 
     ipg_module = importlib.import_module("ipgkit.attribution.ipg")  # the package re-exports ipg()
     problems = [Problem(f"p{i}", f"{i}+{i}", "", "") for i in range(4)]
-    settings = dict(n_rollouts=3, n_steps=3, temperature=1.0, max_new_tokens=10,
-                    internal_batch_size=4, progress=False)  # fmt: skip
+    settings = dict(
+        n_rollouts=3,
+        n_steps=3,
+        temperature=1.0,
+        max_new_tokens=10,
+        internal_batch_size=4,
+        progress=False,
+    )
     reference = ipg(policy, problems, resid_neurons(1), digit_count, **settings)
     checkpoint = tmp_path / "ipg.ckpt"
     monkeypatch.setattr(ipg_module, "CHECKPOINT_EVERY_SECONDS", 0.0)
@@ -572,12 +725,19 @@ def test_an_interrupted_run_resumes_without_resampling(policy, tmp_path, monkeyp
         raise AssertionError("resumed run sampled again")
 
     monkeypatch.setattr(ipg_module, "sample", no_sampling)
-    resumed = ipg(policy, problems, resid_neurons(1), digit_count, checkpoint=checkpoint,
-                  **settings)  # fmt: skip
+    resumed = ipg(
+        policy, problems, resid_neurons(1), digit_count, checkpoint=checkpoint, **settings
+    )
     torch.testing.assert_close(resumed.per_prompt, reference.per_prompt, atol=1e-6, rtol=1e-6)
     with pytest.raises(IpgkitError, match=r"different IPG run \(differs in \['config'\]\)"):
-        ipg(policy, problems, resid_neurons(1), digit_count, checkpoint=checkpoint,
-            **{**settings, "n_steps": 4})  # fmt: skip
+        ipg(
+            policy,
+            problems,
+            resid_neurons(1),
+            digit_count,
+            checkpoint=checkpoint,
+            **{**settings, "n_steps": 4},
+        )
 
 
 def test_a_large_completeness_gap_is_flagged(policy):

@@ -12,8 +12,9 @@ matplotlib.use("Agg")
 def make_result():
     per_prompt = torch.tensor([[1.0, -3.0, 0.5, 2.0], [3.0, -1.0, 0.5, 0.0]])
     components = resid_neurons(1, [4, 8, 15, 16])
-    return AttributionResult.from_per_prompt(components, per_prompt, "ipg",
-                                             {"delta": 0.01, "frac_reward_zero_std": 0.25})  # fmt: skip
+    return AttributionResult.from_per_prompt(
+        components, per_prompt, "ipg", {"delta": 0.01, "frac_reward_zero_std": 0.25}
+    )
 
 
 def test_scores_are_prompt_means_with_standard_errors():

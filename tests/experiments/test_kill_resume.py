@@ -31,15 +31,26 @@ def finished_evaluations(out) -> int:
 
 
 def test_a_killed_run_resumes_to_the_uninterrupted_result(setting, tmp_path, monkeypatch):  # noqa: F811
-    config = small_real_config(**{**asdict(setting), "gammas": (0.0, 0.5, 2.0), "random_seeds": 2,
-                                  "held_out": 5, "steering_tokens": 48})  # fmt: skip
+    config = small_real_config(
+        **{
+            **asdict(setting),
+            "gammas": (0.0, 0.5, 2.0),
+            "random_seeds": 2,
+            "held_out": 5,
+            "steering_tokens": 48,
+        }
+    )
     total = 2 + 1 + len(config.gammas) * (1 + config.random_seeds)
     reference = real_model_study(config, tmp_path / "uninterrupted", progress=False)
 
     out = tmp_path / "killed"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(asdict(config)), str(out)],
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, json.dumps(asdict(config)), str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     while finished_evaluations(out) < 5 and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -59,8 +70,9 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(setting, tmp_path, mon
 
         return counted
 
-    monkeypatch.setattr(workspace, "evaluation_rollouts",
-                        counting("evaluations", workspace.evaluation_rollouts))  # fmt: skip
+    monkeypatch.setattr(
+        workspace, "evaluation_rollouts", counting("evaluations", workspace.evaluation_rollouts)
+    )
     monkeypatch.setattr(real_model, "sample", counting("sampling", real_model.sample))
     monkeypatch.setattr(real_model, "ipg", counting("ipg", real_model.ipg))
     resumed = real_model_study(config, out, progress=False)

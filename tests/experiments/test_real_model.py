@@ -25,8 +25,10 @@ def setting(tmp_path):
     gsm = [{"question": f"how many apples now? {i}", "answer": f"#### {i}"} for i in range(5)]
     write_jsonl(data / "gsm8k" / "test.jsonl", gsm)
     write_jsonl(data / "gsm8k" / "train.jsonl", gsm)
-    write_jsonl(data / "math500" / "test.jsonl",
-                [{"problem": "1+1?", "solution": "\\boxed{2}", "answer": "2"}] * 4)  # fmt: skip
+    write_jsonl(
+        data / "math500" / "test.jsonl",
+        [{"problem": "1+1?", "solution": "\\boxed{2}", "answer": "2"}] * 4,
+    )
     return small_real_config(model=str(model), data=str(data), layer=1, gammas=(0.0, 2.0))
 
 
@@ -44,8 +46,9 @@ def test_the_study_writes_its_tables_and_resumes_without_recomputing(
     assert unsteered.length_change == 0 and unsteered.p_value == 1
     assert len(tables["top_neurons"]) == setting.top
     for name in tables:
-        pd.testing.assert_frame_equal(pd.read_csv(out / f"{name}.csv"), tables[name],
-                                      check_dtype=False)  # fmt: skip
+        pd.testing.assert_frame_equal(
+            pd.read_csv(out / f"{name}.csv"), tables[name], check_dtype=False
+        )
 
     def fail(*args, **kwargs):
         raise AssertionError("recomputed")

@@ -17,21 +17,46 @@ from ipgkit.training.distill import DistillConfig
 from ipgkit.training.sft import SFTConfig
 
 MICRO = ExperimentConfig(
-    support=5, n_rollouts=4, n_steps=2, validation=4, test=6, p_grid=(2, 3), gamma_grid=(1.5, 3.0),
-    suppress_p=3, random_seeds=(0, 1), validation_random_seeds=1, dose_problems=4,
-    dose_gammas=(0.0, 1.0, 2.0), dose_ps=(2,), dose_p=2, support_sizes=(2, 6),
-    datasets=("arith-word/train", "arith-chain/train"), dice_ps=(2, 4), distill_problems=8,
-    distill=DistillConfig(samples=2, max_new_tokens=96,
-                          sft=SFTConfig(learning_rate=1e-4, num_train_epochs=1,
-                                        per_device_train_batch_size=4)),
-    strength_gammas=(0.0, 1.0, 2.0), strength_p=2, sites=(("mlp", 0),),
-)  # fmt: skip
+    support=5,
+    n_rollouts=4,
+    n_steps=2,
+    validation=4,
+    test=6,
+    p_grid=(2, 3),
+    gamma_grid=(1.5, 3.0),
+    suppress_p=3,
+    random_seeds=(0, 1),
+    validation_random_seeds=1,
+    dose_problems=4,
+    dose_gammas=(0.0, 1.0, 2.0),
+    dose_ps=(2,),
+    dose_p=2,
+    support_sizes=(2, 6),
+    datasets=("arith-word/train", "arith-chain/train"),
+    dice_ps=(2, 4),
+    distill_problems=8,
+    distill=DistillConfig(
+        samples=2,
+        max_new_tokens=96,
+        sft=SFTConfig(learning_rate=1e-4, num_train_epochs=1, per_device_train_batch_size=4),
+    ),
+    strength_gammas=(0.0, 1.0, 2.0),
+    strength_p=2,
+    sites=(("mlp", 0),),
+)
 
 
 #: the default run: three methods, no SAE, no student (the slow tests run everything)
 FAST = replace(MICRO, methods=("IPG", "Random", "Activation"))
-FAST_EXPERIMENTS = ("validation_grid", "control", "head_to_head", "dose", "support", "consistency",
-                    "transfer")  # fmt: skip
+FAST_EXPERIMENTS = (
+    "validation_grid",
+    "control",
+    "head_to_head",
+    "dose",
+    "support",
+    "consistency",
+    "transfer",
+)
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +158,9 @@ def test_every_method_distilled_student_and_reasoning_strength(everything):
     assert suite.ws.notes()["student"]["kept"] > 0
 
 
-def test_a_rerun_computes_nothing_and_rebuilds_a_lost_table_from_cached_evaluations(finished,
-                                                                                    monkeypatch):  # fmt: skip
+def test_a_rerun_computes_nothing_and_rebuilds_a_lost_table_from_cached_evaluations(
+    finished, monkeypatch
+):
     suite, tables = finished
 
     def fail(*args, **kwargs):
@@ -148,10 +174,14 @@ def test_a_rerun_computes_nothing_and_rebuilds_a_lost_table_from_cached_evaluati
     rerun = run_experiments(again, FAST_EXPERIMENTS, progress=False)
     assert again.ws.computed == 0
     for name in tables:
-        pd.testing.assert_frame_equal(rerun[name], pd.read_csv(suite.ws.table_path(name)),
-                                      check_dtype=False)  # fmt: skip
-    pd.testing.assert_frame_equal(rerun["control"].reset_index(drop=True),
-                                  tables["control"].reset_index(drop=True), check_dtype=False)  # fmt: skip
+        pd.testing.assert_frame_equal(
+            rerun[name], pd.read_csv(suite.ws.table_path(name)), check_dtype=False
+        )
+    pd.testing.assert_frame_equal(
+        rerun["control"].reset_index(drop=True),
+        tables["control"].reset_index(drop=True),
+        check_dtype=False,
+    )
 
 
 def test_figures_are_drawn_from_the_saved_tables_alone(finished, tmp_path):

@@ -32,8 +32,9 @@ def forbid_evaluation(monkeypatch):
     monkeypatch.setattr(workspace_module, "evaluation_rollouts", fail)
 
 
-def test_a_steered_evaluation_equals_steering_by_hand_and_is_cached(policy, task, tmp_path,
-                                                                    monkeypatch):  # fmt: skip
+def test_a_steered_evaluation_equals_steering_by_hand_and_is_cached(
+    policy, task, tmp_path, monkeypatch
+):
     units = mlp_neurons(0, [1, 5, 9])
     ws = Workspace(tmp_path)
     outcome = ws.evaluate(policy, "tiny", task, units, gamma=0.0)
@@ -47,8 +48,9 @@ def test_a_steered_evaluation_equals_steering_by_hand_and_is_cached(policy, task
     assert again.texts == outcome.texts and np.array_equal(again.length, outcome.length)
 
 
-def test_gamma_one_shares_the_unsteered_entry_and_keys_tell_conditions_apart(policy, task,
-                                                                             tmp_path):  # fmt: skip
+def test_gamma_one_shares_the_unsteered_entry_and_keys_tell_conditions_apart(
+    policy, task, tmp_path
+):
     ws = Workspace(tmp_path)
     base = ws.evaluate(policy, "tiny", task)
     assert ws.evaluate(policy, "tiny", task, mlp_neurons(0, [1]), gamma=1.0).texts == base.texts
@@ -71,8 +73,11 @@ def test_a_line_cut_short_by_a_kill_is_recomputed_not_fatal(policy, task, tmp_pa
     assert resumed.computed == 0
     resumed.evaluate(policy, "tiny", task, mlp_neurons(0, [3]), gamma=0.0)
     assert resumed.computed == 1
-    keys = [json.loads(line)["key"] for line in resumed.evaluations_path.read_text().splitlines()
-            if line.endswith("}")]  # fmt: skip
+    keys = [
+        json.loads(line)["key"]
+        for line in resumed.evaluations_path.read_text().splitlines()
+        if line.endswith("}")
+    ]
     assert len(keys) == 2
 
 

@@ -34,8 +34,13 @@ def test_reasons_well_on_standard_and_poorly_on_hard_problems(shipped):
     accuracy = {}
     for split in ("test", "hard-test"):
         task = load("arith-chain", split=split, n=64)
-        rollouts = ipgkit.sample(shipped, task.problems, temperature=0.0,
-                                 max_new_tokens=task.max_new_tokens, reward=task.correctness)  # fmt: skip
+        rollouts = ipgkit.sample(
+            shipped,
+            task.problems,
+            temperature=0.0,
+            max_new_tokens=task.max_new_tokens,
+            reward=task.correctness,
+        )
         accuracy[split] = float(rollouts.rewards.mean())
         assert all("####" in text for text in rollouts.texts)
     assert accuracy["test"] >= 0.45

@@ -37,11 +37,13 @@ def test_a_local_checkpoint_loads_with_the_models_own_logits(checkpoint):
 
 def test_sampling_and_steering_run_on_a_local_checkpoint(checkpoint):
     policy = ipgkit.load_model(str(checkpoint))
-    rollouts = ipgkit.sample(policy, ["how many apples now?"], n=2, temperature=0.0,
-                             max_new_tokens=5)  # fmt: skip
+    rollouts = ipgkit.sample(
+        policy, ["how many apples now?"], n=2, temperature=0.0, max_new_tokens=5
+    )
     with ipgkit.steer(policy, ipgkit.mlp_neurons(1, [0, 3]), gamma=1.0):
-        again = ipgkit.sample(policy, ["how many apples now?"], n=2, temperature=0.0,
-                              max_new_tokens=5)  # fmt: skip
+        again = ipgkit.sample(
+            policy, ["how many apples now?"], n=2, temperature=0.0, max_new_tokens=5
+        )
     assert rollouts.texts == again.texts
     assert torch.equal(rollouts.completion_ids, again.completion_ids)
 
@@ -54,8 +56,9 @@ def test_a_folder_without_a_checkpoint_is_a_clear_error(tmp_path):
 
 
 def _template_ids(tokenizer, question):
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=True,
-                                        add_generation_prompt=True)  # fmt: skip
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], tokenize=True, add_generation_prompt=True
+    )
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
@@ -87,8 +90,11 @@ def test_a_hub_name_outside_transformerlens_list_is_converted_like_a_local_check
     import huggingface_hub
 
     fetched = []
-    monkeypatch.setattr(huggingface_hub, "snapshot_download",
-                        lambda name, **_: fetched.append(name) or str(checkpoint))  # fmt: skip
+    monkeypatch.setattr(
+        huggingface_hub,
+        "snapshot_download",
+        lambda name, **_: fetched.append(name) or str(checkpoint),
+    )
     policy = ipgkit.load_model("someone/tiny-reasoner")
     assert fetched == ["someone/tiny-reasoner"] and policy.name == "tiny-reasoner"
     local = ipgkit.load_model(str(checkpoint))

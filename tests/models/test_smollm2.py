@@ -38,8 +38,9 @@ def hugging_face():
     from ipgkit.models.hf import bundled_gguf_path
 
     path = bundled_gguf_path("smollm2-135m-instruct")
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                                 dtype=torch.float32)  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    )
     return model.eval()
 
 
@@ -76,9 +77,13 @@ def greedy(smollm2):
 def test_batched_greedy_sampling_equals_hugging_face_generate(greedy, hugging_face, smollm2):
     _, rollouts = greedy
     for row, prompt_ids in enumerate(rollouts.row_prompt_ids()):
-        out = hugging_face.generate(torch.tensor([prompt_ids]), max_new_tokens=16,
-                                    do_sample=False, eos_token_id=smollm2.stop_token_ids[0],
-                                    pad_token_id=smollm2.pad_token_id)  # fmt: skip
+        out = hugging_face.generate(
+            torch.tensor([prompt_ids]),
+            max_new_tokens=16,
+            do_sample=False,
+            eos_token_id=smollm2.stop_token_ids[0],
+            pad_token_id=smollm2.pad_token_id,
+        )
         expected = out[0, len(prompt_ids) :].tolist()
         assert rollouts.row_completion_ids()[row] == expected
 
@@ -86,7 +91,9 @@ def test_batched_greedy_sampling_equals_hugging_face_generate(greedy, hugging_fa
 def test_real_outputs_are_graded_as_gsm8k_and_math500_grade_them(greedy, smollm2):
     task, rollouts = greedy
     table = evaluation_table("smollm2", task, rollouts).set_index("metric")
-    graded = [task.grade(text, p.answer) for text, p in zip(rollouts.texts, task.problems, strict=True)]  # fmt: skip
+    graded = [
+        task.grade(text, p.answer) for text, p in zip(rollouts.texts, task.problems, strict=True)
+    ]
     assert table.loc["accuracy@1", "value"] == pytest.approx(sum(graded) / len(graded))
     for text, problem in zip(rollouts.texts, task.problems, strict=True):
         # the model's own text with a boxed final answer appended: the last answer decides

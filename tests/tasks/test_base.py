@@ -46,9 +46,12 @@ def test_mix_tasks_interleaves_families_so_prefixes_are_balanced():
     word, chain = load("arith-word", split="train", n=3), load("arith-chain", split="train", n=2)
     mixed = mix_tasks([word, chain])
     assert [p.id for p in mixed.problems] == [
-        word.problems[0].id, chain.problems[0].id, word.problems[1].id, chain.problems[1].id,
+        word.problems[0].id,
+        chain.problems[0].id,
+        word.problems[1].id,
+        chain.problems[1].id,
         word.problems[2].id,
-    ]  # fmt: skip
+    ]
     assert mixed.name == "arith-word+arith-chain" and mixed.grade is word.grade
     with pytest.raises(IpgkitError, match="grade differently"):
         mix_tasks([word, replace(chain, grade=lambda c, a: True)])

@@ -13,18 +13,48 @@ def block(body: str, close: bool = True) -> str:
     ("text", "expected", "status", "repairs"),
     [
         (block('{"location": 2, "content": "38-7=31"}'), (2, "38-7=31"), "ok", ()),
-        ("Thinking... " + block('{"location": 3, "content": "5*4=20"}') + " done", (3, "5*4=20"), "ok", ()),
+        (
+            "Thinking... " + block('{"location": 3, "content": "5*4=20"}') + " done",
+            (3, "5*4=20"),
+            "ok",
+            (),
+        ),
         (block("{'location': 2, 'content': '38-7=31'}"), (2, "38-7=31"), "repaired", ("quotes",)),
         (block('{"location": "4", "content": "x"}'), (4, "x"), "repaired", ("location_text",)),
         (block('{"location": "step 4", "content": "x"}'), (4, "x"), "repaired", ("location_text",)),
         (block('{"location": 4.0, "content": "x"}'), (4, "x"), "repaired", ("location_text",)),
-        (block('{"location": 2, "content": "a\nb",}'), (2, "a\nb"), "repaired", ("escapes", "trailing_comma")),
-        (block('{"location": 2, "content": "12+4=16"}', close=False), (2, "12+4=16"), "repaired", ("unclosed",)),
-        (block('```json\n{"location": 1, "content": "9-3=6"}\n```'), (1, "9-3=6"), "repaired", ("fenced",)),
-        (block(r'{"location": 2, "content": "x = \frac{1}{2}"}'), (2, r"x = \frac{1}{2}"), "repaired", ("latex",)),
-        (block('location: 3, content: "12+4=16"'), (3, "12+4=16"), "repaired", ("regex", "location_text")),
+        (
+            block('{"location": 2, "content": "a\nb",}'),
+            (2, "a\nb"),
+            "repaired",
+            ("escapes", "trailing_comma"),
+        ),
+        (
+            block('{"location": 2, "content": "12+4=16"}', close=False),
+            (2, "12+4=16"),
+            "repaired",
+            ("unclosed",),
+        ),
+        (
+            block('```json\n{"location": 1, "content": "9-3=6"}\n```'),
+            (1, "9-3=6"),
+            "repaired",
+            ("fenced",),
+        ),
+        (
+            block(r'{"location": 2, "content": "x = \frac{1}{2}"}'),
+            (2, r"x = \frac{1}{2}"),
+            "repaired",
+            ("latex",),
+        ),
+        (
+            block('location: 3, content: "12+4=16"'),
+            (3, "12+4=16"),
+            "repaired",
+            ("regex", "location_text"),
+        ),
     ],
-)  # fmt: skip
+)
 def test_well_formed_and_repairable_answers(text, expected, status, repairs):
     outcome = parse_intervention_text(text)
     assert outcome.intervention == Intervention(*expected)
@@ -48,7 +78,7 @@ def test_well_formed_and_repairable_answers(text, expected, status, repairs):
         (block('{"location": 2, "content": null}'), "empty_content"),
         (block('{"location": 2}'), "empty_content"),
     ],
-)  # fmt: skip
+)
 def test_unparsable_answers_say_why(text, status):
     outcome = parse_intervention_text(text)
     assert outcome.intervention is None and outcome.status == status

@@ -29,7 +29,8 @@ def test_add_checks_inverts_every_step_exactly():
     for previous, line, following in zip(lines, lines[1:], lines[2:], strict=False):
         if line.startswith(CHECK_PREFIX):  # a true equation, then the result the next step uses
             a, op, b, value, result = re.fullmatch(
-                r"check (\d+)([-+/])(\d+)=(\d+), so (\d+)", line).groups()  # fmt: skip
+                r"check (\d+)([-+/])(\d+)=(\d+), so (\d+)", line
+            ).groups()
             computed = {"+": int(a) + int(b), "-": int(a) - int(b), "/": int(a) / int(b)}[op]
             assert computed == int(value) and previous.endswith(f"={result}")
             assert following.startswith(result) or following == "#### 241"
@@ -56,9 +57,11 @@ def test_distillation_uses_the_teachers_correct_traces_and_leaves_it_untouched()
     teacher = ipgkit.load_model("arith")
     before = {k: v.clone() for k, v in teacher.model.state_dict().items()}
     task = ipgkit.tasks.load("arith-word", split="train", n=8)
-    config = DistillConfig(samples=2, check_fraction=1.0,
-                           sft=SFTConfig(learning_rate=1e-4, num_train_epochs=1,
-                                         per_device_train_batch_size=4))  # fmt: skip
+    config = DistillConfig(
+        samples=2,
+        check_fraction=1.0,
+        sft=SFTConfig(learning_rate=1e-4, num_train_epochs=1, per_device_train_batch_size=4),
+    )
     examples, counts = distillation_examples(teacher, task, config)
     assert counts["kept"] == len(examples) == counts["checked"] > 0
     for example in examples:

@@ -19,11 +19,18 @@ def arith():
 
 
 def tiny_config():
-    return replace(small_config(pool_candidates=10, k=2, held_out=4, n_continuations=2,
-                                table_samples=1),
-                   grpo=GRPOConfig(num_generations=2, per_device_train_batch_size=4, max_steps=1,
-                                   eval_every=1, eval_samples=2, eval_ks=(1, 2),
-                                   max_completion_length=100))  # fmt: skip
+    return replace(
+        small_config(pool_candidates=10, k=2, held_out=4, n_continuations=2, table_samples=1),
+        grpo=GRPOConfig(
+            num_generations=2,
+            per_device_train_batch_size=4,
+            max_steps=1,
+            eval_every=1,
+            eval_samples=2,
+            eval_ks=(1, 2),
+            max_completion_length=100,
+        ),
+    )
 
 
 def test_the_experiment_writes_every_table_and_resumes(arith, tmp_path, monkeypatch):
@@ -35,8 +42,11 @@ def test_the_experiment_writes_every_table_and_resumes(arith, tmp_path, monkeypa
     assert set(tables["final"].arm) == {"base", "grpo", "int+grpo", "ref-sft+grpo"}
     assert set(tables["yields"].proposer) == {"reference-checker", "self"}
     assert {"frac_reward_zero_std", "reward", "entropy"} <= set(tables["steps"].columns)
-    assert set(tables["on_policy"].metric) == {"nll_per_token_under_base", "token_entropy_on_pool",
-                                               "intervention_logprob_per_token"}  # fmt: skip
+    assert set(tables["on_policy"].metric) == {
+        "nll_per_token_under_base",
+        "token_entropy_on_pool",
+        "intervention_logprob_per_token",
+    }
     assert plot_int_experiment(tables, tmp_path / "plot.png") is not None
 
     import ipgkit.training.experiment as experiment
@@ -62,8 +72,7 @@ run_int_experiment(ipgkit.load_model("arith"), tiny_config(), sys.argv[1], progr
 """
 
 
-def test_a_killed_experiment_resumes_without_redoing_finished_stages(arith, tmp_path,
-                                                                     monkeypatch):  # fmt: skip
+def test_a_killed_experiment_resumes_without_redoing_finished_stages(arith, tmp_path, monkeypatch):
     import os
     import signal
     import subprocess
@@ -76,9 +85,13 @@ def test_a_killed_experiment_resumes_without_redoing_finished_stages(arith, tmp_
     reference = run_int_experiment(arith, tiny_config(), tmp_path / "whole", progress=False)
     out = tmp_path / "killed"
     root = Path(__file__).resolve().parents[2]
-    child = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(out)], cwd=root,
-                             env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RUN, str(out)],
+        cwd=root,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 300
     while not (out / "sft_int.pt").exists() and child.poll() is None:
         assert time.monotonic() < deadline, "the run finished no SFT stage in time"
@@ -107,6 +120,9 @@ def test_a_killed_experiment_resumes_without_redoing_finished_stages(arith, tmp_
     sft_left = 2 - sum(name.startswith("sft_") for name in finished)
     assert calls == ["train_sft"] * sft_left  # the pool and interventions are not redone
     for name, table in reference.items():  # equal to the last bit, wall-clock times aside
-        pd.testing.assert_frame_equal(resumed[name].drop(columns="seconds", errors="ignore"),
-                                      table.drop(columns="seconds", errors="ignore"),
-                                      check_exact=True, obj=name)  # fmt: skip
+        pd.testing.assert_frame_equal(
+            resumed[name].drop(columns="seconds", errors="ignore"),
+            table.drop(columns="seconds", errors="ignore"),
+            check_exact=True,
+            obj=name,
+        )

@@ -27,8 +27,9 @@ def problems(n=2):
 
 def test_one_step_raises_high_advantage_and_lowers_low_advantage_completions(policy):
     model = copy.deepcopy(policy)
-    rollouts = sample(model, problems(1), n=4, temperature=1.0, max_new_tokens=8, seed=5,
-                      reward=digit_count)  # fmt: skip
+    rollouts = sample(
+        model, problems(1), n=4, temperature=1.0, max_new_tokens=8, seed=5, reward=digit_count
+    )
     advantages = step_advantages(rollouts)
     assert advantages.abs().max() > 0
     best, worst = int(advantages.argmax()), int(advantages.argmin())
@@ -46,15 +47,28 @@ def test_one_step_raises_high_advantage_and_lowers_low_advantage_completions(pol
 
 def test_a_group_with_equal_rewards_gives_zero_gradient_and_is_counted(policy):
     model = copy.deepcopy(policy)
-    rollouts = sample(model, problems(2), n=3, temperature=1.0, max_new_tokens=6, seed=1,
-                      reward=lambda prompts, completions, **_: [1.0, 1.0, 1.0, 0.0, 1.0, 0.0])  # fmt: skip
+    rollouts = sample(
+        model,
+        problems(2),
+        n=3,
+        temperature=1.0,
+        max_new_tokens=6,
+        seed=1,
+        reward=lambda prompts, completions, **_: [1.0, 1.0, 1.0, 0.0, 1.0, 0.0],
+    )
     advantages = step_advantages(rollouts)
     assert torch.equal(advantages[:3], torch.zeros(3)) and advantages[3:].abs().min() > 0
     config = GRPOConfig(num_generations=3, per_device_train_batch_size=6)
     equal_rows = slice(0, 3)
     model.model.zero_grad(set_to_none=False)
-    grpo_objective(model, rollouts.row_prompt_ids()[equal_rows], rollouts.row_completion_ids()[equal_rows],
-                   advantages[equal_rows], None, config)  # fmt: skip
+    grpo_objective(
+        model,
+        rollouts.row_prompt_ids()[equal_rows],
+        rollouts.row_completion_ids()[equal_rows],
+        advantages[equal_rows],
+        None,
+        config,
+    )
     assert all(
         float(p.grad.abs().max()) == 0.0 for p in model.model.parameters() if p.grad is not None
     )
@@ -65,26 +79,41 @@ def test_a_group_with_equal_rewards_gives_zero_gradient_and_is_counted(policy):
 
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo"])
 def test_loss_types_weight_tokens_as_documented(policy, loss_type):
-    rollouts = sample(policy, problems(1), n=3, temperature=1.0, max_new_tokens=7, seed=2,
-                      reward=digit_count)  # fmt: skip
+    rollouts = sample(
+        policy, problems(1), n=3, temperature=1.0, max_new_tokens=7, seed=2, reward=digit_count
+    )
     advantages = torch.tensor([1.0, -0.5, 2.0])
-    config = GRPOConfig(num_generations=3, per_device_train_batch_size=3, loss_type=loss_type,
-                        max_completion_length=7)  # fmt: skip
+    config = GRPOConfig(
+        num_generations=3,
+        per_device_train_batch_size=3,
+        loss_type=loss_type,
+        max_completion_length=7,
+    )
     model = copy.deepcopy(policy)
-    metrics = grpo_objective(model, rollouts.row_prompt_ids(), rollouts.row_completion_ids(),
-                             advantages, None, config)  # fmt: skip
+    metrics = grpo_objective(
+        model, rollouts.row_prompt_ids(), rollouts.row_completion_ids(), advantages, None, config
+    )
     lengths = rollouts.completion_lengths.double()
     # with ratio 1 the loss is -sum_rows A_i * (tokens_i x weight_i)
-    weights = {"grpo": 1 / (lengths * 3), "bnpo": 1 / lengths.sum().expand(3),
-               "dr_grpo": torch.full((3,), 1 / (3 * 7.0))}[loss_type]  # fmt: skip
+    weights = {
+        "grpo": 1 / (lengths * 3),
+        "bnpo": 1 / lengths.sum().expand(3),
+        "dr_grpo": torch.full((3,), 1 / (3 * 7.0)),
+    }[loss_type]
     expected = -(advantages.double() * lengths * weights).sum()
     assert metrics["loss"] == pytest.approx(float(expected), rel=1e-6)
 
 
 def test_kl_to_the_reference_is_zero_at_the_start_and_reported(policy):
     model = copy.deepcopy(policy)
-    config = GRPOConfig(num_generations=2, per_device_train_batch_size=4, max_steps=2, beta=0.1,
-                        max_completion_length=6, learning_rate=1e-2)  # fmt: skip
+    config = GRPOConfig(
+        num_generations=2,
+        per_device_train_batch_size=4,
+        max_steps=2,
+        beta=0.1,
+        max_completion_length=6,
+        learning_rate=1e-2,
+    )
     run = grpo_train(model, problems(2), digit_count, config, progress=False)
     assert run.log.kl.iloc[0] == pytest.approx(0.0, abs=1e-7)
     assert run.log.kl.iloc[1] > 0
@@ -94,9 +123,17 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(policy, tmp_
     from ipgkit.tasks import load
 
     held_out = load("arith-chain", split="test", n=4)
-    config = GRPOConfig(num_generations=2, per_device_train_batch_size=4, max_steps=4,
-                        save_steps=2, eval_every=2, eval_samples=2, eval_ks=(1, 2),
-                        max_completion_length=8, learning_rate=1e-3)  # fmt: skip
+    config = GRPOConfig(
+        num_generations=2,
+        per_device_train_batch_size=4,
+        max_steps=4,
+        save_steps=2,
+        eval_every=2,
+        eval_samples=2,
+        eval_ks=(1, 2),
+        max_completion_length=8,
+        learning_rate=1e-3,
+    )
     whole = copy.deepcopy(policy)
     full = grpo_train(
         whole, problems(3), digit_count, config, held_out, tmp_path / "a", progress=False

@@ -13,9 +13,27 @@ import torch
 from ipgkit.cli import main
 
 STEPS = 6
-ARGS = ["grpo", "--task", "arith-word", "--n-problems", "8", "--eval-problems", "0",
-        "--num-generations", "4", "--batch-size", "8", "--steps", str(STEPS),
-        "--max-completion-length", "48", "--beta", "0.1", "--save-steps", "1"]  # fmt: skip
+ARGS = [
+    "grpo",
+    "--task",
+    "arith-word",
+    "--n-problems",
+    "8",
+    "--eval-problems",
+    "0",
+    "--num-generations",
+    "4",
+    "--batch-size",
+    "8",
+    "--steps",
+    str(STEPS),
+    "--max-completion-length",
+    "48",
+    "--beta",
+    "0.1",
+    "--save-steps",
+    "1",
+]
 
 
 def saved_step(checkpoint) -> int:
@@ -30,9 +48,12 @@ def test_a_killed_grpo_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     reference = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
 
     out = tmp_path / "killed"
-    child = subprocess.Popen([sys.executable, "-m", "ipgkit.cli", *ARGS, "--out", str(out)],
-                             env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-m", "ipgkit.cli", *ARGS, "--out", str(out)],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 300
     while saved_step(out / "checkpoint.pt") < 2 and child.poll() is None:
         assert time.monotonic() < deadline, "the run saved no checkpoint in time"
@@ -61,5 +82,6 @@ def test_a_killed_grpo_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     for name, weight in reference["model"].items():
         torch.testing.assert_close(resumed["model"][name], weight, rtol=0, atol=0, msg=name)
     columns = ["step", "reward", "frac_reward_zero_std", "loss"]
-    pd.testing.assert_frame_equal(pd.DataFrame(resumed["log"])[columns],
-                                  pd.DataFrame(reference["log"])[columns])  # fmt: skip
+    pd.testing.assert_frame_equal(
+        pd.DataFrame(resumed["log"])[columns], pd.DataFrame(reference["log"])[columns]
+    )

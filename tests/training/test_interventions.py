@@ -34,7 +34,7 @@ from ipgkit.training.interventions import (
         ("a 12 b", "12", True),
         ("a12 b", "12", False),
     ],
-)  # fmt: skip
+)
 def test_answer_leak_filter(content, answer, leaks):
     assert leaks_answer(content, answer) is leaks
 
@@ -78,12 +78,20 @@ def test_filters_count_every_stage(policy, attempts):
         ["<intervention>{'location': '2', 'content': '5*5=25'}"],  # repaired, good
         [],  # unanswered
     ]
-    result = propose_interventions(policy, task, made, Scripted(script), n_continuations=2,
-                                   require_correct_continuation=False)  # fmt: skip
+    result = propose_interventions(
+        policy, task, made, Scripted(script), n_continuations=2, require_correct_continuation=False
+    )
     yields = dict(zip(result.yields.stage, result.yields["count"], strict=True))
-    assert yields == {"attempts answered": 4, "proposed": 5, "parsed": 4, "in range": 3,
-                      "no answer leak": 2, "one per attempt": 2,
-                      "correct continuation": yields["correct continuation"], "kept": 2}  # fmt: skip
+    assert yields == {
+        "attempts answered": 4,
+        "proposed": 5,
+        "parsed": 4,
+        "in range": 3,
+        "no answer leak": 2,
+        "one per attempt": 2,
+        "correct continuation": yields["correct continuation"],
+        "kept": 2,
+    }
     assert result.parse_status == {"no_block": 1, "ok": 3, "repaired": 1}
     assert [i is not None for i in result.candidates] == [True, False, False, True, False, False]
     strict = propose_interventions(policy, task, made, Scripted(script), n_continuations=2)
@@ -102,8 +110,14 @@ def test_reference_checker_finds_the_first_wrong_step(attempts):
 def test_sft_pairs_are_prefix_plus_intervention_without_eos(policy, attempts):
     task, made = attempts
     script = [[format_intervention(Intervention(3, "7*7=49"))]]
-    result = propose_interventions(policy, task, made[:1], Scripted(script), n_continuations=1,
-                                   require_correct_continuation=False)  # fmt: skip
+    result = propose_interventions(
+        policy,
+        task,
+        made[:1],
+        Scripted(script),
+        n_continuations=1,
+        require_correct_continuation=False,
+    )
     (example,) = int_examples(policy, result)
     text = policy.tokenizer.decode(list(example.completion_ids))
     assert text == f"{made[0].steps[0]}\n{made[0].steps[1]}\n7*7=49\n"

@@ -34,8 +34,10 @@ def manual_loss(policy, examples):
 
 
 def test_sft_loss_masks_exactly_the_completion_tokens(policy):
-    examples = [text_example(policy, "Q: 1+2?\nA:\n", "1+2=3\n", eos=False),
-                text_example(policy, "Q: 40*2?\nA:\n", "40*2=80\n#### 80", eos=True)]  # fmt: skip
+    examples = [
+        text_example(policy, "Q: 1+2?\nA:\n", "1+2=3\n", eos=False),
+        text_example(policy, "Q: 40*2?\nA:\n", "40*2=80\n#### 80", eos=True),
+    ]
     assert examples[1].completion_ids[-1] == policy.tokenizer.eos_token_id
     assert examples[0].completion_ids[-1] != policy.tokenizer.eos_token_id
     loss = sft_loss(policy, examples)
