@@ -196,7 +196,7 @@ def smollm2_long(args) -> None:
         values = []
         with torch.no_grad():
             for _, scores in iter_scores(
-                policy, prompts, completions, 1, with_entropy=False, memory=memory
+                policy, prompts, completions, 1, with_entropy=False, memory_budget=memory
             ):
                 values.append(scores.logprobs[0, : scores.mask[0].sum()].double())
         return values

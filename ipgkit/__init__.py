@@ -19,7 +19,8 @@ from ipgkit.evaluation import (
     paired_comparison,
     pass_at_k,
 )
-from ipgkit.models import Policy, load_model
+from ipgkit.loading import load_model
+from ipgkit.models import Policy
 from ipgkit.rollouts import (
     Rollouts,
     SamplingConfig,

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from ipgkit.errors import HookNameError, IpgkitError, close_matches
@@ -187,6 +188,32 @@ def _tuple(indices):
     return None if indices is None else tuple(int(i) for i in indices)
 
 
+#: the hook-name grammar: ``blocks.L.<hook>`` inside block L, ``blocks.L.hook_resid_post`` its output
+_IN_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+_RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
+_BEFORE_BLOCKS = ("hook_embed", "hook_pos_embed", "hook_tokens")
+
+
+def hook_layer(hook_name: str, n_layers: int) -> int:
+    """The block a hook belongs to: L for ``blocks.L.*``, -1 for the embeddings (before every
+    block), ``n_layers`` for anything after the blocks (``ln_final``, ``unembed``).
+
+    Example:
+        >>> hook_layer("blocks.2.mlp.hook_post", 4), hook_layer("ln_final.hook_normalized", 4)
+        (2, 4)
+    """
+    in_block = _IN_BLOCK.match(hook_name)
+    if in_block:
+        return int(in_block.group(1))
+    return -1 if hook_name.startswith(_BEFORE_BLOCKS) else n_layers
+
+
+def resid_post_layer(hook_name: str) -> int | None:
+    """L when ``hook_name`` is ``blocks.L.hook_resid_post`` (a block's output), else None."""
+    match = _RESID_POST.match(hook_name)
+    return int(match.group(1)) if match else None
+
+
 def resolve_hook(model, hook_name: str):
     """The HookPoint called ``hook_name`` on ``model``; a clear error lists the closest names."""
     hook_dict = model.hook_dict
@@ -213,14 +240,45 @@ class SequenceLayout:
     generated_start: Int[Tensor, " batch"]
     offset: int = 0
 
-    def generated_mask(self, batch: int, length: int, device) -> torch.Tensor:
-        positions = torch.arange(self.offset, self.offset + length, device=device)
+    def selected(self, batch: int, length: int, positions: Positions, device) -> torch.Tensor:
+        """[batch, length] which positions of the current call are of kind ``positions``."""
         start = self.generated_start.to(device)
         if start.shape[0] != batch:
             raise IpgkitError(
                 f"sequence layout covers {start.shape[0]} rows but the activation has {batch}"
             )
-        return positions[None, :] >= start[:, None]
+        return position_mask(start, None, length, positions, self.offset)
+
+
+def position_mask(
+    prompt_lengths: Int[Tensor, " batch"],
+    completion_lengths: Int[Tensor, " batch"] | None,
+    width: int,
+    positions: Positions = "all",
+    offset: int = 0,
+) -> Bool[Tensor, "batch width"]:
+    """Which of ``width`` positions (absolute positions ``offset ..``) are of kind ``positions``.
+
+    Row b's prompt is positions ``0 .. prompt_lengths[b] - 1`` and its completion the next
+    ``completion_lengths[b]`` (None: the completion runs on past ``width``, as while sampling);
+    anything after is padding. The scaling hook, IPG's sums and activation reading all ask here.
+
+    Example:
+        >>> position_mask(torch.tensor([2]), torch.tensor([2]), 5, "generated")
+        tensor([[False, False,  True,  True, False]])
+    """
+    steps = torch.arange(offset, offset + width, device=prompt_lengths.device)[None, :]
+    starts = prompt_lengths[:, None]
+    real = torch.ones_like(steps, dtype=torch.bool)
+    if completion_lengths is not None:
+        real = steps < (prompt_lengths + completion_lengths.to(prompt_lengths.device))[:, None]
+    if positions == "all":
+        return real.expand(len(prompt_lengths), width)
+    if positions == "prompt":
+        return (steps < starts) & real
+    if positions == "generated":
+        return (steps >= starts) & real
+    raise IpgkitError(f"positions must be 'all', 'prompt' or 'generated', got {positions!r}")
 
 
 _LAYOUT: contextvars.ContextVar[SequenceLayout | None] = contextvars.ContextVar(
@@ -293,9 +351,8 @@ def scaling_hook(
                     f"positions={positions!r} needs ipgkit's sampler or scorer (no sequence layout "
                     "is active); use positions='all' with plain run_with_hooks"
                 )
-            generated = layout.generated_mask(batch, length, activation.device)
-            keep = ~generated if positions == "generated" else generated
-            scale = scale.masked_fill(keep, 1.0)
+            selected = layout.selected(batch, length, positions, activation.device)
+            scale = scale.masked_fill(~selected, 1.0)
         scale = scale[..., None]
         if basis is not None:
             return _scaled_along(

@@ -17,14 +17,14 @@ import json
 import os
 import pickle
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
-from ipgkit.errors import DataFormatError
+from ipgkit.errors import DataFormatError, IpgkitError
 
 
 def _new_file_mode() -> int:
@@ -101,6 +101,95 @@ def load_torch_state(path: str | os.PathLike, what: str = "checkpoint") -> Any:
             f"{path} is a truncated or corrupt {what} ({type(error).__name__}: {reason}); delete "
             "it and the step that wrote it runs again"
         ) from None
+
+
+# --- resumable runs ------------------------------------------------------------------------------
+
+#: version of the checkpoint file layout; a file of another version is refused, not misread
+CHECKPOINT_FORMAT = 1
+
+
+class Checkpoint:
+    """The progress of one long run in one file, so that rerunning the same run resumes from it.
+
+    Every resumable command (sampling, IPG, GRPO, training the embedded model) keeps its progress
+    through this class. The file holds a format version, the run's identity (settings, inputs and
+    model, as JSON values) and the state; it is rewritten atomically and read back with
+    ``weights_only=True`` (:func:`load_torch_state`). A file of another run or another format is
+    refused with the identity keys that differ: progress is never mixed across runs.
+
+    Args:
+        path: the file.
+        identity: what a resumed run must match, JSON-ready (tuples compare as lists).
+        what: what the file is, for messages (``"GRPO checkpoint"``).
+
+    Example:
+        >>> store = Checkpoint(tmp / "run.pt", {"config": {"lr": 0.1}}, "demo checkpoint")
+        >>> store.load() is None
+        True
+        >>> store.save({"step": 3})
+        >>> Checkpoint(tmp / "run.pt", {"config": {"lr": 0.1}}, "demo checkpoint").load()
+        {'step': 3}
+    """
+
+    def __init__(self, path: str | os.PathLike, identity: dict, what: str = "checkpoint") -> None:
+        self.path = Path(path)
+        self.identity = json.loads(json.dumps(identity))
+        self.what = what
+
+    def load(self) -> Any | None:
+        """The saved state, or None when there is no file yet."""
+        if not self.path.exists():
+            return None
+        saved = load_torch_state(self.path, self.what)
+        if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
+            raise DataFormatError(
+                f"{self.path} is not a {self.what} of this ipgkit version (expected format "
+                f"{CHECKPOINT_FORMAT}); delete it to start the run over"
+            )
+        if saved["identity"] != self.identity:
+            keys = sorted(self.identity.keys() | saved["identity"].keys())
+            differing = [k for k in keys if saved["identity"].get(k) != self.identity.get(k)]
+            raise IpgkitError(
+                f"{self.path} holds a {self.what} of another run (differs in {differing}); "
+                "pass another path or delete the file to start over"
+            )
+        return saved["state"]
+
+    def save(self, state: Any) -> None:
+        """Replace the file with ``state`` (tensors and plain containers), atomically."""
+        record = {"format": CHECKPOINT_FORMAT, "identity": self.identity, "state": state}
+        atomic_torch_save(record, self.path)
+
+
+def cached(
+    path: str | os.PathLike,
+    compute: Callable[[], Any],
+    load: Callable[[Path], Any],
+    save: Callable[[Any, Path], None],
+) -> Any:
+    """``load(path)`` when the file exists, else ``compute()``, saved with ``save(value, path)``:
+    the one compute-once idiom of workspaces and experiments (``save`` should write atomically).
+
+    Example:
+        >>> frame = cached(root / "table.csv", compute, pd.read_csv,
+        ...                lambda f, p: atomic_write_text(p, f.to_csv(index=False)))  # doctest: +SKIP
+    """
+    path = Path(path)
+    if path.exists():
+        return load(path)
+    value = compute()
+    save(value, path)
+    return value
+
+
+def cached_state(path: str | os.PathLike, compute: Callable[[], Any], what: str) -> Any:
+    """Tensors and containers stored at ``path``, or ``compute()``'s, stored there atomically.
+
+    Example:
+        >>> weights = cached_state(root / "sft.pt", lambda: model.state_dict(), "SFT weights")  # doctest: +SKIP
+    """
+    return cached(path, compute, lambda file: load_torch_state(file, what), atomic_torch_save)
 
 
 # --- ipgkit's own records as JSON --------------------------------------------------------------

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 import types
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -29,10 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ipgkit.components import current_layout, sequence_layout
+from ipgkit.components import current_layout, hook_layer, sequence_layout
 from ipgkit.errors import IpgkitError
-
-_IN_BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 # Resident memory per token of one row in a fused, checkpointed pass, in elements, fitted to peak
 # RSS on CPU (glibc malloc, whose freed blocks stay resident: about 2.5x the live tensors) over
@@ -135,10 +132,7 @@ def gradient_block(hook_name: str, n_layers: int) -> int:
 
     Hooks before the blocks (embeddings) give -1, hooks after them (``ln_final``) give n_layers.
     """
-    in_block = _IN_BLOCK.match(hook_name)
-    if in_block:
-        return int(in_block.group(1))
-    return n_layers if hook_name.startswith(("ln_final", "unembed")) else -1
+    return hook_layer(hook_name, n_layers)
 
 
 # --- fused attention ----------------------------------------------------------------------------

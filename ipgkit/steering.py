@@ -11,6 +11,10 @@ import contextlib
 import math
 from collections.abc import Iterator, Sequence
 
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
 from ipgkit.components import ComponentSet, Positions, scaling_hook
 from ipgkit.errors import IpgkitError
 from ipgkit.models.policy import Policy, require_policy
@@ -22,6 +26,7 @@ def steer(
     components: ComponentSet | Sequence[ComponentSet],
     gamma: float,
     positions: Positions = "all",
+    baseline: Float[Tensor, " units"] | float | None = None,
 ) -> Iterator[Policy]:
     """Scale ``components`` by ``gamma`` inside the ``with`` block.
 
@@ -30,6 +35,9 @@ def steer(
         components: one ComponentSet or several (at different hooks).
         gamma: the factor; must be finite and >= 0.
         positions: ``"all"``, ``"prompt"`` or ``"generated"`` tokens.
+        baseline: h', the point scaling moves towards (zero by default): units become
+            ``h' + gamma (h - h')``. A scalar, or one value per unit of a single ComponentSet (IPG
+            installs its path points this way).
 
     Example:
         >>> with steer(policy, result.top(20), gamma=1.5):               # doctest: +SKIP
@@ -41,11 +49,16 @@ def steer(
     sets = [components] if isinstance(components, ComponentSet) else list(components)
     if not sets:
         raise IpgkitError("steer needs at least one ComponentSet")
+    if baseline is not None and len(sets) > 1 and torch.as_tensor(baseline).ndim > 0:
+        raise IpgkitError("a per-unit baseline applies to one ComponentSet; steer the sets apart")
     hooks = []
     for component_set in sets:
         component_set.validate(policy.model)
         hooks.append(
-            (component_set.hook_name, scaling_hook(component_set, float(gamma), positions))
+            (
+                component_set.hook_name,
+                scaling_hook(component_set, float(gamma), positions, baseline),
+            )
         )
     with policy.model.hooks(fwd_hooks=hooks):
         yield policy

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 import torch
 
-import ipgkit.rollouts as rollouts_module
+import ipgkit.io as io_module
+import ipgkit.rollouts.sampling as sampling_module
 from ipgkit.cli import main
 from ipgkit.errors import IpgkitError
 from ipgkit.rollouts import sample
@@ -39,7 +40,7 @@ def saved_batches(progress: Path) -> int:
     total = 0
     for path in progress.glob("*.pt"):
         with contextlib.suppress(EOFError, RuntimeError):  # mid-rename
-            total += len(torch.load(path, weights_only=True)["batches"])
+            total += len(torch.load(path, weights_only=True)["state"]["batches"])
     return total
 
 
@@ -66,13 +67,13 @@ def test_a_killed_evaluation_resumes_without_redecoding(tmp_path, monkeypatch):
     assert 8 <= done < 6 + 12 and not out.exists()
 
     decoded = []
-    generate = rollouts_module.generate
+    generate = sampling_module.generate
 
     def counting(policy, prompt_ids, *args, **kwargs):
         decoded.append(len(prompt_ids))
         return generate(policy, prompt_ids, *args, **kwargs)
 
-    monkeypatch.setattr(rollouts_module, "generate", counting)
+    monkeypatch.setattr(sampling_module, "generate", counting)
     main([*ARGS, "--out", str(out)])
     assert len(decoded) == 6 + 12 - done  # only the batches the kill lost
     pd.testing.assert_frame_equal(pd.read_csv(out), reference, check_exact=True)
@@ -87,20 +88,23 @@ def test_sampling_resumes_from_any_batch_to_the_same_rollouts(
     settings = dict(n=3, temperature=1.0, max_new_tokens=10, seed=2, batch_size=4, seeding=seeding)
     whole = sample(policy, problems, **settings)
     snapshots = []  # the checkpoint as it stood after each batch: what a kill there leaves
-    save = rollouts_module.atomic_torch_save
+    save = io_module.atomic_torch_save
 
-    def recording(state, path):
-        snapshots.append({**state, "batches": list(state["batches"])})
-        save(state, path)
+    def recording(record, path):
+        state = record["state"]
+        snapshots.append({**record, "state": {**state, "batches": list(state["batches"])}})
+        save(record, path)
 
-    monkeypatch.setattr(rollouts_module, "atomic_torch_save", recording)
+    monkeypatch.setattr(io_module, "atomic_torch_save", recording)
     checkpoint = tmp_path / "progress.pt"
     sample(policy, problems, checkpoint=checkpoint, **settings)
-    assert [len(s["batches"]) for s in snapshots] == [1, 2, 3, 4]  # 15 rows, batches of 4
+    assert [len(s["state"]["batches"]) for s in snapshots] == [1, 2, 3, 4]  # 15 rows, batches of 4
     for snapshot in snapshots[:3]:
         torch.save(snapshot, checkpoint)
         resumed = sample(policy, problems, checkpoint=checkpoint, **settings)
         assert torch.equal(resumed.completion_ids, whole.completion_ids)
         assert torch.equal(resumed.sample_logprobs, whole.sample_logprobs)
-    with pytest.raises(IpgkitError, match="holds sampling progress of another run"):
+    with pytest.raises(
+        IpgkitError, match=r"holds a sampling checkpoint of another run \(differs in \['config'\]\)"
+    ):
         sample(policy, problems, checkpoint=checkpoint, **{**settings, "seed": 3})

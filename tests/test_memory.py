@@ -269,7 +269,7 @@ def test_budgeted_scores_equal_unbudgeted(deep_policy):
     prompts, completions = rollout_rows(deep_policy)
     budget = MemoryBudget(2 * MemoryBudget(1e6).row_bytes(deep_policy.model.cfg, 30) / 2**20)
     plain = list(iter_scores(deep_policy, prompts, completions))
-    budgeted = list(iter_scores(deep_policy, prompts, completions, memory=budget))
+    budgeted = list(iter_scores(deep_policy, prompts, completions, memory_budget=budget))
     assert len(plain) == 1 and len(budgeted) > 1
     assert [r.start for r, _ in budgeted] == sorted({r.start for r, _ in budgeted})
     for rows, scores in budgeted:
@@ -314,6 +314,6 @@ def test_the_mean_baseline_under_a_budget_equals_the_unbudgeted_one(deep_policy)
     budget = MemoryBudget(2 * MemoryBudget(1e6).row_bytes(deep_policy.model.cfg, 30) / 2**20)
     plain = mean_activations(deep_policy, "blocks.1.mlp.hook_post", prompts, completions, groups)
     budgeted = mean_activations(
-        deep_policy, "blocks.1.mlp.hook_post", prompts, completions, groups, memory=budget
+        deep_policy, "blocks.1.mlp.hook_post", prompts, completions, groups, memory_budget=budget
     )
     torch.testing.assert_close(budgeted, plain, atol=1e-6, rtol=1e-5)

@@ -36,14 +36,10 @@ from ipgkit.models.policy import Policy
 from ipgkit.rollouts import Rollouts, iter_activations, mean_activations
 from ipgkit.tasks.base import Problem, RewardFunction
 
-from .ipg import (
-    IntegrationRule,
-    IPGConfig,
-    PathPositions,
-    PathRows,
-    integration_points,
-    ipg,
-)
+from .config import IPGConfig
+from .engine import PathPositions, PathRows
+from .ipg import ipg
+from .quadrature import IntegrationRule, integration_points
 from .result import AttributionResult
 
 #: concept tokens for arithmetic chains of thought (single characters or whole tokens)

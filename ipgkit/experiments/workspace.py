@@ -27,7 +27,13 @@ from ipgkit.attribution.result import AttributionResult
 from ipgkit.components import ComponentSet, Positions
 from ipgkit.errors import IpgkitError
 from ipgkit.evaluation import evaluation_rollouts
-from ipgkit.io import atomic_torch_save, atomic_write_text, load_torch_state
+from ipgkit.io import (
+    atomic_torch_save,
+    atomic_write_text,
+    cached,
+    cached_state,
+    load_torch_state,
+)
 from ipgkit.models.policy import Policy
 from ipgkit.rollouts import Rollouts
 from ipgkit.steering import steer
@@ -219,32 +225,28 @@ class Workspace:
 
     def rollouts(self, name: str, settings, draw: Callable[[], Rollouts]) -> Rollouts:
         """Sampled rollouts, drawn once per (name, settings)."""
-        path = self.root / "rollouts" / f"{name}-{digest(settings)}.pt"
-        if path.exists():
-            return Rollouts.from_state_dict(load_torch_state(path, "cached rollouts file"))
-        rollouts = draw()
-        atomic_torch_save(rollouts.state_dict(), path)
-        return rollouts
+        return cached(
+            self.root / "rollouts" / f"{name}-{digest(settings)}.pt",
+            draw,
+            lambda path: Rollouts.from_state_dict(load_torch_state(path, "cached rollouts file")),
+            lambda rollouts, path: atomic_torch_save(rollouts.state_dict(), path),
+        )
 
     def attribution(
         self, name: str, settings, compute: Callable[[], AttributionResult]
     ) -> AttributionResult:
         """An attribution result, computed once per (name, settings)."""
-        path = self.root / "attributions" / f"{name}-{digest(settings)}.safetensors"
-        if path.exists():
-            return AttributionResult.load(path)
-        result = compute()
-        result.save(path)
-        return result
+        return cached(
+            self.root / "attributions" / f"{name}-{digest(settings)}.safetensors",
+            compute,
+            AttributionResult.load,
+            lambda result, path: result.save(path),
+        )
 
     def weights(self, name: str, settings, train: Callable[[], dict]) -> dict:
         """A model state dict, trained once per (name, settings)."""
         path = self.root / "models" / f"{name}-{digest(settings)}.pt"
-        if path.exists():
-            return load_torch_state(path, "cached model weights file")
-        state = train()
-        atomic_torch_save(state, path)
-        return state
+        return cached_state(path, train, "cached model weights file")
 
     def note(self, name: str, values: dict) -> None:
         """Record facts about a computed object (e.g. the student's training counts) in

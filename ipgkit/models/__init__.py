@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 from ipgkit.errors import IpgkitError
@@ -22,10 +21,9 @@ EMBEDDED = ("arith",)
 NAMED = (*EMBEDDED, *BUNDLED_GGUF)
 
 
-def load_model(
-    name: str = "arith", device: str = "cpu", saes: Sequence | None = None, dtype=None
-) -> Policy:
-    """Load a policy by name.
+def load_model(name: str = "arith", device: str = "cpu", dtype=None) -> Policy:
+    """Load a policy by name (``ipgkit.load_model`` adds splicing SAEs in, see
+    :func:`ipgkit.loading.load_model`).
 
     Args:
         name: ``"arith"`` for the embedded reasoning model shipped with ipgkit (no network), a
@@ -37,26 +35,12 @@ def load_model(
             ``"Qwen/Qwen2.5-Math-1.5B-Instruct"`` (needs a network or the local HF cache).
         device: torch device for the weights.
         dtype: torch dtype of a Hugging Face model's hooked weights (default float32).
-        saes: SAEs to splice in, error term kept (see :mod:`ipgkit.saes`): layer numbers of the
-            SAEs shipped in ``saes/``, SAE directories, or SAE objects. The model is then a
-            ``HookedSAETransformer`` that computes what the plain model does.
 
     Example:
         >>> policy = load_model("arith")
         >>> policy.model.cfg.n_layers
         4
-        >>> load_model("arith", saes=[2]).model.acts_to_saes.keys()        # doctest: +SKIP
-        dict_keys(['blocks.2.hook_resid_post'])
     """
-    policy = _load_policy(name, device, dtype)
-    if saes:
-        from ipgkit.saes import attach_saes
-
-        policy = attach_saes(policy, saes)
-    return policy
-
-
-def _load_policy(name: str, device: str, dtype) -> Policy:
     if name == "arith":
         return load_arith(WEIGHTS_DIR, device=device)
     if name in BUNDLED_GGUF:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from ipgkit.determinism import deterministic_algorithms
-from ipgkit.io import atomic_torch_save, load_torch_state
+from ipgkit.io import Checkpoint
 from ipgkit.models.arith import arith_config, arith_prompt, save_arith
 from ipgkit.models.tokenizer import build_char_tokenizer
 from ipgkit.tasks import arith
@@ -156,15 +156,11 @@ def train_model(config: TrainingConfig, out_dir: str | Path, progress: bool = Tr
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay
     )
-    checkpoint_path, log_path = out_dir / "checkpoint.pt", out_dir / "training_log.jsonl"
+    log_path = out_dir / "training_log.jsonl"
+    store = Checkpoint(out_dir / "checkpoint.pt", {"config": asdict(config)}, "training checkpoint")
     start_step, elapsed = 0, 0.0
-    if checkpoint_path.exists():
-        state = load_torch_state(checkpoint_path, "training checkpoint")
-        if state["config"] != asdict(config):
-            raise ValueError(
-                f"{checkpoint_path} was written with a different TrainingConfig; "
-                "use another --out directory or delete the checkpoint"
-            )
+    state = store.load()
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_step, elapsed = state["step"], state["elapsed"]
@@ -201,18 +197,16 @@ def train_model(config: TrainingConfig, out_dir: str | Path, progress: bool = Tr
                 }
                 log.write(json.dumps(record) + "\n")
         if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
-            atomic_torch_save(
+            store.save(
                 {
-                    "config": asdict(config),
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "step": step + 1,
                     "elapsed": time.perf_counter() - started,
-                },
-                checkpoint_path,
+                }
             )
     model.eval()
     seconds = time.perf_counter() - started
     save_arith(model, out_dir, {"training": asdict(config), "training_seconds": round(seconds, 1)})
-    checkpoint_path.unlink(missing_ok=True)
+    store.path.unlink(missing_ok=True)
     return out_dir

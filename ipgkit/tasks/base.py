@@ -132,6 +132,17 @@ def reward_columns(problems: Sequence[Problem], repeats: int = 1) -> dict[str, l
     return columns
 
 
+def reward_name(reward: RewardFunction) -> str:
+    """The name results and checkpoints record for a reward function (its ``__name__``, or its
+    class name for a callable object).
+
+    Example:
+        >>> reward_name(length_reward)                                    # doctest: +SKIP
+        'length_reward'
+    """
+    return getattr(reward, "__name__", type(reward).__name__)
+
+
 def call_reward(
     reward: RewardFunction,
     prompts: Sequence[str],
@@ -139,7 +150,7 @@ def call_reward(
     **columns: Any,
 ) -> list[float]:
     """Call a reward function and check its output: one finite float per completion."""
-    name = getattr(reward, "__name__", type(reward).__name__)
+    name = reward_name(reward)
     try:
         values = reward(prompts, completions, **columns)
     except Exception as exc:  # the user's code: say which reward failed, keep its traceback

@@ -17,18 +17,17 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from ipgkit.errors import IpgkitError
 from ipgkit.io import (
-    atomic_torch_save,
     atomic_write_text,
+    cached,
+    cached_state,
     load_json_record,
-    load_torch_state,
     save_json_record,
 )
 from ipgkit.models.policy import Policy
-from ipgkit.rollouts import sample, score_rollouts
+from ipgkit.rollouts import sample, token_logprobs
 from ipgkit.tasks import load as load_task
 from ipgkit.tasks.base import Problem
 from ipgkit.tasks.verification import Intervention
@@ -197,28 +196,31 @@ RECORD_CLASSES = (HardPool, InterventionSet, FailedAttempt, Intervention, Proble
 
 
 def _cached(path: Path, compute):
-    if path.exists():
-        return load_json_record(path, RECORD_CLASSES, "InT record")
-    value = compute()
-    save_json_record(value, path)
-    return value
+    return cached(
+        path,
+        compute,
+        lambda file: load_json_record(file, RECORD_CLASSES, "InT record"),
+        save_json_record,
+    )
 
 
 def _cached_frame(path: Path, compute) -> pd.DataFrame:
-    if path.exists():
-        return pd.read_csv(path)
-    frame = compute()
-    atomic_write_text(path, frame.to_csv(index=False))
-    return frame
+    return cached(
+        path,
+        compute,
+        pd.read_csv,
+        lambda frame, file: atomic_write_text(file, frame.to_csv(index=False)),
+    )
 
 
 def _sft_policy(policy: Policy, examples, config: SFTConfig, path: Path, progress: bool) -> Policy:
     tuned = policy.clone()
-    if path.exists():
-        tuned.model.load_state_dict(load_torch_state(path, "SFT weights file"))
-    else:
+
+    def train() -> dict:
         train_sft(tuned, examples, config, progress=progress)
-        atomic_torch_save(tuned.model.state_dict(), path)
+        return tuned.model.state_dict()
+
+    tuned.model.load_state_dict(cached_state(path, train, "SFT weights file"))
     return tuned
 
 
@@ -245,8 +247,9 @@ def _on_policy_table(policy, tuned, datasets, rule, train, pool, config) -> pd.D
             seed=config.seed,
             max_new_tokens=train.max_new_tokens,
         )
-        with torch.no_grad():
-            scores = score_rollouts(model, rollouts, chunk_size=32)
+        scores = token_logprobs(
+            model, rollouts.row_prompt_ids(), rollouts.row_completion_ids(), 32, with_entropy=True
+        )
         entropy = float(scores.entropy[scores.mask].mean())
         rows.append(
             {

@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -38,17 +37,17 @@ from tqdm.auto import tqdm
 from ipgkit.determinism import deterministic_algorithms
 from ipgkit.errors import IpgkitError
 from ipgkit.evaluation import evaluate
-from ipgkit.io import atomic_torch_save, atomic_write_text, load_torch_state
+from ipgkit.io import Checkpoint, atomic_write_text
 from ipgkit.models.policy import Policy
 from ipgkit.rollouts import (
     Rollouts,
-    group_advantages,
     iter_scores,
     sample,
-    score_completions,
+    scaled_advantages,
+    token_logprobs,
     zero_std_groups,
 )
-from ipgkit.tasks.base import Problem, RewardFunction, Task
+from ipgkit.tasks.base import Problem, RewardFunction, Task, reward_name
 
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
 
@@ -142,14 +141,9 @@ class GRPOConfig:
 
 
 def step_advantages(rollouts: Rollouts, scale_rewards: str = "group") -> Float[Tensor, " rows"]:
-    """Group-relative advantages of a step's rollouts (rows grouped by prompt)."""
-    rewards = rollouts.rewards_by_group()
-    if scale_rewards == "group":
-        return group_advantages(rewards, "mean_std").flatten()
-    centred = group_advantages(rewards, "mean")
-    if scale_rewards == "batch":
-        centred = centred / (rewards.std() + 1e-4)
-    return centred.flatten()
+    """Group-relative advantages of a step's rollouts (rows grouped by prompt), in TRL's
+    ``scale_rewards`` vocabulary (see :func:`ipgkit.rollouts.scaled_advantages`)."""
+    return scaled_advantages(rollouts.rewards_by_group(), scale_rewards).flatten()
 
 
 def grpo_objective(
@@ -222,15 +216,6 @@ def _fit(values: Tensor, like: Tensor) -> Tensor:
     return values[:, : like.shape[1]].to(like.device, like.dtype)
 
 
-def sequence_token_logprobs(
-    policy: Policy, prompt_ids, completion_ids, chunk_size: int = 32
-) -> Tensor:
-    """[rows, longest completion] log pi of each completion token, without gradient."""
-    with torch.no_grad():
-        scores = score_completions(policy, prompt_ids, completion_ids, chunk_size, False)
-    return scores.logprobs.float().cpu()
-
-
 @dataclass
 class GRPORun:
     """What :func:`grpo_train` returns (and keeps in ``output_dir``).
@@ -279,41 +264,25 @@ def grpo_train(
     identity = {
         "config": asdict(config),
         "problems": [p.id for p in problems],
-        "reward": getattr(reward, "__name__", type(reward).__name__),
+        "reward": reward_name(reward),
         "policy": policy.name,
     }
-    identity = json.loads(json.dumps(identity))  # as it reads back: tuples become lists
-    checkpoint = Path(output_dir) / "checkpoint.pt" if output_dir is not None else None
-    log: list[dict] = []
-    evals: list[pd.DataFrame] = []
-    start = 0
-    reference_state = None
-    if checkpoint is not None and checkpoint.exists():
-        saved = load_torch_state(checkpoint, "GRPO checkpoint")
-        if saved["identity"] != json.loads(json.dumps(identity)):
-            raise IpgkitError(
-                f"{checkpoint} holds a GRPO run with other settings; use another output_dir "
-                "or delete it"
-            )
+    store = None
+    if output_dir is not None:
+        store = Checkpoint(Path(output_dir) / "checkpoint.pt", identity, "GRPO checkpoint")
+    saved = store.load() if store is not None else None
+    start, log, evals = 0, [], []
+    if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         start, log = saved["step"], saved["log"]
         evals = [pd.DataFrame(saved["evals"])] if saved["evals"] else []
-        reference_state = saved.get("reference")
-    reference = None
-    if config.beta > 0:
-        reference = ref_policy
-        if reference is None:
-            reference = policy.clone()
-            if reference_state is not None:
-                reference.model.load_state_dict(reference_state)
-            reference.model.requires_grad_(False)
+    reference = _reference(policy, ref_policy, config, saved)
 
     def save(step: int) -> None:
-        if checkpoint is None:
+        if store is None:
             return
         state = {
-            "identity": identity,
             "step": step,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -322,26 +291,11 @@ def grpo_train(
         }
         if reference is not None and ref_policy is None:
             state["reference"] = reference.model.state_dict()
-        atomic_torch_save(state, checkpoint)
-        atomic_write_text(checkpoint.with_name("log.csv"), pd.DataFrame(log).to_csv(index=False))
-
-    def evaluate_at(step: int) -> None:
-        if eval_task is None or any((frame["step"] == step).any() for frame in evals):
-            return
-        table = evaluate(
-            policy,
-            eval_task,
-            n_samples=config.eval_samples,
-            ks=config.eval_ks,
-            temperature=config.temperature,
-            top_p=config.top_p,
-            max_new_tokens=config.max_completion_length,
-            seed=config.seed,
-        )
-        evals.append(table.assign(step=step))
+        store.save(state)
+        atomic_write_text(store.path.with_name("log.csv"), pd.DataFrame(log).to_csv(index=False))
 
     if start == 0:
-        evaluate_at(0)
+        _evaluate_at(0, policy, eval_task, config, evals)
     bar = tqdm(
         total=config.max_steps, initial=start, desc="grpo", unit="step", disable=not progress
     )
@@ -366,13 +320,46 @@ def grpo_train(
             reward=f"{row['reward']:.3f}", zero_std=f"{row['frac_reward_zero_std']:.2f}"
         )
         if (step + 1) % config.eval_every == 0 or step + 1 == config.max_steps:
-            evaluate_at(step + 1)
+            _evaluate_at(step + 1, policy, eval_task, config, evals)
         if (step + 1) % config.save_steps == 0 or step + 1 == config.max_steps:
             save(step + 1)
     bar.close()
-    evaluate_at(config.max_steps)
+    _evaluate_at(config.max_steps, policy, eval_task, config, evals)
     frame = pd.concat(evals, ignore_index=True) if evals else pd.DataFrame()
     return GRPORun(pd.DataFrame(log), frame)
+
+
+def _reference(
+    policy: Policy, ref_policy: Policy | None, config: GRPOConfig, saved
+) -> Policy | None:
+    """The frozen KL reference (beta > 0): the one given, or a copy of the starting policy (the
+    copy saved in the checkpoint when resuming)."""
+    if config.beta <= 0:
+        return None
+    if ref_policy is not None:
+        return ref_policy
+    reference = policy.clone()
+    if saved is not None and saved.get("reference") is not None:
+        reference.model.load_state_dict(saved["reference"])
+    reference.model.requires_grad_(False)
+    return reference
+
+
+def _evaluate_at(step: int, policy, eval_task, config: GRPOConfig, evals: list) -> None:
+    """Append the held-out evaluation at ``step`` to ``evals`` (once per step)."""
+    if eval_task is None or any((frame["step"] == step).any() for frame in evals):
+        return
+    table = evaluate(
+        policy,
+        eval_task,
+        n_samples=config.eval_samples,
+        ks=config.eval_ks,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_new_tokens=config.max_completion_length,
+        seed=config.seed,
+    )
+    evals.append(table.assign(step=step))
 
 
 def _step_problems(problems: Sequence[Problem], config: GRPOConfig, step: int) -> list[Problem]:
@@ -404,10 +391,10 @@ def grpo_step(
     groups = rollouts.rewards_by_group()
     old = None
     if config.num_iterations > 1:
-        old = sequence_token_logprobs(policy, prompts, completions, config.chunk_size)
+        old = token_logprobs(policy, prompts, completions, config.chunk_size).logprobs.float()
     ref = None
     if reference is not None and config.beta > 0:
-        ref = sequence_token_logprobs(reference, prompts, completions, config.chunk_size)
+        ref = token_logprobs(reference, prompts, completions, config.chunk_size).logprobs.float()
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     metrics: dict[str, float] = {}
     for iteration in range(config.num_iterations):
@@ -434,6 +421,5 @@ __all__ = [
     "grpo_objective",
     "grpo_step",
     "grpo_train",
-    "sequence_token_logprobs",
     "step_advantages",
 ]

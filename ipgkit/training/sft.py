@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ipgkit.determinism import deterministic_algorithms
 from ipgkit.errors import IpgkitError
 from ipgkit.models.policy import Policy
-from ipgkit.rollouts import iter_scores
+from ipgkit.rollouts import iter_scores, token_logprobs
 from ipgkit.tasks.base import Problem
 
 
@@ -118,12 +118,8 @@ def completion_nll(
     """Per example: summed negative log-likelihood of the completion and its token count."""
     prompts = [list(e.prompt_ids) for e in examples]
     completions = [list(e.completion_ids) for e in examples]
-    totals, counts = [], []
-    with torch.no_grad():
-        for _, scores in iter_scores(policy, prompts, completions, chunk_size, with_entropy=False):
-            totals.append(-scores.logprobs.double().sum(-1).cpu())
-            counts.append(scores.mask.sum(-1).double().cpu())
-    return torch.cat(totals), torch.cat(counts)
+    scores = token_logprobs(policy, prompts, completions, chunk_size)
+    return -scores.logprobs.double().sum(-1), scores.mask.sum(-1).double()
 
 
 def sft_loss(policy: Policy, examples: Sequence[SFTExample]) -> Float[Tensor, ""]:

@@ -471,7 +471,7 @@ def test_packed_and_one_row_per_pass_agree(policy):
 
 @pytest.mark.parametrize("components", [resid_neurons(0), mlp_neurons(1, [2, 5])])
 def test_sharing_the_prefix_changes_nothing(policy, components):
-    from ipgkit.attribution.ipg import path_site
+    from ipgkit.attribution.engine import path_site
 
     problems = [Problem(f"p{i}", f"{i}+{i}", "", "") for i in range(2)]
     rollouts = sample(policy, problems, n=3, temperature=1.0, max_new_tokens=9, seed=4)
@@ -691,9 +691,9 @@ def test_bad_input_gets_a_clear_error(policy):
 
 
 def test_an_interrupted_run_resumes_without_resampling(policy, tmp_path, monkeypatch):
-    import importlib
+    from ipgkit.attribution import checkpoint as checkpoint_module
+    from ipgkit.attribution import estimators
 
-    ipg_module = importlib.import_module("ipgkit.attribution.ipg")  # the package re-exports ipg()
     problems = [Problem(f"p{i}", f"{i}+{i}", "", "") for i in range(4)]
     settings = dict(
         n_rollouts=3,
@@ -705,8 +705,8 @@ def test_an_interrupted_run_resumes_without_resampling(policy, tmp_path, monkeyp
     )
     reference = ipg(policy, problems, resid_neurons(1), digit_count, **settings)
     checkpoint = tmp_path / "ipg.ckpt"
-    monkeypatch.setattr(ipg_module, "CHECKPOINT_EVERY_SECONDS", 0.0)
-    original_save = ipg_module._Checkpoint.save_scoring
+    monkeypatch.setattr(checkpoint_module, "CHECKPOINT_EVERY_SECONDS", 0.0)
+    original_save = checkpoint_module.IPGCheckpoint.save_scoring
     saves = []
 
     def save_then_crash(self, partial):
@@ -715,21 +715,23 @@ def test_an_interrupted_run_resumes_without_resampling(policy, tmp_path, monkeyp
         if len(saves) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(ipg_module._Checkpoint, "save_scoring", save_then_crash)
+    monkeypatch.setattr(checkpoint_module.IPGCheckpoint, "save_scoring", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
         ipg(policy, problems, resid_neurons(1), digit_count, checkpoint=checkpoint, **settings)
     assert 0 < saves[-1] < reference.info["rows_scored"]
-    monkeypatch.setattr(ipg_module._Checkpoint, "save_scoring", original_save)
+    monkeypatch.setattr(checkpoint_module.IPGCheckpoint, "save_scoring", original_save)
 
     def no_sampling(*args, **kwargs):
         raise AssertionError("resumed run sampled again")
 
-    monkeypatch.setattr(ipg_module, "sample", no_sampling)
+    monkeypatch.setattr(estimators, "sample", no_sampling)
     resumed = ipg(
         policy, problems, resid_neurons(1), digit_count, checkpoint=checkpoint, **settings
     )
     torch.testing.assert_close(resumed.per_prompt, reference.per_prompt, atol=1e-6, rtol=1e-6)
-    with pytest.raises(IpgkitError, match=r"different IPG run \(differs in \['config'\]\)"):
+    with pytest.raises(
+        IpgkitError, match=r"IPG checkpoint of another run \(differs in \['config'\]\)"
+    ):
         ipg(
             policy,
             problems,

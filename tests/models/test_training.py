@@ -6,6 +6,8 @@ import torch
 from transformer_lens import HookedTransformer
 
 import ipgkit
+from ipgkit.errors import IpgkitError
+from ipgkit.io import Checkpoint
 from ipgkit.models import training
 from ipgkit.models.arith import arith_config
 from ipgkit.models.tokenizer import build_char_tokenizer
@@ -76,9 +78,9 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
     ):
         if a.is_floating_point() and a.isfinite().all():
             torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=name)
-    with pytest.raises(ValueError, match="different TrainingConfig"):
-        torch.save(
-            {"config": dataclasses.asdict(dataclasses.replace(config, lr=1.0))},
-            tmp_path / "resumed" / "checkpoint.pt",
-        )
+    with pytest.raises(
+        IpgkitError, match=r"training checkpoint of another run \(differs in \['config'\]"
+    ):
+        other = {"config": dataclasses.asdict(dataclasses.replace(config, lr=1.0))}
+        Checkpoint(tmp_path / "resumed" / "checkpoint.pt", other).save({})
         train_model(config, tmp_path / "resumed", progress=False)

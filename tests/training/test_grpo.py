@@ -139,24 +139,24 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(policy, tmp_
         whole, problems(3), digit_count, config, held_out, tmp_path / "a", progress=False
     )
 
-    import ipgkit.training.grpo as grpo_module
+    from ipgkit.io import Checkpoint
 
-    real_save = grpo_module.atomic_torch_save
+    real_save = Checkpoint.save
     calls = []
 
-    def save_then_crash(state, path):
-        real_save(state, path)
+    def save_then_crash(self, state):
+        real_save(self, state)
         calls.append(state["step"])
         if state["step"] == 2:
             raise KeyboardInterrupt("simulated kill after the step-2 checkpoint")
 
-    monkeypatch.setattr(grpo_module, "atomic_torch_save", save_then_crash)
+    monkeypatch.setattr(Checkpoint, "save", save_then_crash)
     interrupted = copy.deepcopy(policy)
     with pytest.raises(KeyboardInterrupt):
         grpo_train(
             interrupted, problems(3), digit_count, config, held_out, tmp_path / "b", progress=False
         )
-    monkeypatch.setattr(grpo_module, "atomic_torch_save", real_save)
+    monkeypatch.setattr(Checkpoint, "save", real_save)
     fresh = copy.deepcopy(policy)  # a new process would start from the initial weights
     resumed = grpo_train(
         fresh, problems(3), digit_count, config, held_out, tmp_path / "b", progress=False
@@ -175,7 +175,9 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(policy, tmp_
     for name, value in whole.model.state_dict().items():
         torch.testing.assert_close(fresh.model.state_dict()[name], value, rtol=0, atol=0)
     other = GRPOConfig(num_generations=2, per_device_train_batch_size=4, max_steps=5)
-    with pytest.raises(IpgkitError, match="other settings"):
+    with pytest.raises(
+        IpgkitError, match=r"GRPO checkpoint of another run \(differs in \['config'\]"
+    ):
         grpo_train(
             copy.deepcopy(policy),
             problems(3),

@@ -38,7 +38,7 @@ ARGS = [
 
 def saved_step(checkpoint) -> int:
     try:
-        return int(torch.load(checkpoint, weights_only=True)["step"])
+        return int(torch.load(checkpoint, weights_only=True)["state"]["step"])
     except (FileNotFoundError, EOFError, RuntimeError):  # not written yet, or mid-rename
         return 0
 

@@ -1,0 +1,438 @@
+"""The IPG engine: per-row gradient contributions along the scaled-activation path.
+
+:func:`path_gradients` takes rows of (prompt, completion, alpha, weight) and returns, per row and
+unit, ``(h - h') . d(weight * sum_s log pi)/dh~`` with the units at ``h' + alpha (h - h')``. Every
+(rollout, alpha) pair is one row of a batch: the scaling hook takes one alpha per row, so all
+alpha points and rollouts share forward/backward passes, and one backward yields the gradient for
+every unit at the hook. The backward stops at the hook (the scaled activation is a leaf) and
+computes no parameter gradients. IPG, the raw policy gradient and Integrated Gradients build their
+rows with :class:`PathRows`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ipgkit.components import (
+    ComponentSet,
+    hook_layer,
+    position_mask,
+    resid_post_layer,
+    scaling_hook,
+)
+from ipgkit.errors import IpgkitError
+from ipgkit.memory import MemoryBudget, as_budget, gradient_block
+from ipgkit.models.policy import Policy, require_policy
+from ipgkit.rollouts import iter_scores, token_logprobs
+from ipgkit.saes import hooks_upstream_of_saes
+from ipgkit.steering import steer
+
+PathPositions = Literal["all", "generated"]
+
+
+@dataclass
+class PathGradients:
+    """What :func:`path_gradients` returns, one row per input row.
+
+    Attributes:
+        contributions: [rows, units] ``sum_t (h - h')_ti * d(weight * sum_s log pi)/dh~_ti``.
+        sequence_logprobs: [rows] ``sum_s log pi(a_s | s_s)`` under the row's scaled model.
+        done: [rows] which rows are computed (all of them unless the run was interrupted).
+        rows_per_second: scoring throughput of this call, for logs and benchmarks.
+    """
+
+    contributions: Float[Tensor, "rows units"]
+    sequence_logprobs: Float[Tensor, " rows"]
+    done: Bool[Tensor, " rows"]
+    rows_per_second: float = 0.0
+
+
+@contextlib.contextmanager
+def frozen_parameters(model) -> Iterator[None]:
+    """Switch off parameter gradients for the block (attribution needs activation gradients only)."""
+    flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    for parameter, _ in flags:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+
+
+def packed_chunks(lengths: Sequence[int], internal_batch_size: int) -> list[list[int]]:
+    """Row chunks of at most ``internal_batch_size``, rows sorted by length so chunks pad little."""
+    if internal_batch_size < 1:
+        raise IpgkitError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
+    order = sorted(range(len(lengths)), key=lambda row: lengths[row])
+    return [order[i : i + internal_batch_size] for i in range(0, len(order), internal_batch_size)]
+
+
+def path_site(model, hook_name: str) -> tuple[str, int | None]:
+    """Where to hook the path and from which block rows must run separately.
+
+    Everything below the hook is the same at every alpha, so rows of the same rollout share it.
+    ``blocks.L.hook_resid_post`` is the very tensor that enters block L+1 (``hook_resid_pre``), so
+    it is hooked there and blocks 0..L are shared; any other hook inside block L shares blocks
+    0..L-1. Hooks outside the blocks share nothing.
+    """
+    n_layers = model.cfg.n_layers
+    resid_post = resid_post_layer(hook_name)
+    if resid_post is not None and resid_post + 1 < n_layers:
+        return f"blocks.{resid_post + 1}.hook_resid_pre", resid_post + 1
+    layer = hook_layer(hook_name, n_layers)
+    return hook_name, (layer if 0 <= layer < n_layers else None)
+
+
+def path_gradients(
+    policy: Policy,
+    components: ComponentSet,
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[int]],
+    alphas: Float[Tensor, " rows"],
+    weights: Float[Tensor, " rows"],
+    positions: PathPositions = "all",
+    baseline: Float[Tensor, " units"] | float | None = None,
+    internal_batch_size: int = 32,
+    chunks: Sequence[Sequence[int]] | None = None,
+    progress: bool = False,
+    share_prefix: bool = True,
+    resume_from: PathGradients | None = None,
+    on_progress: Callable[[PathGradients], None] | None = None,
+    save_every: float = 30.0,
+    memory_budget: MemoryBudget | float | None = None,
+) -> PathGradients:
+    """Per-row gradient contributions along the scaled-activation path (the IPG engine).
+
+    Row r runs prompt + completion teacher-forced with the components scaled to
+    ``h' + alphas[r] (h - h')`` at ``positions`` and returns
+    ``sum_t (h - h')_ti * d/dh~_ti [weights[r] * sum_s log pi(a_s | s_s)]`` for each unit i, summed
+    over the same positions. Rows are independent, so one backward of the weighted sum serves a
+    whole chunk.
+
+    Args:
+        policy: the policy; whatever hooks are active on its model stay active.
+        components: the units (one hook).
+        prompt_ids, completion_ids: per row, the token ids (completion includes EOS if sampled).
+        alphas: [rows] path position of each row.
+        weights: [rows] the row's weight in the objective (advantage / n, quadrature weight, ...).
+        positions: ``"all"`` (the path scales every position; completeness holds for this sum) or
+            ``"generated"`` (only completion positions are scaled and summed).
+        baseline: h' (zero when None), a scalar or one value per unit in ``components``.
+        internal_batch_size: rows per forward/backward.
+        chunks: explicit row chunks (overrides ``internal_batch_size``); each is one pass.
+        progress: show a tqdm bar over rows.
+        share_prefix: run the blocks below the hook once for rows of a chunk that are the same
+            sequence (the q alpha points of a rollout); the result is the same either way.
+        resume_from: a partial result of the same rows (e.g. from a checkpoint): rows it marks
+            done are not computed again.
+        on_progress: called with the partial result at most every ``save_every`` seconds (and
+            after the last chunk), e.g. to write a checkpoint.
+        memory_budget: a :class:`~ipgkit.memory.MemoryBudget` (or its size in MiB) for each
+            pass: chunks are split to fit it at their padded length, attention is fused and the
+            blocks above the hook are recomputed in the backward, so memory grows linearly
+            with the completion length. None (default) chunks by ``internal_batch_size`` only.
+
+    Returns:
+        :class:`PathGradients` with [rows, units] contributions.
+
+    Example:
+        >>> grads = path_gradients(policy, resid_neurons(2), rollouts.row_prompt_ids(),
+        ...                        rollouts.row_completion_ids(), alphas=torch.ones(len(rollouts)),
+        ...                        weights=rollouts.advantages())                  # doctest: +SKIP
+        >>> grads.contributions.shape                                            # doctest: +SKIP
+        torch.Size([40, 128])
+    """
+    policy = require_policy(policy, "path_gradients")
+    _check_rows(prompt_ids, completion_ids, alphas, weights, positions)
+    components = components.resolved(policy.model)
+    model = policy.model
+    _warn_about_error_terms(policy, components.hook_name)
+    hook_name, shared_layer = path_site(model, components.hook_name)
+    if not share_prefix:
+        hook_name, shared_layer = components.hook_name, None
+    lengths = [len(p) + len(c) for p, c in zip(prompt_ids, completion_ids, strict=True)]
+    if chunks is None:
+        chunks = packed_chunks(lengths, internal_batch_size)
+    memory_budget = as_budget(memory_budget)
+    if memory_budget is not None:
+        chunks = memory_budget.split(chunks, lengths, model.cfg, units=components.hook_width(model))
+    state = _starting_state(resume_from, len(prompt_ids), len(components))
+    alphas = torch.as_tensor(alphas, dtype=torch.float64)
+    weights = torch.as_tensor(weights, dtype=torch.float64)
+    baseline_tensor = None if baseline is None else torch.as_tensor(baseline, dtype=torch.float64)
+    started = last_saved = time.perf_counter()
+    computed = 0
+    bar = tqdm(
+        total=len(prompt_ids),
+        initial=int(state.done.sum()),
+        desc="ipg: scoring",
+        unit="row",
+        disable=not progress,
+    )
+    with torch.enable_grad(), frozen_parameters(model):
+        for chunk in chunks:
+            if bool(state.done[chunk].all()):
+                continue
+            per_row, sequence = _chunk_contributions(
+                policy,
+                components,
+                hook_name,
+                shared_layer,
+                [prompt_ids[r] for r in chunk],
+                [completion_ids[r] for r in chunk],
+                alphas[chunk],
+                weights[chunk],
+                positions,
+                baseline_tensor,
+                memory_budget,
+            )
+            state.contributions[chunk], state.sequence_logprobs[chunk] = per_row, sequence
+            state.done[chunk] = True
+            computed += len(chunk)
+            bar.update(len(chunk))
+            if on_progress is not None and time.perf_counter() - last_saved > save_every:
+                on_progress(state)
+                last_saved = time.perf_counter()
+    bar.close()
+    state.rows_per_second = computed / max(time.perf_counter() - started, 1e-9)
+    if on_progress is not None:
+        on_progress(state)
+    return state
+
+
+def _check_rows(prompt_ids, completion_ids, alphas, weights, positions) -> None:
+    rows = len(prompt_ids)
+    if rows == 0:
+        raise IpgkitError("no rows to attribute (empty rollouts)")
+    if not (len(completion_ids) == rows == len(alphas) == len(weights)):
+        raise IpgkitError(
+            f"rows disagree: {rows} prompts, {len(completion_ids)} completions, "
+            f"{len(alphas)} alphas, {len(weights)} weights"
+        )
+    if positions not in ("all", "generated"):
+        raise IpgkitError(f"path positions must be 'all' or 'generated', got {positions!r}")
+    if not torch.isfinite(torch.as_tensor(weights)).all():
+        raise IpgkitError("row weights must be finite (check the rewards and advantages)")
+
+
+def _starting_state(resume_from: PathGradients | None, rows: int, units: int) -> PathGradients:
+    """Nothing computed yet, or a copy of a saved partial result of the same rows."""
+    if resume_from is None:
+        return PathGradients(
+            torch.zeros(rows, units, dtype=torch.float64),
+            torch.zeros(rows, dtype=torch.float64),
+            torch.zeros(rows, dtype=torch.bool),
+        )
+    if resume_from.contributions.shape != (rows, units):
+        raise IpgkitError(
+            f"cannot resume: the saved rows {tuple(resume_from.contributions.shape)} do not "
+            f"match this run's {(rows, units)}"
+        )
+    return PathGradients(
+        resume_from.contributions.clone(),
+        resume_from.sequence_logprobs.clone(),
+        resume_from.done.clone(),
+    )
+
+
+def _warn_about_error_terms(policy: Policy, hook_name: str) -> None:
+    upstream = hooks_upstream_of_saes(policy, hook_name)
+    if upstream:
+        warnings.warn(
+            f"{hook_name} feeds the SAE(s) spliced at {upstream}, whose error term carries no "
+            "gradient (sae-lens computes it under no_grad): the gradient follows the SAE "
+            "reconstruction, not the model. Attribute on the plain model, or splice SAEs only at "
+            "or below this hook's layer.",
+            stacklevel=3,
+        )
+
+
+def _chunk_contributions(
+    policy,
+    components,
+    hook_name,
+    shared_layer,
+    prompts,
+    completions,
+    alphas,
+    weights,
+    positions,
+    baseline,
+    memory_budget=None,
+):
+    """One forward/backward: per-row contributions [rows, units] and sum log pi [rows]."""
+    scale = scaling_hook(components, alphas, positions, baseline)
+    captured: dict[str, Tensor] = {}
+
+    def scale_and_capture(activation: Tensor, hook) -> Tensor:
+        original = activation.detach()
+        scaled = scale(original, hook)
+        # a fresh leaf: the backward stops here, and its .grad is d objective / d h~
+        scaled = (scaled.clone() if scaled is original else scaled).requires_grad_(True)
+        captured["original"], captured["scaled"] = original, scaled
+        return scaled
+
+    # the backward runs inside the loop, under the memory budget's fused attention and
+    # checkpointed blocks (a budgeted iter_scores holds them until it is resumed)
+    with policy.model.hooks(fwd_hooks=[(hook_name, scale_and_capture)]):
+        for _, scores in iter_scores(
+            policy,
+            prompts,
+            completions,
+            len(prompts),
+            with_entropy=False,
+            shared_prefix_layer=shared_layer,
+            memory_budget=memory_budget,
+            gradient_from_block=gradient_block(hook_name, policy.model.cfg.n_layers),
+        ):
+            if "scaled" not in captured:
+                raise IpgkitError(f"hook {hook_name} did not run in the forward pass")
+            sequence = scores.logprobs.sum(-1)
+            objective = (weights.to(sequence.device, sequence.dtype) * sequence).sum()
+            (gradient,) = torch.autograd.grad(objective, captured["scaled"])
+    # reduce in at least float32, whatever the model's dtype
+    precision = torch.promote_types(gradient.dtype, torch.float32)
+    difference = components.coordinates(captured["original"].to(precision))
+    if baseline is not None:
+        difference = difference - baseline.to(difference.device, precision)
+    mask = position_mask(
+        torch.tensor([len(p) for p in prompts]),
+        torch.tensor([len(c) for c in completions]),
+        difference.shape[1],
+        positions,
+    ).to(difference.device, precision)
+    gradient = components.coordinates(gradient.to(precision))
+    per_row = torch.einsum("bpu,bpu,bp->bu", difference, gradient, mask)
+    return per_row.detach().double().cpu(), sequence.detach().double().cpu()
+
+
+def scaled_sequence_logprobs(
+    policy: Policy,
+    components: ComponentSet,
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[int]],
+    alpha: float,
+    positions: PathPositions = "all",
+    baseline: Float[Tensor, " units"] | float | None = None,
+    internal_batch_size: int = 32,
+    memory_budget: MemoryBudget | float | None = None,
+) -> Float[Tensor, " rows"]:
+    """``sum_s log pi(a_s | s_s)`` per row with the components at path point ``alpha`` (no grad;
+    with a ``memory_budget``, fused attention and rows per pass that fit it)."""
+    resolved = components.resolved(policy.model)
+    with steer(policy, resolved, float(alpha), positions, baseline):
+        scores = token_logprobs(
+            policy, prompt_ids, completion_ids, internal_batch_size, memory_budget=memory_budget
+        )
+    return scores.sequence_logprobs().double()
+
+
+@dataclass
+class PathRows:
+    """The (trajectory, alpha point) rows of a path-integral run and the prompt each belongs to.
+
+    Every trajectory is added once per alpha point; :meth:`score` runs them through
+    :func:`path_gradients` and sums contributions per prompt. IPG, the raw policy gradient and
+    Integrated Gradients build their rows here.
+    """
+
+    groups: list[int] = field(default_factory=list)
+    keys: list[tuple[int, int]] = field(default_factory=list)  # (prompt, alpha point)
+    prompts: list[list[int]] = field(default_factory=list)
+    completions: list[list[int]] = field(default_factory=list)
+    alphas: list[float] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+
+    def add(self, group, k, prompt, completion, alpha, weight) -> None:
+        self.groups.append(group)
+        self.keys.append((group, k))
+        self.prompts.append(prompt)
+        self.completions.append(completion)
+        self.alphas.append(alpha)
+        self.weights.append(weight)
+
+    def score(
+        self,
+        policy,
+        components,
+        n_groups: int,
+        positions,
+        baseline,
+        internal_batch_size: int,
+        pack: bool = True,
+        progress: bool = False,
+        store=None,
+        memory_budget: MemoryBudget | float | None = None,
+    ):
+        """Per-prompt sums of the rows' contributions [prompts, units], and the engine's output
+        (None when there are no rows). ``pack=False`` runs one pass per (prompt, alpha point)."""
+        units = len(components.resolved(policy.model))
+        per_prompt = torch.zeros(n_groups, units, dtype=torch.float64)
+        if not self.groups:
+            return per_prompt, None
+        if pack:
+            lengths = [len(p) + len(c) for p, c in zip(self.prompts, self.completions, strict=True)]
+            chunks = packed_chunks(lengths, internal_batch_size)
+        else:
+            by_key: dict[tuple[int, int], list[int]] = {}
+            for row, key in enumerate(self.keys):
+                by_key.setdefault(key, []).append(row)
+            chunks = list(by_key.values())
+        grads = path_gradients(
+            policy,
+            components,
+            self.prompts,
+            self.completions,
+            torch.tensor(self.alphas, dtype=torch.float64),
+            torch.tensor(self.weights, dtype=torch.float64),
+            positions=positions,
+            baseline=baseline,
+            chunks=chunks,
+            progress=progress,
+            memory_budget=memory_budget,
+            **({} if store is None else store.engine_hooks()),
+        )
+        per_prompt.index_add_(0, torch.tensor(self.groups), grads.contributions)
+        return per_prompt, grads
+
+    def logprobs_at(
+        self,
+        end: float,
+        alphas: Tensor,
+        grads: PathGradients,
+        policy,
+        components,
+        positions,
+        baseline,
+        internal_batch_size: int,
+        memory_budget: MemoryBudget | float | None = None,
+    ) -> Tensor:
+        """``sum_s log pi`` of each trajectory (in the order added) at path point ``end``: taken
+        from the scoring pass when ``end`` is one of ``alphas``, else one forward pass."""
+        on_grid = next((k for k, a in enumerate(alphas.tolist()) if math.isclose(a, end)), None)
+        index = [i for i, (_, k) in enumerate(self.keys) if k == (on_grid or 0)]
+        if on_grid is not None:
+            return grads.sequence_logprobs[index]
+        return scaled_sequence_logprobs(
+            policy,
+            components,
+            [self.prompts[i] for i in index],
+            [self.completions[i] for i in index],
+            end,
+            positions,
+            baseline,
+            internal_batch_size,
+            memory_budget,
+        )
