@@ -96,7 +96,7 @@ def cmd_real_model(args: argparse.Namespace) -> int:
 
 def cmd_model_card(args: argparse.Namespace) -> int:
     import ipgkit
-    from ipgkit.models.card import markdown, write_model_card
+    from ipgkit.experiments.model_card import markdown, write_model_card
 
     policy = ipgkit.load_model(args.model)
     card = write_model_card(policy, args.out, n=args.limit, n_samples=args.samples)
@@ -230,7 +230,7 @@ def cmd_int(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     import ipgkit
-    from ipgkit.training.experiment import (
+    from ipgkit.experiments.int_grpo import (
         InTExperimentConfig,
         plot_int_experiment,
         run_int_experiment,
@@ -342,7 +342,7 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
     from ipgkit.analysis import plot_activation_by_progress
     from ipgkit.experiments.figures import draw_figures
-    from ipgkit.training.experiment import plot_int_experiment
+    from ipgkit.experiments.int_grpo import plot_int_experiment
 
     out = Path(args.out)
     experiment_tables = out / "data" / "experiments"

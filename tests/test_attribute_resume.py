@@ -58,7 +58,7 @@ def test_a_killed_attribution_resumes_without_rescoring(tmp_path, monkeypatch):
     done, total = int(saved["done"].sum()), saved["done"].numel()
     assert 40 <= done < total and not out.exists()
 
-    from ipgkit.attribution import engine as engine_module
+    from ipgkit.attribution import path_rows as engine_module
 
     scored = []
     engine = engine_module.path_gradients

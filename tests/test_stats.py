@@ -15,7 +15,7 @@ from statsmodels.stats.contingency_tables import mcnemar as statsmodels_mcnemar
 
 from ipgkit.analysis import dice
 from ipgkit.errors import IpgkitError
-from ipgkit.experiments.control import condition_row
+from ipgkit.experiments.outcomes import condition_row
 from ipgkit.experiments.workspace import Outcome
 from ipgkit.stats import (
     mcnemar_exact,

@@ -10,13 +10,12 @@ from ipgkit.attribution import baselines
 from ipgkit.attribution.baselines import (
     activation_magnitude,
     control_vector,
-    integrated_gradients,
-    policy_gradient,
     random_baseline,
     random_baselines,
     reason_score,
     reasoning_neurons,
 )
+from ipgkit.attribution.gradient_baselines import integrated_gradients, policy_gradient
 from ipgkit.attribution.ipg import (
     INTEGRATION_RULES,
     IPGConfig,

@@ -12,11 +12,10 @@ rows with :class:`PathRows`.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -34,9 +33,8 @@ from ipgkit.components import (
 from ipgkit.errors import IpgkitError
 from ipgkit.memory import MemoryBudget, as_budget, gradient_block
 from ipgkit.models.policy import Policy, require_policy
-from ipgkit.rollouts import iter_scores, token_logprobs
+from ipgkit.rollouts import iter_scores
 from ipgkit.saes import hooks_upstream_of_saes
-from ipgkit.steering import steer
 
 PathPositions = Literal["all", "generated"]
 
@@ -171,7 +169,8 @@ def path_gradients(
     state = _starting_state(resume_from, len(prompt_ids), len(components))
     alphas = torch.as_tensor(alphas, dtype=torch.float64)
     weights = torch.as_tensor(weights, dtype=torch.float64)
-    baseline_tensor = None if baseline is None else torch.as_tensor(baseline, dtype=torch.float64)
+    scorer = _ChunkScorer(policy, components, hook_name, shared_layer, positions, memory_budget)
+    scorer.baseline = None if baseline is None else torch.as_tensor(baseline, dtype=torch.float64)
     started = last_saved = time.perf_counter()
     computed = 0
     bar = tqdm(
@@ -185,19 +184,11 @@ def path_gradients(
         for chunk in chunks:
             if bool(state.done[chunk].all()):
                 continue
-            per_row, sequence = _chunk_contributions(
-                policy,
-                components,
-                hook_name,
-                shared_layer,
+            prompts, completions = (
                 [prompt_ids[r] for r in chunk],
                 [completion_ids[r] for r in chunk],
-                alphas[chunk],
-                weights[chunk],
-                positions,
-                baseline_tensor,
-                memory_budget,
             )
+            per_row, sequence = scorer(prompts, completions, alphas[chunk], weights[chunk])
             state.contributions[chunk], state.sequence_logprobs[chunk] = per_row, sequence
             state.done[chunk] = True
             computed += len(chunk)
@@ -259,6 +250,34 @@ def _warn_about_error_terms(policy: Policy, hook_name: str) -> None:
         )
 
 
+@dataclass
+class _ChunkScorer:
+    """What every chunk of one :func:`path_gradients` call shares."""
+
+    policy: Policy
+    components: ComponentSet
+    hook_name: str
+    shared_layer: int | None
+    positions: PathPositions
+    memory_budget: MemoryBudget | None
+    baseline: Tensor | None = None
+
+    def __call__(self, prompts, completions, alphas, weights) -> tuple[Tensor, Tensor]:
+        return _chunk_contributions(
+            self.policy,
+            self.components,
+            self.hook_name,
+            self.shared_layer,
+            prompts,
+            completions,
+            alphas,
+            weights,
+            self.positions,
+            self.baseline,
+            self.memory_budget,
+        )
+
+
 def _chunk_contributions(
     policy,
     components,
@@ -316,123 +335,3 @@ def _chunk_contributions(
     gradient = components.coordinates(gradient.to(precision))
     per_row = torch.einsum("bpu,bpu,bp->bu", difference, gradient, mask)
     return per_row.detach().double().cpu(), sequence.detach().double().cpu()
-
-
-def scaled_sequence_logprobs(
-    policy: Policy,
-    components: ComponentSet,
-    prompt_ids: Sequence[Sequence[int]],
-    completion_ids: Sequence[Sequence[int]],
-    alpha: float,
-    positions: PathPositions = "all",
-    baseline: Float[Tensor, " units"] | float | None = None,
-    internal_batch_size: int = 32,
-    memory_budget: MemoryBudget | float | None = None,
-) -> Float[Tensor, " rows"]:
-    """``sum_s log pi(a_s | s_s)`` per row with the components at path point ``alpha`` (no grad;
-    with a ``memory_budget``, fused attention and rows per pass that fit it)."""
-    resolved = components.resolved(policy.model)
-    with steer(policy, resolved, float(alpha), positions, baseline):
-        scores = token_logprobs(
-            policy, prompt_ids, completion_ids, internal_batch_size, memory_budget=memory_budget
-        )
-    return scores.sequence_logprobs().double()
-
-
-@dataclass
-class PathRows:
-    """The (trajectory, alpha point) rows of a path-integral run and the prompt each belongs to.
-
-    Every trajectory is added once per alpha point; :meth:`score` runs them through
-    :func:`path_gradients` and sums contributions per prompt. IPG, the raw policy gradient and
-    Integrated Gradients build their rows here.
-    """
-
-    groups: list[int] = field(default_factory=list)
-    keys: list[tuple[int, int]] = field(default_factory=list)  # (prompt, alpha point)
-    prompts: list[list[int]] = field(default_factory=list)
-    completions: list[list[int]] = field(default_factory=list)
-    alphas: list[float] = field(default_factory=list)
-    weights: list[float] = field(default_factory=list)
-
-    def add(self, group, k, prompt, completion, alpha, weight) -> None:
-        self.groups.append(group)
-        self.keys.append((group, k))
-        self.prompts.append(prompt)
-        self.completions.append(completion)
-        self.alphas.append(alpha)
-        self.weights.append(weight)
-
-    def score(
-        self,
-        policy,
-        components,
-        n_groups: int,
-        positions,
-        baseline,
-        internal_batch_size: int,
-        pack: bool = True,
-        progress: bool = False,
-        store=None,
-        memory_budget: MemoryBudget | float | None = None,
-    ):
-        """Per-prompt sums of the rows' contributions [prompts, units], and the engine's output
-        (None when there are no rows). ``pack=False`` runs one pass per (prompt, alpha point)."""
-        units = len(components.resolved(policy.model))
-        per_prompt = torch.zeros(n_groups, units, dtype=torch.float64)
-        if not self.groups:
-            return per_prompt, None
-        if pack:
-            lengths = [len(p) + len(c) for p, c in zip(self.prompts, self.completions, strict=True)]
-            chunks = packed_chunks(lengths, internal_batch_size)
-        else:
-            by_key: dict[tuple[int, int], list[int]] = {}
-            for row, key in enumerate(self.keys):
-                by_key.setdefault(key, []).append(row)
-            chunks = list(by_key.values())
-        grads = path_gradients(
-            policy,
-            components,
-            self.prompts,
-            self.completions,
-            torch.tensor(self.alphas, dtype=torch.float64),
-            torch.tensor(self.weights, dtype=torch.float64),
-            positions=positions,
-            baseline=baseline,
-            chunks=chunks,
-            progress=progress,
-            memory_budget=memory_budget,
-            **({} if store is None else store.engine_hooks()),
-        )
-        per_prompt.index_add_(0, torch.tensor(self.groups), grads.contributions)
-        return per_prompt, grads
-
-    def logprobs_at(
-        self,
-        end: float,
-        alphas: Tensor,
-        grads: PathGradients,
-        policy,
-        components,
-        positions,
-        baseline,
-        internal_batch_size: int,
-        memory_budget: MemoryBudget | float | None = None,
-    ) -> Tensor:
-        """``sum_s log pi`` of each trajectory (in the order added) at path point ``end``: taken
-        from the scoring pass when ``end`` is one of ``alphas``, else one forward pass."""
-        on_grid = next((k for k, a in enumerate(alphas.tolist()) if math.isclose(a, end)), None)
-        index = [i for i, (_, k) in enumerate(self.keys) if k == (on_grid or 0)]
-        if on_grid is not None:
-            return grads.sequence_logprobs[index]
-        return scaled_sequence_logprobs(
-            policy,
-            components,
-            [self.prompts[i] for i in index],
-            [self.completions[i] for i in index],
-            end,
-            positions,
-            baseline,
-            internal_batch_size,
-            memory_budget,
-        )

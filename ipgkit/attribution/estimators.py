@@ -25,7 +25,7 @@ from ipgkit.tasks.base import reward_name
 
 from .checkpoint import IPGCheckpoint, sampled
 from .config import IPGConfig
-from .engine import PathRows
+from .path_rows import PathRows
 from .quadrature import integration_points
 
 

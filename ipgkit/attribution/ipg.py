@@ -30,15 +30,9 @@ from ipgkit.tasks.base import Problem, RewardFunction
 
 from .checkpoint import IPGCheckpoint
 from .config import IPGConfig
-from .engine import (
-    PathGradients,
-    PathRows,
-    frozen_parameters,
-    packed_chunks,
-    path_gradients,
-    scaled_sequence_logprobs,
-)
+from .engine import PathGradients, frozen_parameters, packed_chunks, path_gradients
 from .estimators import _reward_name, on_path_mode, paper_mode
+from .path_rows import PathRows, scaled_sequence_logprobs
 from .quadrature import INTEGRATION_RULES, integration_points
 from .result import AttributionResult
 

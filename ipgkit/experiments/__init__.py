@@ -33,16 +33,18 @@ from tqdm.auto import tqdm
 from ipgkit.errors import IpgkitError
 from ipgkit.io import atomic_write_text
 
+from .config import ExperimentConfig, small_config
 from .control import (
     capability_control,
     dose_response,
     head_to_head,
     site_search,
     support_size,
-    validation_grid,
 )
-from .suite import ExperimentConfig, SelectedSets, Suite, small_config
+from .methods import SelectedSets
+from .suite import Suite
 from .transfer import dataset_consistency, dataset_transfer, distilled_transfer, reasoning_strength
+from .validation import validation_grid
 from .workspace import Outcome, Workspace
 
 #: the suite in the order ``--all`` runs it (later experiments reuse earlier evaluations)

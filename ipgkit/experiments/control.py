@@ -15,79 +15,13 @@ import pandas as pd
 from ipgkit.analysis import dice
 from ipgkit.attribution import activation_magnitude, random_baseline
 from ipgkit.attribution.ipg import IPGConfig, ipg
-from ipgkit.stats import mean_interval, paired_comparison, wilson_interval
+from ipgkit.stats import paired_comparison
 
-from .suite import SelectedSets, Suite
+from .methods import SelectedSets
+from .outcomes import condition_row
+from .suite import Suite
+from .validation import chosen
 from .workspace import Outcome, digest
-
-
-def condition_row(base: list[Outcome], steered: list[Outcome]) -> dict:
-    """Accuracy of a steered condition (averaged over seeds) against the unsteered model on the
-    same problems: accuracy with its 95% CI, the paired difference with its CI and p-value."""
-    per_problem = np.mean([o.correct for o in steered], axis=0)
-    if len(steered) == 1:
-        accuracy = float(per_problem.mean())
-        low, high = wilson_interval(per_problem.sum(), per_problem.size)
-    else:
-        accuracy, low, high = mean_interval(per_problem.tolist())
-        low, high = max(0.0, low), min(1.0, high)
-    comparison = paired_comparison(base[0].correct, per_problem)
-    return {
-        "accuracy": accuracy,
-        "ci_low": low,
-        "ci_high": high,
-        "base_accuracy": float(base[0].correct.mean()),
-        "difference": comparison["difference"],
-        "diff_ci_low": comparison["ci_low"],
-        "diff_ci_high": comparison["ci_high"],
-        "p_value": comparison["p_value"],
-        "test": comparison["test"],
-        "n": per_problem.size,
-        "seeds": len(steered),
-        "seed_min": min(o.accuracy for o in steered),
-        "seed_max": max(o.accuracy for o in steered),
-        "mean_length": float(np.mean([o.length.mean() for o in steered])),
-    }
-
-
-def validation_grid(suite: Suite) -> pd.DataFrame:
-    """Validation accuracy of every method at every (p, gamma) of the enhancement grid, averaged
-    over families (and the first ``validation_random_seeds`` seeds of seeded baselines)."""
-    config = suite.config
-    tasks = suite.tasks("validation", config.validation)
-    rows = []
-    for sets in suite.methods.values():
-        seeds = sets.results[: config.validation_random_seeds]
-        trial = SelectedSets(
-            sets.method, sets.level, sets.policy, sets.policy_key, seeds, sets.fixed_p
-        )
-        base = np.mean(
-            [
-                suite.evaluate(None, task, policy=sets.policy, policy_key=sets.policy_key)[
-                    0
-                ].accuracy
-                for task in tasks
-            ]
-        )
-        ps = (sets.fixed_p,) if sets.fixed_p else config.p_grid
-        for p in ps:
-            for gamma in config.gamma_grid:
-                outcomes = [suite.evaluate(trial, task, p, gamma) for task in tasks]
-                accuracy = float(np.mean([o.accuracy for per_task in outcomes for o in per_task]))
-                rows.append(
-                    {
-                        "method": sets.method,
-                        "level": sets.level,
-                        "condition": "enhance",
-                        "p": p,
-                        "gamma": gamma,
-                        "accuracy": accuracy,
-                        "base_accuracy": float(base),
-                        "seeds": len(seeds),
-                        "problems": sum(len(t) for t in tasks),
-                    }
-                )
-    return pd.DataFrame(rows)
 
 
 def capability_control(suite: Suite) -> pd.DataFrame:
@@ -109,7 +43,7 @@ def capability_control(suite: Suite) -> pd.DataFrame:
     tasks = suite.tasks("test", config.test)
     rows = []
     for name, sets in suite.methods.items():
-        enhance = suite.chosen(name)
+        enhance = chosen(suite, name)
         conditions = {"enhance": enhance, "suppress": (config.suppress_p, 0.0)}
         for condition, (p, gamma) in conditions.items():
             bases, steered = [], []
@@ -185,7 +119,7 @@ def head_to_head(suite: Suite, pairs=HEAD_TO_HEAD) -> pd.DataFrame:
             for name in (first, second):
                 sets = suite.methods[name]
                 p, gamma = (
-                    suite.chosen(name) if condition == "enhance" else (config.suppress_p, 0.0)
+                    chosen(suite, name) if condition == "enhance" else (config.suppress_p, 0.0)
                 )
                 outcomes = pool_outcomes([suite.evaluate(sets, task, p, gamma) for task in tasks])
                 per_method.append(np.mean([o.correct for o in outcomes], axis=0))
@@ -219,7 +153,7 @@ def dose_response(suite: Suite, methods=("IPG", "Activation", "Random")) -> pd.D
     """
     config = suite.config
     tasks = suite.tasks("test", config.dose_problems)
-    _, enhance_gamma = suite.chosen("IPG")
+    _, enhance_gamma = chosen(suite, "IPG")
     grid = [("gamma", config.dose_p, g) for g in config.dose_gammas]
     grid += [("p", p, g) for g in (0.0, enhance_gamma) for p in config.dose_ps]
     rows = []
@@ -260,7 +194,7 @@ def support_size(suite: Suite) -> pd.DataFrame:
     tasks = suite.tasks("test", config.dose_problems)
     pool = suite.support_rollouts()
     units = suite.neurons()
-    _, enhance_gamma = suite.chosen("IPG")
+    _, enhance_gamma = chosen(suite, "IPG")
     base = pool_outcomes([suite.evaluate(None, task) for task in tasks])
     largest = min(max(config.support_sizes), len(pool.problems))
     rows = []

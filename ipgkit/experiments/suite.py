@@ -6,22 +6,10 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from functools import cached_property
-from typing import Literal
-
-import pandas as pd
 
 from ipgkit import tasks as task_registry
-from ipgkit.attribution import (
-    activation_magnitude,
-    control_vector,
-    integrated_gradients,
-    policy_gradient,
-    random_baseline,
-    reason_score,
-    reasoning_neurons,
-)
 from ipgkit.attribution.ipg import IPGConfig, ipg
 from ipgkit.attribution.result import AttributionResult
 from ipgkit.components import ComponentSet, mlp_neurons, resid_neurons
@@ -29,185 +17,10 @@ from ipgkit.errors import IpgkitError
 from ipgkit.models.policy import Policy
 from ipgkit.rollouts import Rollouts, sample
 from ipgkit.tasks.base import Task, mix_tasks
-from ipgkit.training.distill import DistillConfig
 
+from .config import ExperimentConfig
+from .methods import SelectedSets, table1_methods
 from .workspace import Outcome, Workspace, digest
-
-Site = Literal["mlp", "resid"]
-#: Table 1's methods: neuron-level, then SAE-feature-level (these need an SAE)
-NEURON_METHODS = (
-    "IPG",
-    "Random",
-    "Activation",
-    "Reasoning Neuron",
-    "Control Vector",
-    "Policy Gradient",
-    "Integrated Gradients",
-)
-FEATURE_METHODS = ("IPG-SAE", "Random-SAE", "ReasonScore-SAE")
-
-
-@dataclass(frozen=True)
-class ExperimentConfig:
-    """Sizes, grids and sites of ``ipgkit experiments`` (the defaults run the suite in about 40
-    minutes on 2 CPU cores; :func:`small_config` runs it in a few).
-
-    Attributes:
-        families: task families; attribution uses both (interleaved), tables report each.
-        site: ``"mlp"`` (the MLP neurons of ``layer``, a privileged basis; the default) or
-            ``"resid"`` (the residual stream after ``layer``).
-        layer: block of the attributed neurons, and of the SAE whose latents are attributed.
-        support: train prompts per family in the attribution support set (the paper's M / 2).
-        n_rollouts, n_steps: IPG's N rollouts per prompt and q alpha points (paper: 5 and 10).
-        validation: validation problems per family for choosing p and gamma.
-        test: held-out test problems per family for Table 1.
-        p_grid: component counts tried on validation for enhancement.
-        gamma_grid: enhancement factors (> 1) tried on validation.
-        suppress_p: components set to zero in Table 1's suppression column, the same count for
-            every method, so suppression compares sets of equal size.
-        random_seeds: seeds of the Random baseline on the test split (the paper averages seeds).
-        validation_random_seeds: how many of them choose Random's p and gamma on validation.
-        dose_problems: test problems per family for the dose-response, support-size, transfer,
-            distillation and reasoning-strength experiments.
-        dose_gammas: the gamma axis of the dose-response curves (p = ``dose_p``).
-        dose_ps: the p axis (gamma = 0 and the enhancement gamma IPG chose on validation).
-        dose_p: components steered where p is held fixed.
-        support_sizes: numbers of support prompts M (families interleaved) for attribution.
-        datasets: ``family/split`` support sets compared for consistency (Dice) and transfer.
-        dice_ps: set sizes for Dice overlaps.
-        distill_problems: train problems per family the teacher answers for distillation.
-        distill: how the distilled student is trained.
-        strength_gammas: gammas of the reasoning-strength sweep (length reward).
-        strength_p: components in the reasoning-strength set.
-        sites: ``(kind, layer)`` pairs tried in the site search (what was tried before settling).
-        methods: the methods of Table 1 to run (None: all of :data:`NEURON_METHODS` and, with an
-            SAE, :data:`FEATURE_METHODS`); must include ``"IPG"``.
-        seed: sampling seed of the support set.
-    """
-
-    families: tuple[str, ...] = ("arith-word", "arith-chain")
-    site: Site = "mlp"
-    layer: int = 2
-    support: int = 50
-    n_rollouts: int = 5
-    n_steps: int = 10
-    validation: int = 150
-    test: int = 300
-    p_grid: tuple[int, ...] = (5, 20)
-    gamma_grid: tuple[float, ...] = (1.25, 1.5, 2.0)
-    suppress_p: int = 10
-    random_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    validation_random_seeds: int = 2
-    dose_problems: int = 100
-    dose_gammas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
-    dose_ps: tuple[int, ...] = (1, 5, 10, 20, 40)
-    dose_p: int = 10
-    support_sizes: tuple[int, ...] = (1, 5, 20, 50, 200)
-    datasets: tuple[str, ...] = (
-        "arith-word/train",
-        "arith-chain/train",
-        "arith-word/hard-train",
-        "arith-chain/hard-train",
-    )
-    dice_ps: tuple[int, ...] = (5, 10, 20)
-    distill_problems: int = 700
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    strength_gammas: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0)
-    strength_p: int = 10
-    sites: tuple[tuple[str, int], ...] = (
-        ("mlp", 0),
-        ("mlp", 1),
-        ("mlp", 2),
-        ("mlp", 3),
-        ("resid", 1),
-        ("resid", 2),
-    )
-    methods: tuple[str, ...] | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.methods is not None:
-            unknown = [m for m in self.methods if m not in (*NEURON_METHODS, *FEATURE_METHODS)]
-            if unknown or "IPG" not in self.methods:
-                raise IpgkitError(
-                    f"methods must include 'IPG' and name only {NEURON_METHODS + FEATURE_METHODS}; "
-                    f"got {self.methods}"
-                )
-        if self.site not in ("mlp", "resid"):
-            raise IpgkitError(f"site must be 'mlp' or 'resid', got {self.site!r}")
-        if not self.families:
-            raise IpgkitError("families must name at least one task family")
-        if any(g <= 1.0 for g in self.gamma_grid) or not self.gamma_grid:
-            raise IpgkitError(f"gamma_grid holds enhancement factors > 1, got {self.gamma_grid}")
-        if any(p < 1 for p in (*self.p_grid, *self.dose_ps, self.suppress_p, self.dose_p)):
-            raise IpgkitError("component counts (p) must be >= 1")
-        if not 1 <= self.validation_random_seeds <= len(self.random_seeds):
-            raise IpgkitError("validation_random_seeds must be between 1 and len(random_seeds)")
-        for dataset in self.datasets:
-            if dataset.count("/") != 1:
-                raise IpgkitError(f"datasets are 'family/split', got {dataset!r}")
-
-    def settings(self) -> dict:
-        return asdict(self)
-
-
-def small_config(**overrides) -> ExperimentConfig:
-    """A minutes-long suite for notebooks and tests: few problems, short grids."""
-    from ipgkit.training.sft import SFTConfig
-
-    base = ExperimentConfig(
-        support=6,
-        n_rollouts=4,
-        n_steps=4,
-        validation=12,
-        test=16,
-        p_grid=(2, 4),
-        gamma_grid=(1.5, 2.0),
-        suppress_p=4,
-        random_seeds=(0, 1),
-        validation_random_seeds=1,
-        dose_problems=8,
-        dose_gammas=(0.0, 1.0, 2.0),
-        dose_ps=(1, 4),
-        dose_p=4,
-        support_sizes=(2, 6),
-        datasets=("arith-word/train", "arith-chain/train"),
-        dice_ps=(4,),
-        distill_problems=12,
-        strength_gammas=(0.0, 1.0, 2.0),
-        strength_p=4,
-        distill=DistillConfig(
-            samples=2,
-            max_new_tokens=96,
-            sft=SFTConfig(learning_rate=1e-3, num_train_epochs=1, per_device_train_batch_size=8),
-        ),
-        sites=(("mlp", 0), ("resid", 0)),
-    )
-    return replace(base, **overrides)
-
-
-@dataclass
-class SelectedSets:
-    """One method's component sets (several for seeded baselines) and where they apply.
-
-    Attributes:
-        method: the method's name in the tables (``"IPG"``, ``"Random"``, ...).
-        level: ``"neuron"`` or ``"feature"`` (SAE latents).
-        policy: the policy the sets steer (the SAE-spliced one for features).
-        policy_key: names that policy's weights in cache keys.
-        results: one AttributionResult per seed (one for deterministic methods).
-        fixed_p: the set size when the method has no choice (a control vector is one direction).
-    """
-
-    method: str
-    level: str
-    policy: Policy
-    policy_key: str
-    results: list[AttributionResult]
-    fixed_p: int | None = None
-
-    def sets(self, p: int) -> list[ComponentSet]:
-        return [result.top(self.fixed_p or p) for result in self.results]
 
 
 class Suite:
@@ -390,71 +203,7 @@ class Suite:
         """Every method of Table 1, attributed on the same support set (Table 1's M prompts)."""
         with warnings.catch_warnings():  # completeness gaps are reported in the results' delta
             warnings.filterwarnings("ignore", message="IPG completeness gap")
-            return self._methods()
-
-    def _methods(self) -> dict[str, SelectedSets]:
-        rollouts = self.support_rollouts().select(range(self.support_count))
-        problems = rollouts.problems
-        units, key, policy = self.neurons(), self.policy_key, self.policy
-        cached, seeds, q = self.ws.attribution, self.config.random_seeds, self.config.n_steps
-        base = {
-            "policy": key,
-            "units": units.hook_name,
-            "problems": digest([p.id for p in problems]),
-            "rollouts": digest(rollouts.texts),
-        }
-        quiet = {"progress": False}
-        neuron_methods = {
-            "IPG": lambda: [self.ipg("ipg", policy, key, units, rollouts)],
-            "Random": lambda: [random_baseline(policy, units, seed) for seed in seeds],
-            "Activation": lambda: [
-                cached("activation", base, lambda: activation_magnitude(policy, rollouts, units))
-            ],
-            "Reasoning Neuron": lambda: [
-                cached(
-                    "reasoning_neurons", base, lambda: reasoning_neurons(policy, rollouts, units)
-                )
-            ],
-            "Control Vector": lambda: [
-                cached("control_vector", base, lambda: control_vector(policy, problems, units))
-            ],
-            "Policy Gradient": lambda: [
-                cached(
-                    "policy_gradient",
-                    base,
-                    lambda: policy_gradient(policy, None, units, rollouts=rollouts, **quiet),
-                )
-            ],
-            "Integrated Gradients": lambda: [
-                cached(
-                    "integrated_gradients",
-                    {**base, "q": q},
-                    lambda: integrated_gradients(policy, problems, units, n_steps=q, **quiet),
-                )
-            ],
-        }
-        wanted = self.config.methods or (*neuron_methods, *FEATURE_METHODS)
-        selected = {
-            name: SelectedSets(
-                name, "neuron", policy, key, build(), 1 if name == "Control Vector" else None
-            )
-            for name, build in neuron_methods.items()
-            if name in wanted
-        }
-        if self.spliced is not None and any(name in wanted for name in FEATURE_METHODS):
-            features, spliced, skey = self.features(), self.spliced, self.spliced_key
-            fbase = {**base, "policy": skey, "units": features.hook_name}
-            feature_methods = {
-                "IPG-SAE": lambda: [self.ipg("ipg_sae", spliced, skey, features, rollouts)],
-                "Random-SAE": lambda: [random_baseline(spliced, features, s) for s in seeds],
-                "ReasonScore-SAE": lambda: [
-                    cached("reason_score", fbase, lambda: reason_score(spliced, rollouts, features))
-                ],
-            }
-            for name, build in feature_methods.items():
-                if name in wanted:
-                    selected[name] = SelectedSets(name, "feature", spliced, skey, build())
-        return selected
+            return table1_methods(self)
 
     @cached_property
     def student(self) -> tuple[Policy, str]:
@@ -527,24 +276,6 @@ class Suite:
             )
             for chosen in sets.sets(p)
         ]
-
-    def selection(self) -> pd.DataFrame:
-        """Validation accuracy of every method over the (p, gamma) grid (cached as a table)."""
-        from .control import validation_grid
-
-        return self.ws.table(
-            "validation_grid", self.config.settings(), lambda: validation_grid(self)
-        )
-
-    def chosen(self, method: str) -> tuple[int, float]:
-        """The (p, gamma) a method chose on validation: the best mean accuracy over families
-        (and validation seeds); ties go to the smaller p, then the smaller gamma."""
-        grid = self.selection()
-        rows = grid[(grid.method == method) & (grid.condition == "enhance")]
-        if rows.empty:
-            raise IpgkitError(f"no validation results for method {method!r}")
-        best = rows.sort_values(["accuracy", "p", "gamma"], ascending=[False, True, True]).iloc[0]
-        return int(best.p), float(best.gamma)
 
 
 def _weights_digest(policy: Policy) -> str:

@@ -13,8 +13,11 @@ from ipgkit.attribution import random_baseline
 from ipgkit.tasks.rewards import length_reward
 from ipgkit.training.distill import check_rate
 
-from .control import condition_row, pool_outcomes
-from .suite import SelectedSets, Suite
+from .control import pool_outcomes
+from .methods import SelectedSets
+from .outcomes import condition_row
+from .suite import Suite
+from .validation import chosen
 
 
 def dataset_sets(suite: Suite, resample: int = 0):
@@ -103,7 +106,7 @@ def dataset_transfer(suite: Suite) -> pd.DataFrame:
     """
     config = suite.config
     results = {d: r for d, r in dataset_sets(suite).items() if d.endswith("/train")}
-    p_enhance, gamma_enhance = suite.chosen("IPG")
+    p_enhance, gamma_enhance = chosen(suite, "IPG")
     rows = []
     for family in config.families:
         task = suite.task(family, "test", config.dose_problems)
@@ -180,7 +183,7 @@ def distilled_transfer(suite: Suite) -> pd.DataFrame:
         range(suite.support_count)
     )
     own = suite.ipg("ipg_student", model, key, units, own_rollouts)
-    p_enhance, gamma_enhance = suite.chosen("IPG")
+    p_enhance, gamma_enhance = chosen(suite, "IPG")
     candidates = {"IPG (base model's)": suite.methods["IPG"]}
     if "Random" in suite.methods:
         candidates["Random"] = SelectedSets(

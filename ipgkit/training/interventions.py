@@ -33,8 +33,7 @@ from ipgkit.errors import IpgkitError
 from ipgkit.models.arith import arith_prompt
 from ipgkit.models.policy import Policy
 from ipgkit.rollouts import sample
-from ipgkit.stats import mean_interval
-from ipgkit.tasks.base import Problem, Task, split_lines
+from ipgkit.tasks.base import Task, split_lines
 from ipgkit.tasks.verification import (
     Intervention,
     first_divergence,
@@ -44,6 +43,9 @@ from ipgkit.tasks.verification import (
     verifier_prompt,
 )
 from ipgkit.training.sft import SFTExample, completion_nll, text_example
+
+from .continuations import continuation_table, continue_from
+from .int_records import FailedAttempt, HardPool, InterventionSet
 
 #: InT's verification instruction for chat models (problem, reference, numbered attempt in; one
 #: replacement step out, in the attempt's voice, without the final answer)
@@ -61,46 +63,6 @@ Student's attempt, one numbered step per line:
 Find the first step of the attempt that contains a critical error. Write ONE replacement for that step, in the attempt's own style, so that the attempt can continue correctly from there. Do not reveal the final answer.
 Answer only with
 <intervention>{{"location": <number of the wrong step>, "content": "<the replacement step>"}}</intervention>"""
-
-
-@dataclass(frozen=True)
-class FailedAttempt:
-    """A wrong sampled solution of a problem, split into reasoning steps.
-
-    Attributes:
-        problem: the problem (with its reference solution and answer).
-        completion: the attempt's text.
-        steps: the attempt's steps (``task.split_steps``).
-    """
-
-    problem: Problem
-    completion: str
-    steps: tuple[str, ...]
-
-    def prefix(self, location: int) -> str:
-        """The attempt's text before step ``location`` (1-based), ending in a step break."""
-        return "".join(f"{step}\n" for step in self.steps[: location - 1])
-
-
-@dataclass
-class HardPool:
-    """Problems the model never solves in ``k`` samples, with one failed attempt each.
-
-    Attributes:
-        problems: the hard problems.
-        attempts: one failed attempt per hard problem (the first sampled one).
-        k: samples per problem.
-        candidates: how many problems were tried.
-    """
-
-    problems: list[Problem]
-    attempts: list[FailedAttempt]
-    k: int
-    candidates: int
-
-    @property
-    def fraction(self) -> float:
-        return len(self.problems) / self.candidates
 
 
 def hard_pool(
@@ -258,35 +220,6 @@ def leaks_answer(content: str, answer: str) -> bool:
     return re.search(pattern, content) is not None
 
 
-@dataclass
-class InterventionSet:
-    """Interventions that survived the filters, with what each filter kept.
-
-    Attributes:
-        attempts: the failed attempts, in order.
-        interventions: per attempt, the kept intervention (None if none survived).
-        continuations: per attempt, a correct continuation from prefix + intervention (or None).
-        yields: a table with, per stage, how many proposals (or attempts) remain.
-        parse_status: counts of the parser's outcomes (ok, repaired, no_block, bad_json, ...).
-        candidates: per attempt, the intervention before the correctness filter (None if no
-            proposal survived parsing, range and leak checks).
-    """
-
-    attempts: list[FailedAttempt]
-    interventions: list[Intervention | None]
-    continuations: list[str | None]
-    yields: pd.DataFrame
-    parse_status: dict[str, int]
-    candidates: list[Intervention | None]
-
-    def kept(self) -> list[tuple[FailedAttempt, Intervention, str | None]]:
-        return [
-            (a, i, c)
-            for a, i, c in zip(self.attempts, self.interventions, self.continuations, strict=True)
-            if i is not None
-        ]
-
-
 def propose_interventions(
     policy: Policy,
     task: Task,
@@ -359,104 +292,6 @@ def propose_interventions(
     rows.append({"stage": "kept", "count": sum(k is not None for k in kept), "unit": "attempts"})
     yields = pd.DataFrame(rows).assign(attempts=len(attempts), proposer=proposer.name)
     return InterventionSet(list(attempts), kept, continuations, yields, status, candidates)
-
-
-Condition = Literal["prefix", "original", "intervention"]
-
-
-def continue_from(
-    policy: Policy,
-    task: Task,
-    attempts: Sequence[FailedAttempt],
-    interventions: Sequence[Intervention],
-    condition: Condition,
-    n: int = 4,
-    temperature: float = 1.0,
-    seed: int = 0,
-    progress: bool = False,
-) -> list[tuple[list[str], list[float]]]:
-    """Sample ``n`` continuations per attempt from the prompt plus the attempt's prefix before
-    the intervention's step, followed by nothing (``"prefix"``), the attempt's own step there
-    (``"original"``) or the intervention (``"intervention"``). Returns per attempt the full
-    completion texts (prefix included) and their rewards under ``task.correctness``."""
-    heads = []
-    for attempt, fix in zip(attempts, interventions, strict=True):
-        head = attempt.prefix(fix.location)
-        if condition == "original" and fix.location <= len(attempt.steps):
-            head += attempt.steps[fix.location - 1] + "\n"
-        elif condition == "intervention":
-            head += fix.content + "\n"
-        heads.append(head)
-    prompts = [
-        policy.prompt_format(a.problem.statement) + head
-        for a, head in zip(attempts, heads, strict=True)
-    ]
-    rollouts = sample(
-        policy,
-        prompts,
-        n=n,
-        temperature=temperature,
-        seed=seed,
-        max_new_tokens=task.max_new_tokens,
-        format_prompts=False,
-        progress=progress,
-    )
-    results = []
-    for index, (attempt, head) in enumerate(zip(attempts, heads, strict=True)):
-        texts = [head + t for t in rollouts.texts[index * n : (index + 1) * n]]
-        rewards = [float(task.grade(t, attempt.problem.answer)) for t in texts]
-        results.append((texts, rewards))
-    return results
-
-
-def continuation_table(
-    policy: Policy,
-    task: Task,
-    interventions: InterventionSet | Sequence[tuple[FailedAttempt, Intervention]],
-    n: int = 8,
-    temperature: float = 1.0,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """The InT paper's intervention table: continuation accuracy (mean over samples, 95% CI) and
-    coverage (share of attempts with at least one correct continuation) conditioned on (prefix),
-    (prefix + original wrong step) and (prefix + intervention).
-
-    From an :class:`InterventionSet` it uses every candidate *before* the correctness filter, so
-    the table is not conditioned on the continuations having already succeeded once.
-    """
-    if isinstance(interventions, InterventionSet):
-        pairs = [
-            (a, i)
-            for a, i in zip(interventions.attempts, interventions.candidates, strict=True)
-            if i is not None
-        ]
-    else:
-        pairs = list(interventions)
-    if not pairs:
-        raise IpgkitError("no interventions to condition on")
-    attempts, fixes = [a for a, _ in pairs], [i for _, i in pairs]
-    rows = []
-    for condition in ("prefix", "original", "intervention"):
-        results = continue_from(policy, task, attempts, fixes, condition, n, temperature, seed)
-        per_attempt = [sum(r) / len(r) for _, r in results]
-        accuracy, low, high = mean_interval(per_attempt)
-        coverage = [float(any(r)) for _, r in results]
-        rows.append(
-            {
-                "condition": {
-                    "prefix": "prefix",
-                    "original": "prefix + original step",
-                    "intervention": "prefix + intervention",
-                }[condition],
-                "accuracy": accuracy,
-                "ci_low": low,
-                "ci_high": high,
-                "coverage": sum(coverage) / len(coverage),
-                "attempts": len(pairs),
-                "samples": n,
-            }
-        )
-    return pd.DataFrame(rows)
 
 
 # --- SFT data -------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ import pytest
 from ipgkit.experiments import ExperimentConfig, Suite, run_experiments
 from ipgkit.experiments import suite as suite_module
 from ipgkit.experiments import workspace as workspace_module
+from ipgkit.experiments.config import FEATURE_METHODS, NEURON_METHODS
 from ipgkit.experiments.figures import FIGURES, draw_figures
-from ipgkit.experiments.suite import FEATURE_METHODS, NEURON_METHODS
 from ipgkit.training.distill import DistillConfig
 from ipgkit.training.sft import SFTConfig
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from ipgkit.errors import IpgkitError
-from ipgkit.training.experiment import plot_int_experiment, run_int_experiment, small_config
+from ipgkit.experiments.int_grpo import plot_int_experiment, run_int_experiment, small_config
 from ipgkit.training.grpo import GRPOConfig
 
 
@@ -49,7 +49,7 @@ def test_the_experiment_writes_every_table_and_resumes(arith, tmp_path, monkeypa
     }
     assert plot_int_experiment(tables, tmp_path / "plot.png") is not None
 
-    import ipgkit.training.experiment as experiment
+    import ipgkit.experiments.int_grpo as experiment
 
     def no_sampling(*args, **kwargs):
         raise AssertionError("a finished stage was recomputed")
@@ -66,7 +66,7 @@ def test_the_experiment_writes_every_table_and_resumes(arith, tmp_path, monkeypa
 KILLED_RUN = """
 import sys
 import ipgkit
-from ipgkit.training.experiment import run_int_experiment
+from ipgkit.experiments.int_grpo import run_int_experiment
 from tests.training.test_experiment import tiny_config
 run_int_experiment(ipgkit.load_model("arith"), tiny_config(), sys.argv[1], progress=False)
 """
@@ -80,7 +80,7 @@ def test_a_killed_experiment_resumes_without_redoing_finished_stages(arith, tmp_
     import time
     from pathlib import Path
 
-    import ipgkit.training.experiment as experiment
+    import ipgkit.experiments.int_grpo as experiment
 
     reference = run_int_experiment(arith, tiny_config(), tmp_path / "whole", progress=False)
     out = tmp_path / "killed"

@@ -1,4 +1,4 @@
-from ipgkit.models.card import markdown, model_card
+from ipgkit.experiments.model_card import markdown, model_card
 from tests.conftest import tiny_policy
 
 

@@ -1,0 +1,111 @@
+"""Table 1's methods: IPG and every baseline, neuron- and SAE-feature-level, each a
+:class:`SelectedSets` of component sets attributed on the suite's support set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ipgkit.attribution import (
+    activation_magnitude,
+    control_vector,
+    integrated_gradients,
+    policy_gradient,
+    random_baseline,
+    reason_score,
+    reasoning_neurons,
+)
+from ipgkit.attribution.result import AttributionResult
+from ipgkit.components import ComponentSet
+from ipgkit.models.policy import Policy
+
+from .config import FEATURE_METHODS
+from .workspace import digest
+
+
+@dataclass
+class SelectedSets:
+    """One method's component sets (several for seeded baselines) and where they apply.
+
+    Attributes:
+        method: the method's name in the tables (``"IPG"``, ``"Random"``, ...).
+        level: ``"neuron"`` or ``"feature"`` (SAE latents).
+        policy: the policy the sets steer (the SAE-spliced one for features).
+        policy_key: names that policy's weights in cache keys.
+        results: one AttributionResult per seed (one for deterministic methods).
+        fixed_p: the set size when the method has no choice (a control vector is one direction).
+    """
+
+    method: str
+    level: str
+    policy: Policy
+    policy_key: str
+    results: list[AttributionResult]
+    fixed_p: int | None = None
+
+    def sets(self, p: int) -> list[ComponentSet]:
+        return [result.top(self.fixed_p or p) for result in self.results]
+
+
+def table1_methods(suite) -> dict[str, SelectedSets]:
+    """Every method of Table 1 that ``suite.config.methods`` asks for, attributed on the same
+    support set (Table 1's M prompts): cached in the suite's workspace."""
+    rollouts = suite.support_rollouts().select(range(suite.support_count))
+    problems = rollouts.problems
+    units, key, policy = suite.neurons(), suite.policy_key, suite.policy
+    cached, seeds, q = suite.ws.attribution, suite.config.random_seeds, suite.config.n_steps
+    base = {
+        "policy": key,
+        "units": units.hook_name,
+        "problems": digest([p.id for p in problems]),
+        "rollouts": digest(rollouts.texts),
+    }
+    quiet = {"progress": False}
+    neuron_methods = {
+        "IPG": lambda: [suite.ipg("ipg", policy, key, units, rollouts)],
+        "Random": lambda: [random_baseline(policy, units, seed) for seed in seeds],
+        "Activation": lambda: [
+            cached("activation", base, lambda: activation_magnitude(policy, rollouts, units))
+        ],
+        "Reasoning Neuron": lambda: [
+            cached("reasoning_neurons", base, lambda: reasoning_neurons(policy, rollouts, units))
+        ],
+        "Control Vector": lambda: [
+            cached("control_vector", base, lambda: control_vector(policy, problems, units))
+        ],
+        "Policy Gradient": lambda: [
+            cached(
+                "policy_gradient",
+                base,
+                lambda: policy_gradient(policy, None, units, rollouts=rollouts, **quiet),
+            )
+        ],
+        "Integrated Gradients": lambda: [
+            cached(
+                "integrated_gradients",
+                {**base, "q": q},
+                lambda: integrated_gradients(policy, problems, units, n_steps=q, **quiet),
+            )
+        ],
+    }
+    wanted = suite.config.methods or (*neuron_methods, *FEATURE_METHODS)
+    selected = {
+        name: SelectedSets(
+            name, "neuron", policy, key, build(), 1 if name == "Control Vector" else None
+        )
+        for name, build in neuron_methods.items()
+        if name in wanted
+    }
+    if suite.spliced is not None and any(name in wanted for name in FEATURE_METHODS):
+        features, spliced, skey = suite.features(), suite.spliced, suite.spliced_key
+        fbase = {**base, "policy": skey, "units": features.hook_name}
+        feature_methods = {
+            "IPG-SAE": lambda: [suite.ipg("ipg_sae", spliced, skey, features, rollouts)],
+            "Random-SAE": lambda: [random_baseline(spliced, features, s) for s in seeds],
+            "ReasonScore-SAE": lambda: [
+                cached("reason_score", fbase, lambda: reason_score(spliced, rollouts, features))
+            ],
+        }
+        for name, build in feature_methods.items():
+            if name in wanted:
+                selected[name] = SelectedSets(name, "feature", spliced, skey, build())
+    return selected
