@@ -122,7 +122,7 @@ def test_attribute_rejects_a_missing_layer(capsys):
 
 
 def test_rewards_by_name():
-    from ipgkit.cli import _reward
+    from ipgkit.cli.common import reward_from_name as _reward
     from ipgkit.errors import IpgkitError
 
     assert _reward("length", None)(["q"], ["abc"]) == [3.0]

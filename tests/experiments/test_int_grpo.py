@@ -67,7 +67,7 @@ KILLED_RUN = """
 import sys
 import ipgkit
 from ipgkit.experiments.int_grpo import run_int_experiment
-from tests.training.test_experiment import tiny_config
+from tests.experiments.test_int_grpo import tiny_config
 run_int_experiment(ipgkit.load_model("arith"), tiny_config(), sys.argv[1], progress=False)
 """
 

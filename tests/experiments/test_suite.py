@@ -13,6 +13,7 @@ from ipgkit.experiments import suite as suite_module
 from ipgkit.experiments import workspace as workspace_module
 from ipgkit.experiments.config import FEATURE_METHODS, NEURON_METHODS
 from ipgkit.experiments.figures import FIGURES, draw_figures
+from ipgkit.experiments.validation import chosen
 from ipgkit.training.distill import DistillConfig
 from ipgkit.training.sft import SFTConfig
 
@@ -83,7 +84,7 @@ def test_validation_chooses_p_and_gamma_and_never_sees_the_test_split(finished):
     assert set(grid.method) == set(control.method) == set(suite.methods)
     for method, rows in grid.groupby("method"):
         best = rows.accuracy.max()
-        p, gamma = suite.chosen(method)
+        p, gamma = chosen(suite, method)
         winners = rows[rows.accuracy == best].sort_values(["p", "gamma"])
         assert (p, gamma) == (winners.p.iloc[0], winners.gamma.iloc[0])
         enhance = control[(control.method == method) & (control.condition == "enhance")]

@@ -45,7 +45,7 @@ def saved_step(checkpoint) -> int:
 
 def test_a_killed_grpo_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     main([*ARGS, "--out", str(tmp_path / "whole")])
-    reference = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
+    reference = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)["state"]
 
     out = tmp_path / "killed"
     child = subprocess.Popen(
@@ -77,7 +77,7 @@ def test_a_killed_grpo_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(grpo_module, "grpo_step", counting)
     main([*ARGS, "--out", str(out)])
     assert len(trained) == STEPS - done  # saved steps are not trained again
-    resumed = torch.load(out / "checkpoint.pt", weights_only=True)
+    resumed = torch.load(out / "checkpoint.pt", weights_only=True)["state"]
     assert resumed["step"] == reference["step"] == STEPS
     for name, weight in reference["model"].items():
         torch.testing.assert_close(resumed["model"][name], weight, rtol=0, atol=0, msg=name)
