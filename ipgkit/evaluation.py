@@ -163,33 +163,20 @@ def evaluation_rollouts(
     Under torchrun each rank decodes a contiguous block of problems and the blocks are gathered,
     so every rank returns the whole task's rollouts (sampled ones need ``seeding="problem"``).
     ``checkpoint_dir`` keeps each sampler's finished batches (one file per rank) for a resume."""
-    rank, size = distributed.world()
-    if size > 1:
-        if n_samples and seeding != "problem":
-            raise IpgkitError("under torchrun, sampled evaluation needs seeding='problem'")
-        block = distributed.shard(len(task))
-        with distributed.local():
-            mine = evaluation_rollouts(
-                policy,
-                replace(task, problems=task.problems[block.start : block.stop]),
-                n_samples,
-                temperature,
-                top_p,
-                max_new_tokens,
-                batch_size,
-                seed,
-                progress and rank == 0,
-                seeding,
-                None if checkpoint_dir is None else Path(checkpoint_dir) / f"rank{rank}",
-            )
-        parts = distributed.gather(mine)
-        greedy = Rollouts.concat([part[0] for part in parts], policy.pad_token_id)
-        sampled = (
-            None
-            if not n_samples
-            else Rollouts.concat([part[1] for part in parts], policy.pad_token_id)
+    if distributed.world()[1] > 1:
+        return _sharded_evaluation_rollouts(
+            policy,
+            task,
+            n_samples,
+            temperature,
+            top_p,
+            max_new_tokens,
+            batch_size,
+            seed,
+            progress,
+            seeding,
+            checkpoint_dir,
         )
-        return greedy, sampled
     settings = dict(
         max_new_tokens=max_new_tokens or task.max_new_tokens,
         batch_size=batch_size,
@@ -226,6 +213,36 @@ def evaluation_rollouts(
             **settings,
         )
     return greedy, sampled
+
+
+def _sharded_evaluation_rollouts(policy, task, n_samples, *settings):
+    """Each rank decodes a contiguous block of problems; every rank gets all blocks back."""
+    temperature, top_p, max_new_tokens, batch_size, seed, progress, seeding, checkpoint_dir = (
+        settings
+    )
+    if n_samples and seeding != "problem":
+        raise IpgkitError("under torchrun, sampled evaluation needs seeding='problem'")
+    rank, _ = distributed.world()
+    block = distributed.shard(len(task))
+    with distributed.local():
+        mine = evaluation_rollouts(
+            policy,
+            replace(task, problems=task.problems[block.start : block.stop]),
+            n_samples,
+            temperature,
+            top_p,
+            max_new_tokens,
+            batch_size,
+            seed,
+            progress and rank == 0,
+            seeding,
+            None if checkpoint_dir is None else Path(checkpoint_dir) / f"rank{rank}",
+        )
+    parts = distributed.gather(mine)
+    greedy = Rollouts.concat([part[0] for part in parts], policy.pad_token_id)
+    if not n_samples:
+        return greedy, None
+    return greedy, Rollouts.concat([part[1] for part in parts], policy.pad_token_id)
 
 
 __all__ = [

@@ -157,6 +157,23 @@ def path_gradients(
     components = components.resolved(policy.model)
     model = policy.model
     _warn_about_error_terms(policy, components.hook_name)
+    alphas = torch.as_tensor(alphas, dtype=torch.float64)
+    weights = torch.as_tensor(weights, dtype=torch.float64)
+    rows = (prompt_ids, completion_ids, alphas, weights)
+    chunking = (chunks, internal_batch_size, memory_budget)
+    scorer, chunks = _plan(policy, components, rows, positions, baseline, share_prefix, chunking)
+    state = _starting_state(resume_from, len(prompt_ids), len(components))
+    with torch.enable_grad(), frozen_parameters(model):
+        scorer.score_chunks(state, chunks, rows, progress, on_progress, save_every)
+    if on_progress is not None:
+        on_progress(state)
+    return state
+
+
+def _plan(policy, components, rows, positions, baseline, share_prefix, chunking):
+    """Where the path is hooked and which rows share a pass: the chunk scorer and the chunks."""
+    model, (prompt_ids, completion_ids, _, _) = policy.model, rows
+    chunks, internal_batch_size, memory_budget = chunking
     hook_name, shared_layer = path_site(model, components.hook_name)
     if not share_prefix:
         hook_name, shared_layer = components.hook_name, None
@@ -165,42 +182,12 @@ def path_gradients(
         chunks = packed_chunks(lengths, internal_batch_size)
     memory_budget = as_budget(memory_budget)
     if memory_budget is not None:
-        chunks = memory_budget.split(chunks, lengths, model.cfg, units=components.hook_width(model))
-    state = _starting_state(resume_from, len(prompt_ids), len(components))
-    alphas = torch.as_tensor(alphas, dtype=torch.float64)
-    weights = torch.as_tensor(weights, dtype=torch.float64)
+        width = components.hook_width(model)
+        chunks = memory_budget.split(chunks, lengths, model.cfg, units=width)
     scorer = _ChunkScorer(policy, components, hook_name, shared_layer, positions, memory_budget)
-    scorer.baseline = None if baseline is None else torch.as_tensor(baseline, dtype=torch.float64)
-    started = last_saved = time.perf_counter()
-    computed = 0
-    bar = tqdm(
-        total=len(prompt_ids),
-        initial=int(state.done.sum()),
-        desc="ipg: scoring",
-        unit="row",
-        disable=not progress,
-    )
-    with torch.enable_grad(), frozen_parameters(model):
-        for chunk in chunks:
-            if bool(state.done[chunk].all()):
-                continue
-            prompts, completions = (
-                [prompt_ids[r] for r in chunk],
-                [completion_ids[r] for r in chunk],
-            )
-            per_row, sequence = scorer(prompts, completions, alphas[chunk], weights[chunk])
-            state.contributions[chunk], state.sequence_logprobs[chunk] = per_row, sequence
-            state.done[chunk] = True
-            computed += len(chunk)
-            bar.update(len(chunk))
-            if on_progress is not None and time.perf_counter() - last_saved > save_every:
-                on_progress(state)
-                last_saved = time.perf_counter()
-    bar.close()
-    state.rows_per_second = computed / max(time.perf_counter() - started, 1e-9)
-    if on_progress is not None:
-        on_progress(state)
-    return state
+    if baseline is not None:
+        scorer.baseline = torch.as_tensor(baseline, dtype=torch.float64)
+    return scorer, chunks
 
 
 def _check_rows(prompt_ids, completion_ids, alphas, weights, positions) -> None:
@@ -261,6 +248,34 @@ class _ChunkScorer:
     positions: PathPositions
     memory_budget: MemoryBudget | None
     baseline: Tensor | None = None
+
+    def score_chunks(self, state, chunks, rows, progress, on_progress, save_every) -> None:
+        """Fill ``state`` chunk by chunk (skipping chunks already done), reporting progress."""
+        prompt_ids, completion_ids, alphas, weights = rows
+        started = last_saved = time.perf_counter()
+        computed = 0
+        bar = tqdm(
+            total=len(prompt_ids),
+            initial=int(state.done.sum()),
+            desc="ipg: scoring",
+            unit="row",
+            disable=not progress,
+        )
+        for chunk in chunks:
+            if bool(state.done[chunk].all()):
+                continue
+            prompts = [prompt_ids[r] for r in chunk]
+            completions = [completion_ids[r] for r in chunk]
+            per_row, sequence = self(prompts, completions, alphas[chunk], weights[chunk])
+            state.contributions[chunk], state.sequence_logprobs[chunk] = per_row, sequence
+            state.done[chunk] = True
+            computed += len(chunk)
+            bar.update(len(chunk))
+            if on_progress is not None and time.perf_counter() - last_saved > save_every:
+                on_progress(state)
+                last_saved = time.perf_counter()
+        bar.close()
+        state.rows_per_second = computed / max(time.perf_counter() - started, 1e-9)
 
     def __call__(self, prompts, completions, alphas, weights) -> tuple[Tensor, Tensor]:
         return _chunk_contributions(

@@ -117,6 +117,44 @@ def run_int_experiment(
     )
     if not pool.problems:
         raise IpgkitError(f"no problem of {config.family} hard-train has pass@{config.k} = 0")
+    rule, own = _interventions(policy, train, pool, config, out, progress)
+    yields = pd.concat([rule.yields, own.yields], ignore_index=True)
+    table = _cached_frame(
+        out / "interventions.csv",
+        lambda: continuation_table(policy, train, rule, n=config.table_samples, seed=config.seed),
+    )
+
+    datasets = {
+        "int": int_examples(policy, rule),
+        "ref-sft": reference_examples(policy, pool.problems),
+    }
+    if not datasets["int"]:
+        raise IpgkitError("no intervention survived the filters; nothing to fine-tune on")
+    tuned = {
+        name: _sft_policy(policy, examples, config.sft, out / f"sft_{name}.pt", progress)
+        for name, examples in datasets.items()
+    }
+    on_policy = _cached_frame(
+        out / "on_policy.csv",
+        lambda: _on_policy_table(policy, tuned, datasets, rule, train, pool, config),
+    )
+
+    starts = {"grpo": policy, "int+grpo": tuned["int"], "ref-sft+grpo": tuned["ref-sft"]}
+    steps, finals = _grpo_arms(starts, pool, train, held_out, config, out, progress)
+    tables = {
+        "yields": yields,
+        "interventions": table,
+        "on_policy": on_policy,
+        "steps": pd.concat(steps, ignore_index=True),
+        "final": pd.concat(finals, ignore_index=True),
+    }
+    for name, frame in tables.items():
+        atomic_write_text(out / f"{name}.csv", frame.to_csv(index=False))
+    return tables
+
+
+def _interventions(policy, train, pool: HardPool, config, out: Path, progress: bool):
+    """The reference checker's and the model's own interventions on the pool (cached)."""
     rule: InterventionSet = _cached(
         out / "interventions_rule.json",
         lambda: propose_interventions(
@@ -141,29 +179,12 @@ def run_int_experiment(
             progress=progress,
         ),
     )
-    yields = pd.concat([rule.yields, own.yields], ignore_index=True)
-    table = _cached_frame(
-        out / "interventions.csv",
-        lambda: continuation_table(policy, train, rule, n=config.table_samples, seed=config.seed),
-    )
+    return rule, own
 
-    datasets = {
-        "int": int_examples(policy, rule),
-        "ref-sft": reference_examples(policy, pool.problems),
-    }
-    if not datasets["int"]:
-        raise IpgkitError("no intervention survived the filters; nothing to fine-tune on")
-    tuned = {
-        name: _sft_policy(policy, examples, config.sft, out / f"sft_{name}.pt", progress)
-        for name, examples in datasets.items()
-    }
-    on_policy = _cached_frame(
-        out / "on_policy.csv",
-        lambda: _on_policy_table(policy, tuned, datasets, rule, train, pool, config),
-    )
 
+def _grpo_arms(starts: dict, pool: HardPool, train, held_out, config, out: Path, progress: bool):
+    """GRPO from each start (same problems, settings and held-out set): logs and evaluations."""
     steps, finals = [], []
-    starts = {"grpo": policy, "int+grpo": tuned["int"], "ref-sft+grpo": tuned["ref-sft"]}
     for arm, start in starts.items():
         model = start.clone()
         run = grpo_train(
@@ -179,16 +200,7 @@ def run_int_experiment(
         if arm == "grpo":  # the untrained model, evaluated with the same seed before step 1
             finals.append(run.evals[run.evals.step == 0].assign(arm="base"))
         finals.append(run.evals.assign(arm=arm))
-    tables = {
-        "yields": yields,
-        "interventions": table,
-        "on_policy": on_policy,
-        "steps": pd.concat(steps, ignore_index=True),
-        "final": pd.concat(finals, ignore_index=True),
-    }
-    for name, frame in tables.items():
-        atomic_write_text(out / f"{name}.csv", frame.to_csv(index=False))
-    return tables
+    return steps, finals
 
 
 #: the classes an InT record may hold (JSON, rebuilt from this list only: nothing is unpickled)

@@ -167,16 +167,44 @@ def real_model_study(
     ws = Workspace(out, asdict(config), overwrite=overwrite)
     started = time.perf_counter()
     policy = load_model(config.model)
-    key = config.model
+    benchmarks = _benchmarks(ws, policy, config, progress)
+    rollouts, result = _length_attribution(ws, policy, config, progress)
+    top = result.to_dataframe().sort_values("rank").head(config.top).reset_index(drop=True)
+    tables = {
+        "benchmarks": pd.DataFrame(benchmarks),
+        "top_neurons": top,
+        "length_steering": _length_steering(ws, policy, config, result, progress),
+    }
+    for name, frame in tables.items():
+        ws.table(name, asdict(config), lambda frame=frame: frame)
+    ws.note(
+        "real_model",
+        {
+            "seconds": time.perf_counter() - started,
+            "support_length_mean": float(rollouts.rewards.mean()),
+            "support_length_std": float(rollouts.rewards.std()),
+            "frac_reward_zero_std": float(rollouts.frac_reward_zero_std),
+            "ipg_info": {k: v for k, v in result.info.items() if isinstance(v, int | float | str)},
+        },
+    )
+    return tables
 
-    benchmarks = []
+
+def _benchmarks(ws: Workspace, policy, config: RealModelConfig, progress: bool) -> list[dict]:
+    """Greedy GSM8K and MATH500 accuracy within ``benchmark_tokens``."""
+    rows = []
     for name in ("gsm8k", "math500"):
-        task = load(name, split="test", path=data / name, n=config.benchmark_problems)
+        task = load(name, split="test", path=Path(config.data) / name, n=config.benchmark_problems)
         outcome = ws.evaluate(
-            policy, key, task, max_new_tokens=config.benchmark_tokens, progress=progress
+            policy, config.model, task, max_new_tokens=config.benchmark_tokens, progress=progress
         )
-        benchmarks.append(benchmark_row(name, outcome, config.benchmark_tokens))
+        rows.append(benchmark_row(name, outcome, config.benchmark_tokens))
+    return rows
 
+
+def _length_attribution(ws: Workspace, policy, config: RealModelConfig, progress: bool):
+    """Support rollouts rewarded by length, and IPG of the MLP neurons at ``layer`` on them."""
+    key, data = config.model, Path(config.data)
     support = load("gsm8k", split="train", path=data / "gsm8k", n=config.support)
     sampling = dict(
         n=config.n_rollouts,
@@ -215,18 +243,28 @@ def real_model_study(
         },
         attribute,
     )
-    top = result.to_dataframe().sort_values("rank").head(config.top).reset_index(drop=True)
+    return rollouts, result
 
-    held_out = load("gsm8k", split="test", path=data / "gsm8k", n=config.held_out)
+
+def _length_steering(ws: Workspace, policy, config: RealModelConfig, result, progress: bool):
+    """IPG's top set and random sets at each gamma against the unsteered model (held-out GSM8K)."""
+    held_out = load("gsm8k", split="test", path=Path(config.data) / "gsm8k", n=config.held_out)
     budget = config.steering_tokens
 
     def run(components=None, gamma=1.0) -> Outcome:
         return ws.evaluate(
-            policy, key, held_out, components, gamma, max_new_tokens=budget, progress=progress
+            policy,
+            config.model,
+            held_out,
+            components,
+            gamma,
+            max_new_tokens=budget,
+            progress=progress,
         )
 
     base = run()
     rows = [steering_row("unsteered", 1.0, base, [base], budget)]
+    units = mlp_neurons(config.layer)
     randoms = [
         random_baseline(policy, units, seed).top(config.top) for seed in range(config.random_seeds)
     ]
@@ -234,25 +272,7 @@ def real_model_study(
         rows.append(steering_row("IPG", gamma, base, [run(result.top(config.top), gamma)], budget))
         steered = [run(chosen, gamma) for chosen in randoms]
         rows.append(steering_row("Random", gamma, base, steered, budget))
-
-    tables = {
-        "benchmarks": pd.DataFrame(benchmarks),
-        "top_neurons": top,
-        "length_steering": pd.DataFrame(rows),
-    }
-    for name, frame in tables.items():
-        ws.table(name, asdict(config), lambda frame=frame: frame)
-    ws.note(
-        "real_model",
-        {
-            "seconds": time.perf_counter() - started,
-            "support_length_mean": float(rollouts.rewards.mean()),
-            "support_length_std": float(rollouts.rewards.std()),
-            "frac_reward_zero_std": float(rollouts.frac_reward_zero_std),
-            "ipg_info": {k: v for k, v in result.info.items() if isinstance(v, int | float | str)},
-        },
-    )
-    return tables
+    return pd.DataFrame(rows)
 
 
 __all__ = [

@@ -168,30 +168,13 @@ def distilled_transfer(suite: Suite) -> pd.DataFrame:
     teacher_base = run(None, 0, 1.0, suite.policy, suite.policy_key)
     student_base = run(None, 0, 1.0, model, key)
     for name, outcomes in (("base", teacher_base), ("distilled", student_base)):
-        rows.append(
-            {
-                "model": name,
-                "set": "none",
-                "condition": "unsteered",
-                "p": 0,
-                "gamma": 1.0,
-                "check_rate": check_rate(outcomes[0].texts),
-                **condition_row(outcomes, outcomes),
-            }
-        )
+        rows.append(_transfer_row(name, "none", "unsteered", 0, 1.0, outcomes, outcomes))
     own_rollouts = suite.support_rollouts(model, key, max_new_tokens=budget).select(
         range(suite.support_count)
     )
     own = suite.ipg("ipg_student", model, key, units, own_rollouts)
     p_enhance, gamma_enhance = chosen(suite, "IPG")
-    candidates = {"IPG (base model's)": suite.methods["IPG"]}
-    if "Random" in suite.methods:
-        candidates["Random"] = SelectedSets(
-            "Random", "neuron", model, key, suite.methods["Random"].results[:3]
-        )
-    if "Activation" in suite.methods:
-        candidates["Activation (base model's)"] = suite.methods["Activation"]
-    candidates["IPG (student's own)"] = SelectedSets("IPG", "neuron", model, key, [own])
+    candidates = _transferred_sets(suite, model, key, own)
     for name, sets in candidates.items():
         for condition, (p, gamma) in (
             ("enhance", (p_enhance, gamma_enhance)),
@@ -204,23 +187,39 @@ def distilled_transfer(suite: Suite) -> pd.DataFrame:
                 if name == "IPG (student's own)" and model_name == "base":
                     continue
                 steered = run(sets, p, gamma, policy, policy_key)
-                rows.append(
-                    {
-                        "model": model_name,
-                        "set": name,
-                        "condition": condition,
-                        "p": p,
-                        "gamma": gamma,
-                        "check_rate": float(np.mean([check_rate(o.texts) for o in steered])),
-                        **condition_row(base, steered),
-                    }
-                )
+                rows.append(_transfer_row(model_name, name, condition, p, gamma, base, steered))
     overlap = dice(
         suite.methods["IPG"].results[0].top(config.suppress_p), own.top(config.suppress_p)
     )
     frame = pd.DataFrame(rows)
     frame["dice_base_vs_student_ipg"] = overlap
     return frame
+
+
+def _transfer_row(model, name, condition, p, gamma, base, steered) -> dict:
+    return {
+        "model": model,
+        "set": name,
+        "condition": condition,
+        "p": p,
+        "gamma": gamma,
+        "check_rate": float(np.mean([check_rate(o.texts) for o in steered])),
+        **condition_row(base, steered),
+    }
+
+
+def _transferred_sets(suite: Suite, model, key, own) -> dict[str, SelectedSets]:
+    """The sets steered on both models: the base model's IPG and Activation sets, three random
+    ones, and the student's own IPG set."""
+    candidates = {"IPG (base model's)": suite.methods["IPG"]}
+    if "Random" in suite.methods:
+        candidates["Random"] = SelectedSets(
+            "Random", "neuron", model, key, suite.methods["Random"].results[:3]
+        )
+    if "Activation" in suite.methods:
+        candidates["Activation (base model's)"] = suite.methods["Activation"]
+    candidates["IPG (student's own)"] = SelectedSets("IPG", "neuron", model, key, [own])
+    return candidates
 
 
 def reasoning_strength(suite: Suite) -> pd.DataFrame:

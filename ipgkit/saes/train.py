@@ -150,13 +150,7 @@ def train_sae(
         >>> sae = train_sae(policy, SAETrainingConfig(layer=2), out_dir="saes/arith-L2")  # doctest: +SKIP
     """
     from datasets import Dataset
-    from sae_lens import (
-        SAE,
-        LanguageModelSAERunnerConfig,
-        LanguageModelSAETrainingRunner,
-        LoggingConfig,
-        TopKTrainingSAEConfig,
-    )
+    from sae_lens import SAE, LanguageModelSAETrainingRunner
 
     config = config or SAETrainingConfig()
     model = policy.model
@@ -187,40 +181,8 @@ def train_sae(
     )
     steps = config.training_tokens // config.train_batch_size_tokens
     with tempfile.TemporaryDirectory(prefix="ipgkit-sae-") as scratch:
-        runner_config = LanguageModelSAERunnerConfig(
-            sae=TopKTrainingSAEConfig(
-                d_in=model.cfg.d_model,
-                d_sae=config.expansion * model.cfg.d_model,
-                k=config.k,
-                dtype="float32",
-            ),
-            model_name=policy.name,
-            hook_name=sae_site(config.layer),
-            dataset_path="",
-            is_dataset_tokenized=True,
-            streaming=False,
-            context_size=context_size,
-            prepend_bos=False,
-            training_tokens=config.training_tokens,
-            train_batch_size_tokens=config.train_batch_size_tokens,
-            store_batch_size_prompts=64,
-            # the mixing buffer must hold at least one training batch (sae-lens checks it)
-            n_batches_in_buffer=max(
-                8, 2 * math.ceil(config.train_batch_size_tokens / context_size)
-            ),
-            device="cpu",
-            lr=config.lr,
-            lr_warm_up_steps=config.lr_warm_up_steps,
-            lr_decay_steps=steps // 5,
-            dead_feature_window=config.dead_feature_window,
-            feature_sampling_window=2 * config.dead_feature_window,
-            exclude_special_tokens=excluded,
-            seed=config.seed,
-            verbose=progress,
-            logger=LoggingConfig(log_to_wandb=False),
-            output_path=str(Path(scratch) / "runner"),
-            checkpoint_path=str(Path(scratch) / "checkpoints"),
-            model_from_pretrained_kwargs={},
+        runner_config = _runner_config(
+            policy, config, context_size, excluded, steps, scratch, progress
         )
         with _quiet_sae_lens():
             LanguageModelSAETrainingRunner(
@@ -239,6 +201,46 @@ def train_sae(
             {"config": asdict(config), "n_traces": len(traces), "context_size": context_size},
         )
     return sae
+
+
+def _runner_config(policy, config, context_size, excluded, steps, scratch, progress):
+    """sae-lens's training-runner settings for a TopK SAE on ``config.layer``'s residual stream."""
+    from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig, TopKTrainingSAEConfig
+
+    model = policy.model
+    return LanguageModelSAERunnerConfig(
+        sae=TopKTrainingSAEConfig(
+            d_in=model.cfg.d_model,
+            d_sae=config.expansion * model.cfg.d_model,
+            k=config.k,
+            dtype="float32",
+        ),
+        model_name=policy.name,
+        hook_name=sae_site(config.layer),
+        dataset_path="",
+        is_dataset_tokenized=True,
+        streaming=False,
+        context_size=context_size,
+        prepend_bos=False,
+        training_tokens=config.training_tokens,
+        train_batch_size_tokens=config.train_batch_size_tokens,
+        store_batch_size_prompts=64,
+        # the mixing buffer must hold at least one training batch (sae-lens checks it)
+        n_batches_in_buffer=max(8, 2 * math.ceil(config.train_batch_size_tokens / context_size)),
+        device="cpu",
+        lr=config.lr,
+        lr_warm_up_steps=config.lr_warm_up_steps,
+        lr_decay_steps=steps // 5,
+        dead_feature_window=config.dead_feature_window,
+        feature_sampling_window=2 * config.dead_feature_window,
+        exclude_special_tokens=excluded,
+        seed=config.seed,
+        verbose=progress,
+        logger=LoggingConfig(log_to_wandb=False),
+        output_path=str(Path(scratch) / "runner"),
+        checkpoint_path=str(Path(scratch) / "checkpoints"),
+        model_from_pretrained_kwargs={},
+    )
 
 
 def _plain_decoder(sae):

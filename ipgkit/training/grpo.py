@@ -188,21 +188,7 @@ def grpo_train(
         start, log = saved["step"], saved["log"]
         evals = [pd.DataFrame(saved["evals"])] if saved["evals"] else []
     reference = _reference(policy, ref_policy, config, saved)
-
-    def save(step: int) -> None:
-        if store is None:
-            return
-        state = {
-            "step": step,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "log": log,
-            "evals": pd.concat(evals).to_dict("records") if evals else [],
-        }
-        if reference is not None and ref_policy is None:
-            state["reference"] = reference.model.state_dict()
-        store.save(state)
-        atomic_write_text(store.path.with_name("log.csv"), pd.DataFrame(log).to_csv(index=False))
+    own_reference = reference if ref_policy is None else None
 
     if start == 0:
         _evaluate_at(0, policy, eval_task, config, evals)
@@ -210,20 +196,7 @@ def grpo_train(
         total=config.max_steps, initial=start, desc="grpo", unit="step", disable=not progress
     )
     for step in range(start, config.max_steps):
-        started = time.perf_counter()
-        rollouts = sample(
-            policy,
-            _step_problems(problems, config, step),
-            n=config.num_generations,
-            temperature=config.temperature,
-            top_p=config.top_p,
-            max_new_tokens=config.max_completion_length,
-            seed=config.seed * 100_003 + step,
-            batch_size=config.per_device_train_batch_size,
-            reward=reward,
-        )
-        row = grpo_step(policy, optimizer, rollouts, config, reference)
-        row.update(step=step + 1, seconds=time.perf_counter() - started)
+        row = _train_step(policy, optimizer, problems, reward, config, reference, step)
         log.append(row)
         bar.update(1)
         bar.set_postfix(
@@ -232,11 +205,47 @@ def grpo_train(
         if (step + 1) % config.eval_every == 0 or step + 1 == config.max_steps:
             _evaluate_at(step + 1, policy, eval_task, config, evals)
         if (step + 1) % config.save_steps == 0 or step + 1 == config.max_steps:
-            save(step + 1)
+            _save(store, step + 1, model, optimizer, log, evals, own_reference)
     bar.close()
     _evaluate_at(config.max_steps, policy, eval_task, config, evals)
     frame = pd.concat(evals, ignore_index=True) if evals else pd.DataFrame()
     return GRPORun(pd.DataFrame(log), frame)
+
+
+def _train_step(policy, optimizer, problems, reward, config: GRPOConfig, reference, step) -> dict:
+    """Sample step ``step``'s rollouts (seed and prompts are functions of the step) and update."""
+    started = time.perf_counter()
+    rollouts = sample(
+        policy,
+        _step_problems(problems, config, step),
+        n=config.num_generations,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_new_tokens=config.max_completion_length,
+        seed=config.seed * 100_003 + step,
+        batch_size=config.per_device_train_batch_size,
+        reward=reward,
+    )
+    row = grpo_step(policy, optimizer, rollouts, config, reference)
+    row.update(step=step + 1, seconds=time.perf_counter() - started)
+    return row
+
+
+def _save(store: Checkpoint | None, step, model, optimizer, log, evals, own_reference) -> None:
+    """Checkpoint after ``step`` (the reference too when the run made its own) and the log."""
+    if store is None:
+        return
+    state = {
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "log": log,
+        "evals": pd.concat(evals).to_dict("records") if evals else [],
+    }
+    if own_reference is not None:
+        state["reference"] = own_reference.model.state_dict()
+    store.save(state)
+    atomic_write_text(store.path.with_name("log.csv"), pd.DataFrame(log).to_csv(index=False))
 
 
 def _reference(
