@@ -94,7 +94,8 @@ def main() -> None:
     rates = {name: counts[name] / statistics.median(t) for name, t in timings.items()}
     same = sum(a == b for a, b in zip(outputs["ipgkit"], outputs["hugging_face"], strict=True))
     print(
-        f"SmolLM2-135M-Instruct: batch {args.batch} x up to {args.new_tokens} new tokens, greedy, prompts up to "
+        f"SmolLM2-135M-Instruct: batch {args.batch} x up to {args.new_tokens} new tokens, greedy, "
+        "prompts up to "
         f"{width} tokens, {torch.get_num_threads()} threads, median of {args.repeats}"
     )
     for name, rate in rates.items():

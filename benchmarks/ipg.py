@@ -134,14 +134,17 @@ def main() -> None:
         print(f"{name:32s} {value:7.2f} s   (runs: {spread})")
     print()
     print(
-        f"(a) sequential / packed            {median['sequential'] / median['packed']:5.2f}   target >= 3"
+        f"(a) sequential / packed            {median['sequential'] / median['packed']:5.2f}"
+        "   target >= 3"
     )
     for floor in ("floor: backward to parameters", "floor: backward to inputs"):
         print(
-            f"(b) IPG scoring / {floor[7:]:17s}{median['packed'] / median[floor]:5.2f}   target <= 1.3"
+            f"(b) IPG scoring / {floor[7:]:17s}{median['packed'] / median[floor]:5.2f}"
+            "   target <= 1.3"
         )
     print(
-        f"(c) all units / one unit           {median['packed'] / median['one unit']:5.2f}   target <= 1.1"
+        f"(c) all units / one unit           {median['packed'] / median['one unit']:5.2f}"
+        "   target <= 1.1"
     )
     print(
         f"\none attribution of this size, sampling included: "

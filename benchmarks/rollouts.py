@@ -73,15 +73,18 @@ def main() -> None:
             timings[name].append(time.perf_counter() - started)
     rates = {name: counts[name] / statistics.median(t) for name, t in timings.items()}
     print(
-        f"arith-word {args.split}: batch {args.batch} x up to {args.new_tokens} new tokens, prompts up to {width} tokens, "
+        f"arith-word {args.split}: batch {args.batch} x up to {args.new_tokens} new tokens, "
+        f"prompts up to {width} tokens, "
         f"T={args.temperature}, {torch.get_num_threads()} threads, median of {args.repeats}"
     )
     for name, rate in rates.items():
         print(
-            f"  {name:17s} {counts[name]:6d} tokens  {statistics.median(timings[name]):6.2f} s  {rate:8.0f} tokens/s"
+            f"  {name:17s} {counts[name]:6d} tokens  {statistics.median(timings[name]):6.2f} s"
+            f"  {rate:8.0f} tokens/s"
         )
     print(
-        f"throughput ratio ipgkit / transformer_lens: {rates['ipgkit'] / rates['transformer_lens']:.2f}x"
+        "throughput ratio ipgkit / transformer_lens: "
+        f"{rates['ipgkit'] / rates['transformer_lens']:.2f}x"
     )
 
 

@@ -45,12 +45,25 @@ def main() -> None:
     features = ipgkit.sae_features(policy, layer=args.layer)
     support = ipgkit.tasks.load("arith-word", split="train", n=args.prompts)
     # the spliced model equals the plain one, so sample from the cheaper plain model
-    rollouts = ipgkit.sample(plain, support.problems, n=5, temperature=0.6, top_p=0.8,
-                             max_new_tokens=support.max_new_tokens, reward=support.correctness)  # fmt: skip
+    rollouts = ipgkit.sample(
+        plain,
+        support.problems,
+        n=5,
+        temperature=0.6,
+        top_p=0.8,
+        max_new_tokens=support.max_new_tokens,
+        reward=support.correctness,
+    )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="IPG completeness gap")
-        result = ipgkit.ipg(policy, support.problems, features, support.correctness,
-                            rollouts=rollouts, progress=True)  # fmt: skip
+        result = ipgkit.ipg(
+            policy,
+            support.problems,
+            features,
+            support.correctness,
+            rollouts=rollouts,
+            progress=True,
+        )
     data = HERE / "data"
     data.mkdir(exist_ok=True)
     result.save(data / f"sae_ipg_L{args.layer}.safetensors")
@@ -60,10 +73,17 @@ def main() -> None:
         f"ReasonScore top {args.top}": reason.top(args.top),
         f"random {args.top}": random_baseline(policy, features, seed=0).top(args.top),
     }
-    report = {"layer": args.layer, "prompts": args.prompts, "ipg": {
-        "delta": result.delta, "surrogate": result.info["surrogate"],
-        "frac_reward_zero_std": result.frac_reward_zero_std, "seconds": result.info["seconds"],
-        "top": result.to_dataframe().sort_values("rank").head(10).to_dict("records")}}  # fmt: skip
+    report = {
+        "layer": args.layer,
+        "prompts": args.prompts,
+        "ipg": {
+            "delta": result.delta,
+            "surrogate": result.info["surrogate"],
+            "frac_reward_zero_std": result.frac_reward_zero_std,
+            "seconds": result.info["seconds"],
+            "top": result.to_dataframe().sort_values("rank").head(10).to_dict("records"),
+        },
+    }
     ipg_top, reason_top = (set(s.indices) for s in list(sets.values())[:2])
     report["dice_ipg_reasonscore"] = 2 * len(ipg_top & reason_top) / (2 * args.top)
 
@@ -91,11 +111,23 @@ def main() -> None:
         for name, chosen in sets.items():
             with ipgkit.steer(policy, chosen, gamma=0.0):
                 table = ipgkit.evaluate(policy, task).set_index("metric").loc["accuracy@1"]
-            rows.append({"family": family, "set": name, "gamma": 0.0, "accuracy": table.value,
-                         "ci": [table.ci_low, table.ci_high]})  # fmt: skip
+            rows.append(
+                {
+                    "family": family,
+                    "set": name,
+                    "gamma": 0.0,
+                    "accuracy": table.value,
+                    "ci": [table.ci_low, table.ci_high],
+                }
+            )
     report["suppression"] = rows
-    print(json.dumps({k: report[k] for k in ("ipg", "dice_ipg_reasonscore", "suppression")},
-                     indent=1, default=str))  # fmt: skip
+    print(
+        json.dumps(
+            {k: report[k] for k in ("ipg", "dice_ipg_reasonscore", "suppression")},
+            indent=1,
+            default=str,
+        )
+    )
     (data / f"sae_features_L{args.layer}.json").write_text(
         json.dumps(report, indent=1, default=str)
     )

@@ -7,8 +7,8 @@ pass that scoring uses, so any steering active on the model applies here too.
 Example:
     >>> pages = feature_pages(policy, result.top(5), rollouts)            # doctest: +SKIP
     >>> print(pages.page(pages.units[0]))                                 # doctest: +SKIP
-    >>> frame = activation_by_progress(policy, {"IPG": result.top(20),
-    ...                                         "random": random.top(20)}, rollouts)  # doctest: +SKIP
+    >>> sets = {"IPG": result.top(20), "random": random.top(20)}          # doctest: +SKIP
+    >>> frame = activation_by_progress(policy, sets, rollouts)           # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ def feature_pages(
     return FeaturePages(components, contexts, output_tokens(policy, components, n_tokens))
 
 
-# --- process-level analysis -------------------------------------------------------------------------
+# --- process-level analysis -----------------------------------------------------------------------
 
 
 def step_of_tokens(

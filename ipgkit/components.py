@@ -8,9 +8,10 @@ A :class:`ComponentSet` names units the way TransformerLens names activations:
 - directions: orthonormal vectors at any hook (a control vector), the unit being the coordinate
   ``h . v`` along each direction.
 
-:func:`scaling_hook` builds the single forward hook that every pipeline uses: IPG (a factor alpha per
-batch row), steering (one gamma), training loops (whatever steering is active). It replaces the
-selected units h by ``h' + factor * (h - h')`` (baseline h' is zero unless given) on chosen positions:
+:func:`scaling_hook` builds the single forward hook that every pipeline uses: IPG (a factor
+alpha per batch row), steering (one gamma), training loops (whatever steering is active). It
+replaces the selected units h by ``h' + factor * (h - h')`` (baseline h' is zero unless given) on
+chosen positions:
 ``"all"``, ``"prompt"`` or ``"generated"``. Which positions are generated is set by the code that
 lays the batch out (sampling or teacher-forced scoring) through :func:`sequence_layout`.
 """
@@ -188,7 +189,7 @@ def _tuple(indices):
     return None if indices is None else tuple(int(i) for i in indices)
 
 
-#: the hook-name grammar: ``blocks.L.<hook>`` inside block L, ``blocks.L.hook_resid_post`` its output
+#: the hook-name grammar: ``blocks.L.<hook>`` is in block L, ``blocks.L.hook_resid_post`` its output
 _IN_BLOCK = re.compile(r"^blocks\.(\d+)\.")
 _RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
 _BEFORE_BLOCKS = ("hook_embed", "hook_pos_embed", "hook_tokens")
@@ -219,7 +220,8 @@ def resolve_hook(model, hook_name: str):
     hook_dict = model.hook_dict
     if hook_name not in hook_dict:
         raise HookNameError(
-            f"model has no hook point {hook_name!r}; closest names: {close_matches(hook_name, hook_dict)}"
+            f"model has no hook point {hook_name!r}; closest names: "
+            f"{close_matches(hook_name, hook_dict)}"
         )
     return hook_dict[hook_name]
 

@@ -50,7 +50,7 @@ def is_main() -> bool:
 
 
 def shard(count: int) -> range:
-    """The contiguous block of ``count`` items that this rank handles (sizes differ by at most 1)."""
+    """The contiguous block of ``count`` items this rank handles (sizes differ by at most 1)."""
     rank, size = world()
     if count < size:
         raise IpgkitError(f"{count} prompts cannot be shared among {size} processes; use fewer")

@@ -164,19 +164,16 @@ def evaluation_rollouts(
     so every rank returns the whole task's rollouts (sampled ones need ``seeding="problem"``).
     ``checkpoint_dir`` keeps each sampler's finished batches (one file per rank) for a resume."""
     if distributed.world()[1] > 1:
-        return _sharded_evaluation_rollouts(
-            policy,
-            task,
-            n_samples,
-            temperature,
-            top_p,
-            max_new_tokens,
-            batch_size,
-            seed,
-            progress,
-            seeding,
-            checkpoint_dir,
-        )
+        settings = {
+            "n_samples": n_samples,
+            "temperature": temperature,
+            "top_p": top_p,
+            "max_new_tokens": max_new_tokens,
+            "batch_size": batch_size,
+            "seed": seed,
+            "seeding": seeding,
+        }
+        return _sharded_evaluation_rollouts(policy, task, settings, progress, checkpoint_dir)
     settings = dict(
         max_new_tokens=max_new_tokens or task.max_new_tokens,
         batch_size=batch_size,
@@ -215,12 +212,9 @@ def evaluation_rollouts(
     return greedy, sampled
 
 
-def _sharded_evaluation_rollouts(policy, task, n_samples, *settings):
+def _sharded_evaluation_rollouts(policy, task, settings: dict, progress, checkpoint_dir):
     """Each rank decodes a contiguous block of problems; every rank gets all blocks back."""
-    temperature, top_p, max_new_tokens, batch_size, seed, progress, seeding, checkpoint_dir = (
-        settings
-    )
-    if n_samples and seeding != "problem":
+    if settings["n_samples"] and settings["seeding"] != "problem":
         raise IpgkitError("under torchrun, sampled evaluation needs seeding='problem'")
     rank, _ = distributed.world()
     block = distributed.shard(len(task))
@@ -228,19 +222,13 @@ def _sharded_evaluation_rollouts(policy, task, n_samples, *settings):
         mine = evaluation_rollouts(
             policy,
             replace(task, problems=task.problems[block.start : block.stop]),
-            n_samples,
-            temperature,
-            top_p,
-            max_new_tokens,
-            batch_size,
-            seed,
-            progress and rank == 0,
-            seeding,
-            None if checkpoint_dir is None else Path(checkpoint_dir) / f"rank{rank}",
+            progress=progress and rank == 0,
+            checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir) / f"rank{rank}",
+            **settings,
         )
     parts = distributed.gather(mine)
     greedy = Rollouts.concat([part[0] for part in parts], policy.pad_token_id)
-    if not n_samples:
+    if not settings["n_samples"]:
         return greedy, None
     return greedy, Rollouts.concat([part[1] for part in parts], policy.pad_token_id)
 

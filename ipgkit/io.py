@@ -173,7 +173,7 @@ def cached(
 
     Example:
         >>> frame = cached(root / "table.csv", compute, pd.read_csv,
-        ...                lambda f, p: atomic_write_text(p, f.to_csv(index=False)))  # doctest: +SKIP
+        ...                lambda f, p: atomic_write_text(p, f.to_csv()))   # doctest: +SKIP
     """
     path = Path(path)
     if path.exists():
@@ -187,7 +187,7 @@ def cached_state(path: str | os.PathLike, compute: Callable[[], Any], what: str)
     """Tensors and containers stored at ``path``, or ``compute()``'s, stored there atomically.
 
     Example:
-        >>> weights = cached_state(root / "sft.pt", lambda: model.state_dict(), "SFT weights")  # doctest: +SKIP
+        >>> cached_state(root / "sft.pt", model.state_dict, "SFT weights")  # doctest: +SKIP
     """
     return cached(path, compute, lambda file: load_torch_state(file, what), atomic_torch_save)
 

@@ -4,7 +4,8 @@ A TransformerLens forward/backward over one row of T tokens holds, per block, th
 backward needs (linear in T) and the attention scores and pattern, [heads, T, T] (quadratic: 3 GB
 per block for one 8k-token row of a 12-head model). A :class:`MemoryBudget` bounds the whole pass:
 
-- **fused attention** (:func:`fused_attention`): ``torch.nn.functional.scaled_dot_product_attention``
+- **fused attention** (:func:`fused_attention`):
+  ``torch.nn.functional.scaled_dot_product_attention``
   with a causal flag computes the same softmax(q k^T / scale) v without materialising [T, T]
   (on CPU as on CUDA), and its backward keeps only the log-sum-exp;
 - **block checkpointing** (:func:`checkpointed_blocks`): blocks above the one holding the

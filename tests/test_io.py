@@ -73,3 +73,49 @@ def test_load_torch_state_reads_plain_state_and_refuses_objects(tmp_path):
     (tmp_path / "empty.pt").write_bytes(b"")
     with pytest.raises(DataFormatError, match=r"empty\.pt is a truncated or corrupt checkpoint"):
         load_torch_state(tmp_path / "empty.pt")
+
+
+# --- the one checkpoint of every resumable command -----------------------------------------------
+
+
+def test_a_checkpoint_resumes_its_own_run_and_refuses_another(tmp_path):
+    from ipgkit.errors import IpgkitError
+    from ipgkit.io import Checkpoint
+
+    path = tmp_path / "run.pt"
+    identity = {"config": {"lr": 0.1, "betas": (0.9, 0.98)}, "problems": ["p0", "p1"]}
+    assert Checkpoint(path, identity, "demo checkpoint").load() is None
+    Checkpoint(path, identity, "demo checkpoint").save({"step": 3, "weights": torch.arange(4)})
+    state = Checkpoint(path, identity, "demo checkpoint").load()  # tuples compare as lists
+    assert state["step"] == 3 and torch.equal(state["weights"], torch.arange(4))
+    other = {**identity, "problems": ["p0"]}
+    with pytest.raises(IpgkitError, match=r"run\.pt holds a demo checkpoint of another run "):
+        Checkpoint(path, other, "demo checkpoint").load()
+    with pytest.raises(IpgkitError, match=r"differs in \['problems'\]"):
+        Checkpoint(path, other, "demo checkpoint").load()
+    assert Checkpoint(path, identity).load()["step"] == 3  # the refusal changed nothing
+
+
+def test_a_checkpoint_of_another_layout_is_refused_not_misread(tmp_path):
+    from ipgkit.io import Checkpoint
+
+    path = tmp_path / "old.pt"
+    torch.save({"identity": "abc", "batches": []}, path)  # the layout before the format version
+    with pytest.raises(DataFormatError, match=r"old\.pt is not a sampling checkpoint of this"):
+        Checkpoint(path, {"identity": "abc"}, "sampling checkpoint").load()
+    torch.save({"format": 1, "identity": {}, "state": {}}, path)
+    assert Checkpoint(path, {}, "sampling checkpoint").load() == {}
+
+
+def test_cached_computes_once_and_then_reads(tmp_path):
+    from ipgkit.io import cached_state
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"w": torch.ones(2)}
+
+    first = cached_state(tmp_path / "w.pt", compute, "weights")
+    again = cached_state(tmp_path / "w.pt", compute, "weights")
+    assert calls == [1] and torch.equal(first["w"], again["w"])

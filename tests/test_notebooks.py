@@ -1,4 +1,4 @@
-"""Run the notebooks' code cells in-process at a small size, so they never rot (no Jupyter needed)."""
+"""Run the notebooks' code cells in-process at a small size, so they never rot (no Jupyter)."""
 
 import ast
 import json

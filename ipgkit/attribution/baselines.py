@@ -126,7 +126,7 @@ def activation_magnitude(
 
 
 def concept_token_ids(policy: Policy, concepts: Sequence[str]) -> list[int]:
-    """Vocabulary ids whose text (stripped, lower-cased, word-piece markers removed) is a concept."""
+    """Vocabulary ids whose text (stripped, lower-cased, word pieces unmarked) is a concept."""
     wanted = {c.strip().lower() for c in concepts}
     ids = []
     for token_id in range(policy.model.cfg.d_vocab):

@@ -1,4 +1,5 @@
-"""Resuming an IPG run: its sampled rollouts and scored rows in one :class:`~ipgkit.io.Checkpoint`."""
+"""Resuming an IPG run: its sampled rollouts and scored rows in one
+:class:`~ipgkit.io.Checkpoint`."""
 
 from __future__ import annotations
 

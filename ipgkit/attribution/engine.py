@@ -58,7 +58,7 @@ class PathGradients:
 
 @contextlib.contextmanager
 def frozen_parameters(model) -> Iterator[None]:
-    """Switch off parameter gradients for the block (attribution needs activation gradients only)."""
+    """Switch off parameter gradients (attribution needs activation gradients only)."""
     flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
     for parameter, _ in flags:
         parameter.requires_grad_(False)

@@ -42,7 +42,8 @@ def _support_baseline(policy, components, config: IPGConfig, rollouts: Rollouts)
         units = len(components.resolved(policy.model))
         if baseline.shape != (units,):
             raise IpgkitError(
-                f"baseline tensor must have one value per unit ({units}), got {tuple(baseline.shape)}"
+                f"baseline tensor must have one value per unit ({units}), "
+                f"got {tuple(baseline.shape)}"
             )
         return baseline
     if config.baseline == "zero":

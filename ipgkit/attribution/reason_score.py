@@ -17,7 +17,7 @@ from ipgkit.rollouts import Rollouts, iter_activations
 
 from .result import AttributionResult
 
-#: reasoning moments in the embedded model's traces: operators, results, step breaks, the answer mark
+#: reasoning moments in the embedded model's traces: operators, results, step breaks, answer mark
 ARITHMETIC_REASONING_WORDS = ("+", "-", "*", "=", "\n", "####")
 #: reasoning vocabulary for chat models, in the spirit of Galichin et al.'s list
 REASONING_WORDS = (
@@ -51,7 +51,8 @@ def reason_score(
     ``window`` = (before, after) tokens of an occurrence of any reasoning word, D_r those around
     word r and D_notR the rest::
 
-        score_i = (mu(i, D_R) / sum_j mu(j, D_R) - mu(i, D_notR) / sum_j mu(j, D_notR)) * H_i ** alpha
+        score_i = (mu(i, D_R) / sum_j mu(j, D_R) - mu(i, D_notR) / sum_j mu(j, D_notR))
+                  * H_i ** alpha
         H_i = -sum_r p_ir log p_ir / log |R|,   p_ir = mu(i, D_r) / sum_r' mu(i, D_r')
 
     The entropy factor favours units that fire around many of the words over a detector of one

@@ -139,7 +139,7 @@ class AttributionResult:
         )
 
     def to_dataframe(self) -> pd.DataFrame:
-        """Tidy table, one row per unit: hook, kind, index, score, stderr, rank (1 = highest score)."""
+        """Tidy table, one row per unit: hook, kind, index, score, stderr, rank (1 = highest)."""
         rank = torch.empty(len(self), dtype=torch.long)
         rank[self.ranking("score")] = torch.arange(1, len(self) + 1)
         stderr = self.stderr.tolist() if self.stderr is not None else [math.nan] * len(self)
@@ -169,7 +169,7 @@ class AttributionResult:
             f"units={len(self)}, top=[{best}]{extra})"
         )
 
-    # --- persistence --------------------------------------------------------------------------------
+    # --- persistence ------------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write one ``.safetensors`` file (tensors + JSON metadata; no pickle). Atomic."""
@@ -220,7 +220,7 @@ class AttributionResult:
             header["info"],
         )
 
-    # --- plots ----------------------------------------------------------------------------------------
+    # --- plots ------------------------------------------------------------------------------------
 
     def plot(self, top: int = 20, ax=None, title: str | None = None):
         """Scores per unit index (with +-1 stderr where known), the ``top`` units highlighted.

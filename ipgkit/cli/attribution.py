@@ -16,7 +16,7 @@ def register(commands) -> None:
 
     attribute = commands.add_parser(
         "attribute",
-        help="IPG scores for the neurons or SAE features of one layer (table, result file and plot)",
+        help="IPG scores for the neurons or SAE features of one layer (table, result, plot)",
     )
     attribute.add_argument("--model", default="arith", help=MODEL_HELP)
     attribute.add_argument("--task", default="arith-word", help=TASK_HELP)

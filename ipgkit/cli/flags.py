@@ -9,7 +9,8 @@ config's value", for commands whose base config is chosen at run time (``--small
 Example:
     >>> parser = argparse.ArgumentParser()
     >>> add_config_flags(parser, GRPOConfig)                                # doctest: +SKIP
-    >>> config = config_from_args(GRPOConfig, parser.parse_args(["--beta", "0.1"]))  # doctest: +SKIP
+    >>> args = parser.parse_args(["--beta", "0.1"])                         # doctest: +SKIP
+    >>> config = config_from_args(GRPOConfig, args)                          # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -32,10 +32,8 @@ from ipgkit.tasks import load as load_task
 from ipgkit.tasks.base import Problem
 from ipgkit.tasks.verification import Intervention
 from ipgkit.training.grpo import GRPOConfig, grpo_train
+from ipgkit.training.int_records import FailedAttempt, HardPool, InterventionSet
 from ipgkit.training.interventions import (
-    FailedAttempt,
-    HardPool,
-    InterventionSet,
     ReferenceChecker,
     SelfProposer,
     continuation_table,

@@ -130,7 +130,8 @@ def markdown(card: dict) -> str:
     wide = table.pivot_table(index=["task", "split"], columns="metric", values="value", sort=False)
     ci = table[table.metric == "accuracy@1"].set_index(["task", "split"])
     lines = [
-        "| family | split | accuracy@1 (95% CI) | pass@8 | mixed correctness (8 @ T=0.7) | pass@8 = 0 |",
+        "| family | split | accuracy@1 (95% CI) | pass@8 | mixed correctness (8 @ T=0.7) "
+        "| pass@8 = 0 |",
         "|---|---|---|---|---|---|",
     ]
     pass_at_n = f"pass@{card['n_samples']}"

@@ -47,7 +47,7 @@ class RealModelConfig:
     Attributes:
         model: what :func:`ipgkit.load_model` loads (default: SmolLM2-135M-Instruct, offline).
         data: a folder holding ``gsm8k/`` and ``math500/`` JSONL files.
-        benchmark_problems: the first n problems of GSM8K-test and of MATH500 for the accuracy table.
+        benchmark_problems: the first n problems of GSM8K-test and MATH500 for the accuracy table.
         benchmark_tokens: greedy token budget of the accuracy table.
         layer: block whose MLP neurons are attributed and steered.
         support: GSM8K-train problems in the IPG support set.

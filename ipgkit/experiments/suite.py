@@ -208,7 +208,8 @@ class Suite:
     @cached_property
     def student(self) -> tuple[Policy, str]:
         """The distilled student (:func:`ipgkit.training.distill.distill`, trained once per
-        workspace and settings on train problems the support pool does not use) and its cache key."""
+        workspace and settings on train problems the support pool does not use) and its cache
+        key."""
         from ipgkit.training.distill import distill
 
         config = self.config

@@ -102,7 +102,8 @@ def dataset_transfer(suite: Suite) -> pd.DataFrame:
     suppression (``suppress_p`` at gamma = 0) and enhancement (IPG's validation choice).
 
     Example:
-        >>> dataset_transfer(suite)[["source", "target", "condition", "difference"]]  # doctest: +SKIP
+        >>> table = dataset_transfer(suite)                                   # doctest: +SKIP
+        >>> table[["source", "target", "condition", "difference"]]            # doctest: +SKIP
     """
     config = suite.config
     results = {d: r for d, r in dataset_sets(suite).items() if d.endswith("/train")}

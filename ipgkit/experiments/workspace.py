@@ -101,7 +101,7 @@ class Workspace:
 
     Example:
         >>> ws = Workspace("runs/experiments")                                # doctest: +SKIP
-        >>> outcome = ws.evaluate(policy, "arith", task, result.top(10), gamma=2.0)  # doctest: +SKIP
+        >>> outcome = ws.evaluate(policy, "arith", task, result.top(10), 2.0)  # doctest: +SKIP
     """
 
     def __init__(

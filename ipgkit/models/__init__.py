@@ -1,4 +1,4 @@
-"""Models: :func:`load_model` returns a :class:`Policy` (hooked model + tokenizer + prompt format)."""
+"""Models: :func:`load_model` returns a :class:`Policy` (hooked model, tokenizer, prompt format)."""
 
 from __future__ import annotations
 

@@ -101,7 +101,8 @@ def hooked_from_hf(hf_model, config_dir: str | os.PathLike, device: str = "cpu",
     architecture = (hf_model.config.architectures or ["?"])[0]
     if architecture not in CHECKED_ARCHITECTURES:
         warnings.warn(
-            f"{architecture} goes through TransformerLens's converter, but ipgkit's tests check only "
+            f"{architecture} goes through TransformerLens's converter, but ipgkit's tests check "
+            "only "
             f"{CHECKED_ARCHITECTURES}; compare a few logits with the Hugging Face model",
             stacklevel=3,
         )
@@ -140,7 +141,7 @@ def _gated_mlp_forward(self, x):
 
 
 def _unembed_forward(self, residual):
-    """TransformerLens 3.9's Unembed without its per-call copy of W_U (113 MB for a 49k vocabulary)."""
+    """TransformerLens 3.9's Unembed without its per-call copy of W_U (113 MB at 49k tokens)."""
     return F.linear(residual, self.W_U.T, self.b_U)
 
 
@@ -266,7 +267,7 @@ def load_hub_model(name: str, device: str = "cpu", dtype=None) -> Policy:
     Offline, either fails with one line that says what to do.
 
     Example:
-        >>> policy = load_hub_model("Qwen/Qwen2.5-Math-1.5B-Instruct", device="cuda")  # doctest: +SKIP
+        >>> policy = load_hub_model("Qwen/Qwen2.5-Math-1.5B-Instruct", "cuda")  # doctest: +SKIP
     """
     import transformer_lens.loading_from_pretrained as loading
     from transformers import AutoTokenizer

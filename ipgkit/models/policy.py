@@ -1,4 +1,4 @@
-"""A policy: a HookedTransformer plus its tokenizer and prompt format (what every pipeline takes)."""
+"""A policy: a HookedTransformer, its tokenizer and prompt format (what every pipeline takes)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ class Policy:
 
     Attributes:
         model: the hooked model (``HookedTransformer`` or ``HookedSAETransformer``).
-        tokenizer: its tokenizer (also set as ``model.tokenizer`` so TransformerLens string APIs work).
+        tokenizer: its tokenizer (also ``model.tokenizer``, so TransformerLens string APIs work).
         name: a short name for logs and result files.
         prompt_format: ``question -> prompt text``; a chat model's chat template, or the embedded
             model's ``"Q: ...\\nA:\\n"``.
@@ -47,7 +47,8 @@ class Policy:
             raise IpgkitError(
                 f"tokenizer of {self.name!r} needs a pad token (set tokenizer.pad_token)"
             )
-        # what TransformerLens's set_tokenizer does, minus its by-name reload (a hub look-up): attach
+        # what TransformerLens's set_tokenizer does, minus its by-name reload (a hub look-up):
+        # attach
         # the tokenizer and detect whether it adds BOS itself, so to_tokens prepends it exactly once
         self.model.tokenizer = self.tokenizer
         self.model.cfg.tokenizer_prepends_bos = len(self.tokenizer.encode("")) > 0

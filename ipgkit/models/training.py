@@ -82,7 +82,7 @@ def training_example(
 def batch_for_step(
     step: int, config: TrainingConfig, tokenizer, max_tokens: int = 512
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokens [batch, pos] (right-padded) and the loss mask over predicted positions [batch, pos-1]."""
+    """Tokens [batch, pos] (right-padded) and loss mask of predicted positions [batch, pos-1]."""
     block, offset = divmod(step, config.pool_batches)
     rng = random.Random(f"{config.seed}:block:{block}")
     pairs = [
@@ -111,7 +111,8 @@ def batch_for_step(
 def training_logits(model: HookedTransformer, tokens: torch.Tensor) -> torch.Tensor:
     """Logits [batch, pos, vocab] of ``model`` on right-padded ``tokens``, for pretraining only.
 
-    TransformerLens 3.9 materialises and masks the full attention matrix; this pass reuses the model's
+    TransformerLens 3.9 materialises and masks the full attention matrix; this pass reuses the
+    model's
     own submodules (LayerNorms, rotary, MLP, unembed) but computes attention with PyTorch's fused
     causal kernel, which makes from-scratch training 1.5x faster on CPU. It runs no hooks, so every
     ipgkit pipeline (sampling, scoring, attribution, steering, SFT, GRPO) uses the hooked forward;

@@ -30,7 +30,8 @@ def group_advantages(
 
     - ``mean_std`` (GRPO): ``(r - group mean) / (group std + eps)``;
     - ``mean`` (Dr. GRPO): ``r - group mean``;
-    - ``rloo`` (leave-one-out): ``r - mean of the other n - 1 rewards`` = ``n / (n - 1) (r - mean)``.
+    - ``rloo`` (leave-one-out): ``r - mean of the other n - 1 rewards``
+      = ``n / (n - 1) (r - mean)``.
       The only one whose score-function estimate is unbiased: the group mean includes the rollout's
       own reward, which shrinks the expected gradient by ``(n - 1) / n``;
     - ``none``: the raw reward.

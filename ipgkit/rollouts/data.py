@@ -167,7 +167,7 @@ class Rollouts:
         )
 
     def with_rewards(self, reward: RewardFunction) -> Rollouts:
-        """A copy with ``rewards`` filled in by a TRL-style reward function (checked for NaN/length)."""
+        """A copy with ``rewards`` from a TRL-style reward function (checked for NaN and length)."""
         columns = reward_columns(self.problems, repeats=self.n)
         columns["completion_ids"] = self.row_completion_ids()
         row_prompts = [self.prompts[g] for g in self.group_ids.tolist()]

@@ -15,7 +15,7 @@ from ipgkit.models.policy import Policy
 
 from .quality import evaluate_sae
 from .splice import SAES_DIR
-from .train import SAETrainingConfig, reasoning_traces, train_sae
+from .train import SAETrainingConfig, train_sae, training_traces
 
 
 def train_saes(
@@ -44,16 +44,7 @@ def train_saes(
             rows.append(json.loads((target / "metrics.json").read_text()))
             continue
         if traces is None:
-            traces = reasoning_traces(
-                policy,
-                config.sources,
-                config.n_traces,
-                config.temperature,
-                config.top_p,
-                config.max_new_tokens,
-                config.seed,
-                progress,
-            )
+            traces = training_traces(policy, config, progress)
         started = time.perf_counter()
         sae = train_sae(policy, replace(config, layer=layer), traces, target, progress)
         metrics = {**evaluate_sae(policy, sae), "train_seconds": time.perf_counter() - started}
@@ -65,14 +56,16 @@ def train_saes(
 def metrics_markdown(table: pd.DataFrame) -> str:
     """The saes/README.md table from :func:`train_saes`'s rows."""
     lines = [
-        "| layer | d_sae | k | FVU | L0 | dead latents | accuracy plain -> SAE only (change, 95% CI) |",
+        "| layer | d_sae | k | FVU | L0 | dead latents "
+        "| accuracy plain -> SAE only (change, 95% CI) |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in table.to_dict("records"):
         low, high = row["change_ci"]
         lines.append(
             f"| {row['layer']} | {row['d_sae']} | {row['k']} | {row['fvu']:.3f} | {row['l0']:.1f} "
-            f"| {row['dead_fraction']:.1%} | {row['accuracy']:.3f} -> {row['accuracy_spliced']:.3f} "
+            f"| {row['dead_fraction']:.1%} "
+            f"| {row['accuracy']:.3f} -> {row['accuracy_spliced']:.3f} "
             f"({row['accuracy_change']:+.3f}, [{low:+.3f}, {high:+.3f}]) |"
         )
     return "\n".join(lines)

@@ -121,6 +121,20 @@ def reasoning_traces(
     return traces[:n_traces]
 
 
+def training_traces(policy: Policy, config: SAETrainingConfig, progress: bool = True):
+    """The traces ``config`` trains on: :func:`reasoning_traces` with its sources and settings."""
+    return reasoning_traces(
+        policy,
+        config.sources,
+        config.n_traces,
+        config.temperature,
+        config.top_p,
+        config.max_new_tokens,
+        config.seed,
+        progress,
+    )
+
+
 def train_sae(
     policy: Policy,
     config: SAETrainingConfig | None = None,
@@ -147,7 +161,8 @@ def train_sae(
         The inference ``TopKSAE`` (decoder rows of unit norm, hook in ``cfg.metadata.hook_name``).
 
     Example:
-        >>> sae = train_sae(policy, SAETrainingConfig(layer=2), out_dir="saes/arith-L2")  # doctest: +SKIP
+        >>> sae = train_sae(policy, SAETrainingConfig(layer=2), out_dir="saes/arith-L2")
+        ... # doctest: +SKIP
     """
     from datasets import Dataset
     from sae_lens import SAE, LanguageModelSAETrainingRunner
@@ -156,19 +171,11 @@ def train_sae(
     model = policy.model
     if config.layer >= model.cfg.n_layers:
         raise IpgkitError(
-            f"layer {config.layer} is out of range: {policy.name} has layers 0..{model.cfg.n_layers - 1}"
+            f"layer {config.layer} is out of range: {policy.name} has layers "
+            f"0..{model.cfg.n_layers - 1}"
         )
     if traces is None:
-        traces = reasoning_traces(
-            policy,
-            config.sources,
-            config.n_traces,
-            config.temperature,
-            config.top_p,
-            config.max_new_tokens,
-            config.seed,
-            progress,
-        )
+        traces = training_traces(policy, config, progress)
     if not traces:
         raise IpgkitError("no traces to train the SAE on")
     context_size = max(len(t) for t in traces)

@@ -5,7 +5,8 @@ Two families share one step format (``23+15=38`` per line, then ``#### 38``) but
 - ``arith-word``: a short word problem (``Ann has 23 apples. She buys 15 more. ...``);
 - ``arith-chain``: a bare, fully parenthesised expression (``((23+15)-7)*2``).
 
-Each problem is a start value and a list of operations (add n, subtract n, multiply by k), with every
+Each problem is a start value and a list of operations (add n, subtract n, multiply by k), with
+every
 intermediate value in [0, 999]. Which split a problem belongs to is a hash of its content, so the
 train, validation and test splits are disjoint by construction whatever seeds are used.
 """
@@ -247,7 +248,7 @@ def make_failed_attempt(rng: random.Random, problem: Problem) -> list[str]:
 
 
 def _slip(rng: random.Random, value: int, minimum: int) -> int:
-    """A nearby wrong number: off by 1, 10 or 100 (a carry/borrow slip), never equal to ``value``."""
+    """A nearby wrong number: off by 1, 10 or 100 (a carry or borrow slip), never ``value``."""
     while True:
         candidate = value + rng.choice((-100, -10, -1, 1, 10, 100, -20, 20))
         if candidate >= minimum and candidate != value:

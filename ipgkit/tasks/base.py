@@ -83,7 +83,7 @@ class Task:
     def correctness(
         self, prompts: Sequence[str], completions: Sequence[str], answer: Sequence[str], **_: Any
     ) -> list[float]:
-        """Reward 1.0 when a completion's final answer matches the gold ``answer`` column, else 0.0."""
+        """Reward 1.0 when a completion's final answer matches the ``answer`` column, else 0.0."""
         return [float(self.grade(c, a)) for c, a in zip(completions, answer, strict=True)]
 
     def subset(self, limit: int | None) -> Task:

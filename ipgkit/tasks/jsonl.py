@@ -18,7 +18,7 @@ BOXED_INSTRUCTION = "Please reason step by step, and put your final answer withi
 
 
 def read_jsonl(path: str | Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; errors name the file and line (missing file, bad JSON, missing keys)."""
+    """Rows of a JSONL file; errors name the file and line (no file, bad JSON, missing keys)."""
     path = Path(path)
     if not path.exists():
         raise DataFormatError(f"data file not found: {path}")

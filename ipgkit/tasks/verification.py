@@ -161,8 +161,12 @@ def parse_intervention_text(text: str) -> ParseOutcome:
     content a non-empty string.
 
     Example:
-        >>> parse_intervention_text("<intervention>{'location': '2', 'content': '38-7=31'}")
-        ParseOutcome(intervention=Intervention(location=2, content='38-7=31'), status='repaired', repairs=('unclosed', 'quotes', 'location_text'))
+        >>> answer = "<intervention>{'location': '2', 'content': '38-7=31'}"
+        >>> outcome = parse_intervention_text(answer)
+        >>> outcome.intervention, outcome.status
+        (Intervention(location=2, content='38-7=31'), 'repaired')
+        >>> outcome.repairs
+        ('unclosed', 'quotes', 'location_text')
     """
     blocks = _blocks(text)
     if not blocks:

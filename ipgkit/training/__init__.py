@@ -7,10 +7,8 @@ Example:
 
 from ipgkit.training.distill import DistillConfig, add_checks, check_rate, distill
 from ipgkit.training.grpo import GRPOConfig, GRPORun, grpo_step, grpo_train, step_advantages
+from ipgkit.training.int_records import FailedAttempt, HardPool, InterventionSet
 from ipgkit.training.interventions import (
-    FailedAttempt,
-    HardPool,
-    InterventionSet,
     ReferenceChecker,
     SelfProposer,
     continuation_table,

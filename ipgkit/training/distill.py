@@ -50,7 +50,7 @@ _INVERSE = {"+": "-", "-": "+", "*": "/"}
 
 
 def step_is_right(line: str) -> bool | None:
-    """True/False for an ``a op b = c`` line whose arithmetic is right/wrong; None for other lines."""
+    """True/False for an ``a op b = c`` line whose arithmetic is right/wrong; else None."""
     match = _STEP.match(line.strip())
     if match is None:
         return None

@@ -282,7 +282,7 @@ def _evaluate_at(step: int, policy, eval_task, config: GRPOConfig, evals: list) 
 
 
 def _step_problems(problems: Sequence[Problem], config: GRPOConfig, step: int) -> list[Problem]:
-    """The prompts of ``step``: consecutive slices of a seeded permutation per pass over the data."""
+    """The prompts of ``step``: consecutive slices of one seeded permutation per pass."""
     count = config.prompts_per_step
     chosen = []
     for position in range(step * count, (step + 1) * count):

@@ -62,7 +62,7 @@ Student's attempt, one numbered step per line:
 
 Find the first step of the attempt that contains a critical error. Write ONE replacement for that step, in the attempt's own style, so that the attempt can continue correctly from there. Do not reveal the final answer.
 Answer only with
-<intervention>{{"location": <number of the wrong step>, "content": "<the replacement step>"}}</intervention>"""
+<intervention>{{"location": <number of the wrong step>, "content": "<the replacement step>"}}</intervention>"""  # noqa: E501 (the prompt's own lines)
 
 
 def hard_pool(

@@ -1,4 +1,5 @@
-"""The distilled student: check-style rewriting (exact text) and distillation from the embedded model."""
+"""The distilled student: check-style rewriting (exact text) and distillation from the embedded
+model."""
 
 import re
 
