@@ -18,7 +18,7 @@ from ipgkit.errors import IpgkitError
 from ipgkit.rollouts import sample
 from ipgkit.saes import attach_saes, sae_features
 from ipgkit.tasks.base import Problem, split_lines
-from tests.test_saes import random_sae
+from tests.saes.test_splice import random_sae
 
 matplotlib.use("Agg")
 

@@ -132,7 +132,7 @@ def _out_of_range(folder, policy):
 
 @case("SAE for another layer", IpgkitError, r"no SAE is spliced at blocks\.1\.hook_resid_post")
 def _sae_layer(folder, policy):
-    from tests.test_saes import random_sae
+    from tests.saes.test_splice import random_sae
 
     spliced = attach_saes(tiny_policy(), [random_sae(32, 0)])
     return lambda: sae_features(spliced, layer=1)
@@ -140,7 +140,7 @@ def _sae_layer(folder, policy):
 
 @case("SAE of another width", IpgkitError, r"d_in = 64.*width 32")
 def _sae_width(folder, policy):
-    from tests.test_saes import random_sae
+    from tests.saes.test_splice import random_sae
 
     return lambda: attach_saes(tiny_policy(), [random_sae(64, 0)])
 
@@ -354,7 +354,7 @@ def _foreign_result(folder, policy):
 )
 def _malformed_sae(folder, policy):
     from ipgkit.saes import load_sae, save_sae
-    from tests.test_saes import random_sae
+    from tests.saes.test_splice import random_sae
 
     sae_dir = save_sae(random_sae(32, 0), folder / "arith-L0")
     (sae_dir / "cfg.json").write_text('{"d_in": 32, "d_sae": ')

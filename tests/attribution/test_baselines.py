@@ -129,7 +129,7 @@ def test_integrated_gradients_are_complete_for_a_smooth_path(policy, support):
 
 def test_reason_score_matches_a_direct_computation(policy, support):
     from ipgkit.saes import attach_saes, sae_features
-    from tests.test_saes import random_sae
+    from tests.saes.test_splice import random_sae
 
     _, rollouts = support
     spliced = attach_saes(policy, [random_sae(32, 1, d_sae=48, k=6)])

@@ -81,7 +81,7 @@ def test_attribute_scores_sae_features(tmp_path, capsys):
     import pandas as pd
 
     from ipgkit.saes import save_sae
-    from tests.test_saes import random_sae
+    from tests.saes.test_splice import random_sae
 
     sae_dir = save_sae(random_sae(128, 1, d_sae=96, k=8), tmp_path / "arith-L1")
     out = tmp_path / "features.csv"

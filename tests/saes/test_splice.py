@@ -1,6 +1,5 @@
-"""SAE splicing, feature components and SAE training, on tiny random models and SAEs."""
+"""ipgkit.saes.splice: splicing keeps the model, feature components, feature IPG, loading."""
 
-import json
 import warnings
 
 import pytest
@@ -14,17 +13,12 @@ from ipgkit.components import mlp_neurons
 from ipgkit.errors import HookNameError, IpgkitError
 from ipgkit.rollouts import sample
 from ipgkit.saes import (
-    SAETrainingConfig,
     attach_saes,
     feature_hook,
     load_sae,
-    metrics_markdown,
-    reconstruction_metrics,
     sae_features,
-    save_sae,
     shipped_sae_dir,
     spliced_saes,
-    train_sae,
 )
 from ipgkit.steering import steer
 from ipgkit.tasks.base import Problem
@@ -213,78 +207,6 @@ def test_feature_ipg_runs_through_ipg_and_flags_gradients_through_error_terms(sp
             )
 
 
-def test_reconstruction_metrics_of_a_perfect_sae_are_exact():
-    """W_enc = [I, -I], W_dec = [I; -I], k = d_in: decode(encode(x)) = relu(x) - relu(-x) = x."""
-    policy = tiny_policy(seed=2)
-    d = policy.model.cfg.d_model
-    config = TopKSAEConfig(
-        d_in=d,
-        d_sae=2 * d,
-        k=d,
-        apply_b_dec_to_input=False,
-        metadata=SAEMetadata(hook_name="blocks.0.hook_resid_post"),
-    )
-    sae = TopKSAE(config)
-    with torch.no_grad():
-        eye = torch.eye(d)
-        sae.W_enc.copy_(torch.cat([eye, -eye], 1))
-        sae.W_dec.copy_(torch.cat([eye, -eye], 0))
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    traces = policy.encode(["Q: 1+2?\nA:\n3", "Q: 40*2?\nA:\n80\n#### 80"])
-    metrics = reconstruction_metrics(policy, sae, traces)
-    bos_free_tokens = sum(len(t) - 1 for t in traces)
-    assert metrics["tokens"] == bos_free_tokens
-    assert metrics["fvu"] == pytest.approx(0.0, abs=1e-12)
-    assert metrics["l0"] == pytest.approx(d)  # every coordinate is non-zero: one of +x, -x fires
-    assert metrics["dead_fraction"] == pytest.approx(0.0, abs=0.1)
-
-
-def test_train_sae_writes_a_loadable_sae_lens_folder(tmp_path):
-    policy = tiny_policy(seed=3)
-    traces = policy.encode(
-        [f"Q: {i}+{2 * i}?\nA:\n{i}+{2 * i}={3 * i}\n#### {3 * i}" for i in range(40)]
-    )
-    config = SAETrainingConfig(
-        layer=1,
-        k=4,
-        expansion=2,
-        training_tokens=65536,
-        lr=3e-3,
-        train_batch_size_tokens=512,
-        lr_warm_up_steps=5,
-    )
-    sae = train_sae(policy, config, traces=traces, out_dir=tmp_path / "tiny-L1", progress=False)
-    assert sorted(p.name for p in (tmp_path / "tiny-L1").iterdir()) == [
-        "cfg.json",
-        "ipgkit_training.json",
-        "sae_weights.safetensors",
-    ]
-    loaded = load_sae(tmp_path / "tiny-L1", policy)
-    assert loaded.cfg.metadata.hook_name == "blocks.1.hook_resid_post"
-    assert (loaded.cfg.d_sae, loaded.cfg.k, loaded.cfg.rescale_acts_by_decoder_norm) == (
-        64,
-        4,
-        False,
-    )
-    torch.testing.assert_close(loaded.W_dec.norm(dim=-1), torch.ones(64))
-    torch.testing.assert_close(loaded.W_enc, sae.W_enc)
-    saved = json.loads((tmp_path / "tiny-L1" / "ipgkit_training.json").read_text())
-    assert saved["config"]["k"] == 4 and saved["n_traces"] == 40
-    metrics = reconstruction_metrics(policy, loaded, traces)
-    assert metrics["fvu"] < 0.5 and metrics["l0"] <= 4  # it learned to reconstruct
-    with pytest.raises(IpgkitError, match="out of range"):
-        train_sae(policy, SAETrainingConfig(layer=5), traces=traces)
-
-
-def test_save_sae_replaces_a_folder_whole(tmp_path):
-    target = tmp_path / "x-L0"
-    save_sae(random_sae(32, 0), target, {"run": 1})
-    save_sae(random_sae(32, 0, seed=5), target, {"run": 2})
-    assert json.loads((target / "ipgkit_training.json").read_text()) == {"run": 2}
-    assert [p.name for p in tmp_path.iterdir()] == ["x-L0"]  # no staging folders left behind
-
-
 def test_missing_shipped_sae_and_bad_paths_get_clear_errors(tmp_path):
     policy = tiny_policy()
     with pytest.raises(IpgkitError, match="no shipped SAE for model 'tiny' at layer 1"):
@@ -293,28 +215,6 @@ def test_missing_shipped_sae_and_bad_paths_get_clear_errors(tmp_path):
         load_sae(tmp_path, policy)
     with pytest.raises(IpgkitError, match="needs the policy"):
         load_sae(1)
-
-
-def test_metrics_markdown_formats_one_row_per_layer():
-    import pandas as pd
-
-    row = {
-        "layer": 2,
-        "d_sae": 2048,
-        "k": 16,
-        "fvu": 0.0312,
-        "l0": 16.0,
-        "dead_fraction": 0.05,
-        "accuracy": 0.6,
-        "accuracy_spliced": 0.5,
-        "accuracy_change": -0.1,
-        "change_ci": [-0.15, -0.05],
-    }
-    text = metrics_markdown(pd.DataFrame([row]))
-    assert (
-        "| 2 | 2048 | 16 | 0.031 | 16.0 | 5.0% | 0.600 -> 0.500 (-0.100, [-0.150, -0.050]) |"
-        in text
-    )
 
 
 @pytest.mark.skipif(
