@@ -1,5 +1,7 @@
-"""After a refactor: re-run `ipgkit experiments --all` on a copy of the workspace whose tables were deleted, counting
-every generation batch and every IPG scoring pass: with the cache keys unchanged both stay at 0
+"""After a refactor: rederive every experiment table from a workspace's cache, counting model calls.
+
+Copies the workspace, deletes its tables and reruns ``ipgkit experiments --all`` on the copy while
+counting generation batches and IPG scoring passes. With the cache keys unchanged both stay at 0
 and every table comes back byte-identical.
 
     python benchmarks/cache_check.py runs/experiments /tmp/workspace-copy
@@ -10,44 +12,37 @@ import sys
 import time
 from pathlib import Path
 
-if len(sys.argv) != 3:
-    raise SystemExit("usage: python benchmarks/cache_check.py WORKSPACE SCRATCH_COPY")
-src, dst = Path(sys.argv[1]), Path(sys.argv[2])
-shutil.rmtree(dst, ignore_errors=True)
-shutil.copytree(src, dst)
-for table in dst.glob("*.csv"):
-    if table.name != "timings.csv":
-        table.unlink()
-
-import ipgkit.attribution.engine as engine
-import ipgkit.rollouts.sampling as sampling
-
-calls = {"generate": 0, "path_gradients": 0}
-real_generate, real_pg = sampling.generate, engine.path_gradients
-
-
-def generate(*a, **k):
-    calls["generate"] += 1
-    return real_generate(*a, **k)
-
-
-def path_gradients(*a, **k):
-    calls["path_gradients"] += 1
-    return real_pg(*a, **k)
-
-
-sampling.generate = generate
-engine.path_gradients = path_gradients
 import ipgkit.attribution.path_rows as path_rows
-
-path_rows.path_gradients = path_gradients
+import ipgkit.rollouts.sampling as sampling
 from ipgkit.cli import main
 
-started = time.perf_counter()
-code = main(["experiments", "--all", "--out", str(dst)])
-print("exit", code, "seconds", round(time.perf_counter() - started, 1), calls)
-for name in sorted(p.name for p in src.glob("*.csv")):
-    if name == "timings.csv":
-        continue
-    a, b = (src / name).read_text(), (dst / name).read_text()
-    print(name, "identical" if a == b else "DIFFERENT")
+
+def counted(calls: dict, name: str, function):
+    def wrapper(*args, **kwargs):
+        calls[name] += 1
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+def run(source: Path, copy: Path) -> None:
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(source, copy)
+    tables = sorted(p.name for p in source.glob("*.csv") if p.name != "timings.csv")
+    for name in tables:
+        (copy / name).unlink()
+    calls = {"generate": 0, "path_gradients": 0}
+    sampling.generate = counted(calls, "generate", sampling.generate)
+    path_rows.path_gradients = counted(calls, "path_gradients", path_rows.path_gradients)
+    started = time.perf_counter()
+    code = main(["experiments", "--all", "--out", str(copy)])
+    print(f"exit {code}, {time.perf_counter() - started:.1f} s, model calls {calls}")
+    for name in tables:
+        same = (source / name).read_bytes() == (copy / name).read_bytes()
+        print(f"{name}: {'identical' if same else 'DIFFERENT'}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        raise SystemExit("usage: python benchmarks/cache_check.py WORKSPACE SCRATCH_COPY")
+    run(Path(sys.argv[1]), Path(sys.argv[2]))
