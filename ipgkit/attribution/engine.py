@@ -278,75 +278,49 @@ class _ChunkScorer:
         state.rows_per_second = computed / max(time.perf_counter() - started, 1e-9)
 
     def __call__(self, prompts, completions, alphas, weights) -> tuple[Tensor, Tensor]:
-        return _chunk_contributions(
-            self.policy,
-            self.components,
-            self.hook_name,
-            self.shared_layer,
-            prompts,
-            completions,
-            alphas,
-            weights,
+        """One forward/backward: per-row contributions [rows, units] and sum log pi [rows]."""
+        policy, components, hook_name = self.policy, self.components, self.hook_name
+        baseline = self.baseline
+        scale = scaling_hook(components, alphas, self.positions, baseline)
+        captured: dict[str, Tensor] = {}
+
+        def scale_and_capture(activation: Tensor, hook) -> Tensor:
+            original = activation.detach()
+            scaled = scale(original, hook)
+            # a fresh leaf: the backward stops here, and its .grad is d objective / d h~
+            scaled = (scaled.clone() if scaled is original else scaled).requires_grad_(True)
+            captured["original"], captured["scaled"] = original, scaled
+            return scaled
+
+        # the backward runs inside the loop, under the memory budget's fused attention and
+        # checkpointed blocks (a budgeted iter_scores holds them until it is resumed)
+        with policy.model.hooks(fwd_hooks=[(hook_name, scale_and_capture)]):
+            for _, scores in iter_scores(
+                policy,
+                prompts,
+                completions,
+                len(prompts),
+                with_entropy=False,
+                shared_prefix_layer=self.shared_layer,
+                memory_budget=self.memory_budget,
+                gradient_from_block=gradient_block(hook_name, policy.model.cfg.n_layers),
+            ):
+                if "scaled" not in captured:
+                    raise IpgkitError(f"hook {hook_name} did not run in the forward pass")
+                sequence = scores.logprobs.sum(-1)
+                objective = (weights.to(sequence.device, sequence.dtype) * sequence).sum()
+                (gradient,) = torch.autograd.grad(objective, captured["scaled"])
+        # reduce in at least float32, whatever the model's dtype
+        precision = torch.promote_types(gradient.dtype, torch.float32)
+        difference = components.coordinates(captured["original"].to(precision))
+        if baseline is not None:
+            difference = difference - baseline.to(difference.device, precision)
+        mask = position_mask(
+            torch.tensor([len(p) for p in prompts]),
+            torch.tensor([len(c) for c in completions]),
+            difference.shape[1],
             self.positions,
-            self.baseline,
-            self.memory_budget,
-        )
-
-
-def _chunk_contributions(
-    policy,
-    components,
-    hook_name,
-    shared_layer,
-    prompts,
-    completions,
-    alphas,
-    weights,
-    positions,
-    baseline,
-    memory_budget=None,
-):
-    """One forward/backward: per-row contributions [rows, units] and sum log pi [rows]."""
-    scale = scaling_hook(components, alphas, positions, baseline)
-    captured: dict[str, Tensor] = {}
-
-    def scale_and_capture(activation: Tensor, hook) -> Tensor:
-        original = activation.detach()
-        scaled = scale(original, hook)
-        # a fresh leaf: the backward stops here, and its .grad is d objective / d h~
-        scaled = (scaled.clone() if scaled is original else scaled).requires_grad_(True)
-        captured["original"], captured["scaled"] = original, scaled
-        return scaled
-
-    # the backward runs inside the loop, under the memory budget's fused attention and
-    # checkpointed blocks (a budgeted iter_scores holds them until it is resumed)
-    with policy.model.hooks(fwd_hooks=[(hook_name, scale_and_capture)]):
-        for _, scores in iter_scores(
-            policy,
-            prompts,
-            completions,
-            len(prompts),
-            with_entropy=False,
-            shared_prefix_layer=shared_layer,
-            memory_budget=memory_budget,
-            gradient_from_block=gradient_block(hook_name, policy.model.cfg.n_layers),
-        ):
-            if "scaled" not in captured:
-                raise IpgkitError(f"hook {hook_name} did not run in the forward pass")
-            sequence = scores.logprobs.sum(-1)
-            objective = (weights.to(sequence.device, sequence.dtype) * sequence).sum()
-            (gradient,) = torch.autograd.grad(objective, captured["scaled"])
-    # reduce in at least float32, whatever the model's dtype
-    precision = torch.promote_types(gradient.dtype, torch.float32)
-    difference = components.coordinates(captured["original"].to(precision))
-    if baseline is not None:
-        difference = difference - baseline.to(difference.device, precision)
-    mask = position_mask(
-        torch.tensor([len(p) for p in prompts]),
-        torch.tensor([len(c) for c in completions]),
-        difference.shape[1],
-        positions,
-    ).to(difference.device, precision)
-    gradient = components.coordinates(gradient.to(precision))
-    per_row = torch.einsum("bpu,bpu,bp->bu", difference, gradient, mask)
-    return per_row.detach().double().cpu(), sequence.detach().double().cpu()
+        ).to(difference.device, precision)
+        gradient = components.coordinates(gradient.to(precision))
+        per_row = torch.einsum("bpu,bpu,bp->bu", difference, gradient, mask)
+        return per_row.detach().double().cpu(), sequence.detach().double().cpu()
