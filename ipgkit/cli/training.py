@@ -87,13 +87,16 @@ def run_int(args: argparse.Namespace) -> int:
     config = config_from_args(InTExperimentConfig, args, base)
     policy = ipgkit.load_model(args.model)
     tables = run_int_experiment(policy, config, args.out)
-    for name in ("yields", "interventions", "on_policy"):
-        print(f"\n{name}:\n{tables[name].to_string(index=False)}")
-    final = tables["final"]
-    final = final[final.step == final.groupby("arm").step.transform("max")]
-    print("\nheld-out after GRPO:")
-    table = final.pivot_table(index="arm", columns="metric", values="value", sort=False)
-    print(table.round(3).to_string())
+    for name in ("yields", "verifier", "interventions", "misplaced", "ablations", "on_policy"):
+        print(f"\n{name}:\n{tables[name].round(3).to_string(index=False)}")
+    print(f"\nheld-out after GRPO (mean over seeds {list(config.seeds)}):")
+    arms = tables["arms"]
+    print(arms.pivot_table(index="arm", columns="metric", values="value", sort=False).round(3))
+    paired = tables["paired"]
+    print("\npaired differences whose 95% interval excludes 0:")
+    outside = paired[paired.interval_excludes_0]
+    columns = ["metric", "arm", "versus", "difference", "ci_low", "ci_high", "p_value"]
+    print(outside[columns].round(3).to_string(index=False) if len(outside) else "  none")
     plot_int_experiment(tables, Path(args.out) / "int_grpo.png")
     print(f"\nwrote tables and int_grpo.png to {args.out}")
     return 0

@@ -1,13 +1,16 @@
-"""The InT paper's core comparison on the embedded model: base vs GRPO vs InT + GRPO vs
-reference-solution SFT + GRPO on a hard pool, with the same GRPO compute for every arm.
+"""The InT paper's core comparison on the embedded model: base vs GRPO vs InT + GRPO (with the
+model's own interventions, and with the rule-based checker's as the upper bound) vs
+reference-solution SFT + GRPO on a hard pool, with the same GRPO compute for every arm and several
+seeds per arm; plus the paper's SFT ablations and two questions it leaves open (a misplaced
+intervention, verification without the reference).
 
 Every stage writes its result to ``out_dir`` as it finishes (the hard pool, the interventions and
 their yields, the SFT weights, each arm's GRPO checkpoints, the tables), and a rerun with the same
 settings picks up where it stopped; a folder holding another configuration is refused.
 
 Example:
-    >>> tables = run_int_experiment(InTExperimentConfig(), "runs/int")   # doctest: +SKIP
-    >>> tables["final"]                                                  # doctest: +SKIP
+    >>> tables = run_int_experiment(policy, InTExperimentConfig(), "runs/int")  # doctest: +SKIP
+    >>> tables["paired"]                                                      # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -21,47 +24,66 @@ import pandas as pd
 from ipgkit.errors import IpgkitError
 from ipgkit.io import (
     atomic_write_text,
-    cached,
-    cached_state,
-    load_json_record,
-    save_json_record,
 )
 from ipgkit.models.policy import Policy
-from ipgkit.rollouts import sample, token_logprobs
 from ipgkit.tasks import load as load_task
-from ipgkit.tasks.base import Problem
-from ipgkit.tasks.verification import Intervention
 from ipgkit.training.grpo import GRPOConfig, grpo_train
-from ipgkit.training.int_records import FailedAttempt, HardPool, InterventionSet
+from ipgkit.training.int_records import HardPool
 from ipgkit.training.interventions import (
     ReferenceChecker,
     SelfProposer,
     continuation_table,
     hard_pool,
     int_examples,
-    intervention_logprob,
+    misplaced_table,
     propose_interventions,
 )
-from ipgkit.training.sft import SFTConfig, completion_nll, reference_examples, train_sft
+from ipgkit.training.sft import SFTConfig, reference_examples
 
-ARMS = ("base", "grpo", "int+grpo", "ref-sft+grpo")
+from .int_stages import (
+    ABLATIONS,
+    cached_frame,
+    cached_record,
+    on_policy_table,
+    sft_ablations,
+    sft_policy,
+)
+from .int_tables import (
+    arms_summary,
+    paired_arms,
+    per_problem_results,
+    plot_int_experiment,
+    verifier_agreement,
+)
+
+#: the arms: no training, GRPO alone, and GRPO after SFT on the model's own interventions, on the
+#: checker's interventions, and on the reference solutions
+ARMS = ("base", "grpo", "int-self+grpo", "int-checker+grpo", "ref-sft+grpo")
+#: the SFT set each fine-tuned arm starts from
+ARM_DATA = {
+    "int-self+grpo": "int-self",
+    "int-checker+grpo": "int-checker",
+    "ref-sft+grpo": "ref-sft",
+}
 
 
 @dataclass(frozen=True)
 class InTExperimentConfig:
-    """Settings of :func:`run_int_experiment` (defaults: the README's run, ~15 min on 2 cores).
+    """Settings of :func:`run_int_experiment` (defaults: the README's run on 2 cores).
 
     Attributes:
         family: arithmetic family of the hard pool and the held-out set.
         pool_candidates: hard-train problems tried for the pool.
         k: samples per problem; the pool holds those with pass@k = 0.
-        held_out: hard-test problems evaluated (accuracy@1, pass@k).
+        held_out: hard-test problems evaluated (accuracy@1, pass@k) after each arm.
         n_continuations: continuations sampled per intervention by the correctness filter.
-        self_proposals: proposals per attempt from the model itself (reported in the yields; on
-            the embedded model they do not survive the filters, so the InT arm trains on the
-            reference checker's interventions).
-        table_samples: continuations per attempt and condition in the intervention table.
-        sft: SFT settings (both SFT arms). Adam at 3e-5: at 3e-4, nine steps on the 46 InT pairs
+        self_proposals: proposals per attempt from the model itself, the first that survives the
+            parse, range and leak checks is the candidate.
+        table_samples: continuations per attempt and condition in the intervention and
+            misplaced-intervention tables.
+        seeds: one SFT + GRPO run per arm and seed (SFT shuffling, GRPO sampling, evaluation);
+            the pool and the interventions are shared by every seed.
+        sft: SFT settings (every SFT arm). Adam at 3e-5: at 3e-4, nine steps on 46 InT pairs
             took the embedded model's held-out greedy accuracy from 0.13 to 0.00 (Adam moves every
             weight by about the learning rate per step, whatever the gradient's size).
         grpo: GRPO settings (every arm the same; learning rate 1e-5 for the same reason).
@@ -75,6 +97,7 @@ class InTExperimentConfig:
     n_continuations: int = 8
     self_proposals: int = 2
     table_samples: int = 8
+    seeds: tuple[int, ...] = (0, 1, 2)
     sft: SFTConfig = field(
         default_factory=lambda: SFTConfig(learning_rate=3e-5, num_train_epochs=3)
     )
@@ -89,248 +112,157 @@ class InTExperimentConfig:
     )
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise IpgkitError(f"seeds must be distinct and at least one, got {self.seeds}")
+
 
 def run_int_experiment(
     policy: Policy, config: InTExperimentConfig, out_dir: str | Path, progress: bool = True
 ) -> dict[str, pd.DataFrame]:
     """Run (or resume) the whole comparison; ``policy`` itself is not modified.
 
-    Returns the tables, also written to ``out_dir`` as CSV: ``yields`` (per proposer and filter),
-    ``interventions`` (continuation accuracy and coverage by condition), ``on_policy`` (NLL of each
-    SFT set under the base model, entropy after SFT, intervention likelihood before and after),
-    ``steps`` (every arm's GRPO log) and ``final`` (held-out accuracy and pass@k per arm).
+    Returns the tables, also written to ``out_dir`` as CSV: ``yields`` (per proposer and
+    filter), ``verifier`` (the model's candidates against the checker, with and without the
+    reference), ``interventions`` (continuation accuracy by condition), ``misplaced``,
+    ``ablations`` (SFT variants on the self-proposed set), ``on_policy`` (NLL of each SFT set
+    under the base model, entropy after SFT, intervention likelihood), ``steps`` (every GRPO
+    log, by arm and seed), ``per_problem``, ``arms`` (held-out metrics over seeds) and
+    ``paired`` (paired tests between arms).
     """
     out = Path(out_dir)
+    _claim(out, config)
+    train = load_task(config.family, split="hard-train", n=config.pool_candidates)
+    held_out = load_task(config.family, split="hard-test", n=config.held_out)
+    pool: HardPool = cached_record(
+        out / "pool.json",
+        lambda: hard_pool(policy, train, k=config.k, seed=config.seed, progress=progress),
+    )
+    if not pool.problems:
+        raise IpgkitError(f"no problem of {config.family} hard-train has pass@{config.k} = 0")
+    sets = _interventions(policy, train, pool, config, out, progress)
+    tables = {
+        "yields": pd.concat([s.yields for s in sets.values()], ignore_index=True),
+        "verifier": verifier_agreement(
+            {"self": sets["self"], "self, no reference": sets["self, no reference"]},
+            sets["checker"],
+        ),
+    }
+    n, seed = config.table_samples, config.seed
+    tables["interventions"] = cached_frame(
+        out / "interventions.csv",
+        lambda: continuation_table(
+            policy, train, {"checker": sets["checker"], "self-proposed": sets["self"]}, n, seed=seed
+        ),
+    )
+    tables["misplaced"] = cached_frame(
+        out / "misplaced.csv",
+        lambda: misplaced_table(policy, train, sets["checker"], n, seed=seed),
+    )
+    datasets = {
+        "int-self": int_examples(policy, sets["self"]),
+        "int-checker": int_examples(policy, sets["checker"]),
+        "ref-sft": reference_examples(policy, pool.problems),
+    }
+    tables["ablations"] = sft_ablations(policy, sets["self"], held_out, config, out)
+    tables["on_policy"] = cached_frame(
+        out / "on_policy.csv",
+        lambda: on_policy_table(policy, datasets, sets, train, pool, config, out),
+    )
+    steps, results = _arms(policy, datasets, pool, train, held_out, config, out, progress)
+    tables["steps"], tables["per_problem"] = steps, results
+    tables["arms"], tables["paired"] = arms_summary(results), paired_arms(results)
+    for name, frame in tables.items():
+        atomic_write_text(out / f"{name}.csv", frame.to_csv(index=False))
+    return tables
+
+
+def _claim(out: Path, config: InTExperimentConfig) -> None:
+    """Record the settings in ``out``, refusing a folder that holds another configuration."""
     out.mkdir(parents=True, exist_ok=True)
     settings = json.loads(json.dumps(asdict(config), default=str))
     recorded = out / "config.json"
     if recorded.exists() and json.loads(recorded.read_text()) != settings:
         raise IpgkitError(f"{out} holds an InT experiment with other settings; use another folder")
     atomic_write_text(recorded, json.dumps(settings, indent=2))
-    train = load_task(config.family, split="hard-train", n=config.pool_candidates)
-    held_out = load_task(config.family, split="hard-test", n=config.held_out)
-    pool: HardPool = _cached(
-        out / "pool.json",
-        lambda: hard_pool(policy, train, k=config.k, seed=config.seed, progress=progress),
-    )
-    if not pool.problems:
-        raise IpgkitError(f"no problem of {config.family} hard-train has pass@{config.k} = 0")
-    rule, own = _interventions(policy, train, pool, config, out, progress)
-    yields = pd.concat([rule.yields, own.yields], ignore_index=True)
-    table = _cached_frame(
-        out / "interventions.csv",
-        lambda: continuation_table(policy, train, rule, n=config.table_samples, seed=config.seed),
-    )
-
-    datasets = {
-        "int": int_examples(policy, rule),
-        "ref-sft": reference_examples(policy, pool.problems),
-    }
-    if not datasets["int"]:
-        raise IpgkitError("no intervention survived the filters; nothing to fine-tune on")
-    tuned = {
-        name: _sft_policy(policy, examples, config.sft, out / f"sft_{name}.pt", progress)
-        for name, examples in datasets.items()
-    }
-    on_policy = _cached_frame(
-        out / "on_policy.csv",
-        lambda: _on_policy_table(policy, tuned, datasets, rule, train, pool, config),
-    )
-
-    starts = {"grpo": policy, "int+grpo": tuned["int"], "ref-sft+grpo": tuned["ref-sft"]}
-    steps, finals = _grpo_arms(starts, pool, train, held_out, config, out, progress)
-    tables = {
-        "yields": yields,
-        "interventions": table,
-        "on_policy": on_policy,
-        "steps": pd.concat(steps, ignore_index=True),
-        "final": pd.concat(finals, ignore_index=True),
-    }
-    for name, frame in tables.items():
-        atomic_write_text(out / f"{name}.csv", frame.to_csv(index=False))
-    return tables
 
 
-def _interventions(policy, train, pool: HardPool, config, out: Path, progress: bool):
-    """The reference checker's and the model's own interventions on the pool (cached)."""
-    rule: InterventionSet = _cached(
-        out / "interventions_rule.json",
-        lambda: propose_interventions(
+def _interventions(policy, train, pool: HardPool, config, out: Path, progress: bool) -> dict:
+    """The checker's and the model's own interventions (with and without the reference)."""
+    proposers = {
+        "checker": ReferenceChecker(),
+        "self": SelfProposer(policy, n=config.self_proposals, seed=config.seed),
+        "self, no reference": SelfProposer(
             policy,
-            train,
-            pool.attempts,
-            ReferenceChecker(),
-            config.n_continuations,
+            n=config.self_proposals,
             seed=config.seed,
-            progress=progress,
+            with_reference=False,
+            name="self, no reference",
         ),
-    )
-    own: InterventionSet = _cached(
-        out / "interventions_self.json",
-        lambda: propose_interventions(
-            policy,
-            train,
-            pool.attempts,
-            SelfProposer(policy, n=config.self_proposals, seed=config.seed),
-            config.n_continuations,
-            seed=config.seed,
-            progress=progress,
-        ),
-    )
-    return rule, own
-
-
-def _grpo_arms(starts: dict, pool: HardPool, train, held_out, config, out: Path, progress: bool):
-    """GRPO from each start (same problems, settings and held-out set): logs and evaluations."""
-    steps, finals = [], []
-    for arm, start in starts.items():
-        model = start.clone()
-        run = grpo_train(
-            model,
-            pool.problems,
-            train.correctness,
-            config.grpo,
-            held_out,
-            out / f"grpo_{arm}",
-            progress=progress,
+    }
+    files = {"checker": "rule", "self": "self", "self, no reference": "self_no_reference"}
+    return {
+        name: cached_record(
+            out / f"interventions_{files[name]}.json",
+            lambda proposer=proposer: propose_interventions(
+                policy,
+                train,
+                pool.attempts,
+                proposer,
+                config.n_continuations,
+                seed=config.seed,
+                progress=progress,
+            ),
         )
-        steps.append(run.log.assign(arm=arm))
-        if arm == "grpo":  # the untrained model, evaluated with the same seed before step 1
-            finals.append(run.evals[run.evals.step == 0].assign(arm="base"))
-        finals.append(run.evals.assign(arm=arm))
-    return steps, finals
+        for name, proposer in proposers.items()
+    }
 
 
-#: the classes an InT record may hold (JSON, rebuilt from this list only: nothing is unpickled)
-RECORD_CLASSES = (HardPool, InterventionSet, FailedAttempt, Intervention, Problem)
-
-
-def _cached(path: Path, compute):
-    return cached(
-        path,
-        compute,
-        lambda file: load_json_record(file, RECORD_CLASSES, "InT record"),
-        save_json_record,
-    )
-
-
-def _cached_frame(path: Path, compute) -> pd.DataFrame:
-    return cached(
-        path,
-        compute,
-        pd.read_csv,
-        lambda frame, file: atomic_write_text(file, frame.to_csv(index=False)),
-    )
-
-
-def _sft_policy(policy: Policy, examples, config: SFTConfig, path: Path, progress: bool) -> Policy:
-    tuned = policy.clone()
-
-    def train() -> dict:
-        train_sft(tuned, examples, config, progress=progress)
-        return tuned.model.state_dict()
-
-    tuned.model.load_state_dict(cached_state(path, train, "SFT weights file"))
-    return tuned
-
-
-def _on_policy_table(policy, tuned, datasets, rule, train, pool, config) -> pd.DataFrame:
-    """NLL per token of each SFT set under the base model; mean token entropy of completions
-    sampled on the hard pool, base vs after SFT; intervention-step log-likelihood per token."""
-    rows = []
-    for name, examples in datasets.items():
-        total, count = completion_nll(policy, examples)
-        rows.append(
-            {
-                "metric": "nll_per_token_under_base",
-                "dataset": name,
-                "value": float(total.sum() / count.sum()),
-                "n": len(examples),
-            }
+def _arms(policy, datasets, pool: HardPool, train, held_out, config, out: Path, progress: bool):
+    """Every arm and seed: SFT (where the arm has one), then GRPO with the same settings, then
+    the held-out evaluation per problem. Returns the GRPO logs and the per-problem results."""
+    steps, results = [], []
+    for seed in config.seeds:
+        grpo = replace(config.grpo, seed=seed)
+        evaluate = dict(n_samples=grpo.eval_samples, ks=grpo.eval_ks, seed=seed)
+        results.append(
+            cached_frame(
+                out / f"per_problem_base_s{seed}.csv",
+                lambda evaluate=evaluate: per_problem_results(policy, held_out, **evaluate),
+            ).assign(arm="base", seed=seed)
         )
-    for name, model in {"base": policy, **tuned}.items():
-        rollouts = sample(
-            model,
-            pool.problems,
-            n=2,
-            temperature=1.0,
-            seed=config.seed,
-            max_new_tokens=train.max_new_tokens,
-        )
-        scores = token_logprobs(
-            model, rollouts.row_prompt_ids(), rollouts.row_completion_ids(), 32, with_entropy=True
-        )
-        entropy = float(scores.entropy[scores.mask].mean())
-        rows.append(
-            {
-                "metric": "token_entropy_on_pool",
-                "dataset": name,
-                "value": entropy,
-                "n": len(rollouts),
-            }
-        )
-    for name, model in (("base", policy), ("int", tuned["int"])):
-        values = intervention_logprob(model, rule)
-        rows.append(
-            {
-                "metric": "intervention_logprob_per_token",
-                "dataset": name,
-                "value": float(values.mean()),
-                "n": len(values),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def plot_int_experiment(tables: dict[str, pd.DataFrame], path: str | Path | None = None):
-    """Zero-advantage ratio and reward per GRPO step for each arm, and held-out pass@k at the end
-    with 95% intervals. Returns the figure."""
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for arm, log in tables["steps"].groupby("arm", sort=False):
-        axes[0].plot(log.step, log.frac_reward_zero_std, label=arm)
-        axes[1].plot(log.step, log.reward, label=arm)
-    axes[0].set(
-        xlabel="GRPO step",
-        ylabel="frac_reward_zero_std",
-        ylim=(-0.02, 1.02),
-        title="zero-advantage ratio (hard pool)",
-    )
-    axes[1].set(xlabel="GRPO step", ylabel="mean reward", title="reward (hard pool)")
-    axes[0].legend(fontsize=8)
-    final = tables["final"]
-    last = final[final.step == final.groupby("arm").step.transform("max")]
-    metrics = [m for m in last.metric.unique() if m.startswith("pass@") or m == "accuracy@1"]
-    width = 0.8 / max(len(metrics), 1)
-    arms = list(dict.fromkeys(last.arm))
-    for position, metric in enumerate(metrics):
-        rows = last[last.metric == metric].set_index("arm").loc[arms]
-        x = [i + position * width for i in range(len(arms))]
-        axes[2].bar(
-            x,
-            rows.value,
-            width,
-            yerr=[
-                (rows.value - rows.ci_low).clip(lower=0).fillna(0),
-                (rows.ci_high - rows.value).clip(lower=0).fillna(0),
-            ],
-            label=metric,
-            capsize=3,
-        )
-    axes[2].set_xticks(
-        [i + width * (len(metrics) - 1) / 2 for i in range(len(arms))], arms, fontsize=8
-    )
-    axes[2].set(ylabel="held-out (hard-test)", title="after GRPO")
-    axes[2].legend(fontsize=8)
-    figure.tight_layout()
-    if path is not None:
-        figure.savefig(path, dpi=130, bbox_inches="tight")
-    return figure
+        for arm in ARMS[1:]:
+            name = ARM_DATA.get(arm)
+            if name is not None and not datasets[name]:
+                continue  # nothing survived the filters: the yields table says so
+            start = policy
+            if name is not None:
+                sft = replace(config.sft, seed=seed)
+                start = sft_policy(policy, datasets[name], sft, out / f"sft_{name}_s{seed}.pt")
+            model = start.clone()
+            run = grpo_train(
+                model,
+                pool.problems,
+                train.correctness,
+                grpo,
+                None,
+                out / f"grpo_{arm}_s{seed}",
+                progress=progress,
+            )
+            steps.append(run.log.assign(arm=arm, seed=seed))
+            results.append(
+                cached_frame(
+                    out / f"per_problem_{arm}_s{seed}.csv",
+                    lambda model=model, evaluate=evaluate: per_problem_results(
+                        model, held_out, **evaluate
+                    ),
+                ).assign(arm=arm, seed=seed)
+            )
+    return pd.concat(steps, ignore_index=True), pd.concat(results, ignore_index=True)
 
 
 def small_config(**overrides) -> InTExperimentConfig:
-    """A minutes-long version for notebooks and tests: fewer problems, samples and steps."""
+    """A minutes-long version for notebooks and tests: fewer problems, samples, seeds, steps."""
     base = InTExperimentConfig(
         pool_candidates=24,
         k=4,
@@ -338,6 +270,7 @@ def small_config(**overrides) -> InTExperimentConfig:
         n_continuations=4,
         self_proposals=1,
         table_samples=2,
+        seeds=(0,),
         grpo=GRPOConfig(
             num_generations=4,
             per_device_train_batch_size=16,
@@ -352,6 +285,7 @@ def small_config(**overrides) -> InTExperimentConfig:
 
 
 __all__ = [
+    "ABLATIONS",
     "ARMS",
     "InTExperimentConfig",
     "plot_int_experiment",

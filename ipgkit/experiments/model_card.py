@@ -59,45 +59,43 @@ def first_failures(task, rollouts) -> list[tuple]:
     return attempts
 
 
-def verifier_accuracy(policy: Policy, attempts: list[tuple], max_new_tokens: int = 96) -> dict:
+def verifier_accuracy(
+    policy: Policy, attempts: list[tuple], max_new_tokens: int = 128, with_reference: bool = True
+) -> dict:
     """Greedy interventions for (problem, attempt_steps) pairs, scored against the rule-based
-    first-divergence checker: parse rate, location accuracy, exact (location and content).
-    Prompts that leave no room for the answer in the context are skipped and counted."""
+    first-divergence checker: parse rate, location accuracy, exact (location and content), each
+    with a 95% Wilson interval. Prompts that leave no room for the answer in the context are
+    skipped and counted; ``with_reference=False`` hides the reference solution."""
     prompts, expected = [], []
     for problem, steps in attempts:
-        prompts.append(verifier_prompt(problem.question, problem.reference, steps))
+        reference = problem.reference if with_reference else None
+        prompts.append(verifier_prompt(problem.question, reference, steps))
         expected.append(first_divergence(split_lines(problem.reference), steps))
     fits = [len(row) + max_new_tokens <= policy.n_ctx for row in policy.encode(prompts)]
     skipped = len(prompts) - sum(fits)
     prompts = [p for p, ok in zip(prompts, fits, strict=True) if ok]
     expected = [e for e, ok in zip(expected, fits, strict=True) if ok]
     n = len(prompts)
-    if n == 0:
-        nan = float("nan")
-        return {
-            "n": 0,
-            "skipped_too_long": skipped,
-            "parsed": nan,
-            "location_accuracy": nan,
-            "exact_accuracy": nan,
-            "exact_ci95": (nan, nan),
-        }
-    completions = sample(
-        policy, prompts, temperature=0.0, max_new_tokens=max_new_tokens, format_prompts=False
-    ).texts
+    completions = []
+    if n:
+        completions = sample(
+            policy, prompts, temperature=0.0, max_new_tokens=max_new_tokens, format_prompts=False
+        ).texts
     parsed = [parse_intervention(text) for text in completions]
-    located = sum(
-        p is not None and p.location == e.location for p, e in zip(parsed, expected, strict=True)
-    )
-    exact = sum(p == e for p, e in zip(parsed, expected, strict=True))
-    return {
-        "n": n,
-        "skipped_too_long": skipped,
-        "parsed": sum(p is not None for p in parsed) / n,
-        "location_accuracy": located / n,
-        "exact_accuracy": exact / n,
-        "exact_ci95": wilson_interval(exact, n),
+    counts = {
+        "parsed": sum(p is not None for p in parsed),
+        "location_accuracy": sum(
+            p is not None and p.location == e.location
+            for p, e in zip(parsed, expected, strict=True)
+        ),
+        "exact_accuracy": sum(p == e for p, e in zip(parsed, expected, strict=True)),
     }
+    result: dict = {"n": n, "skipped_too_long": skipped}
+    for name, hits in counts.items():
+        result[name] = hits / n if n else float("nan")
+        result[f"{name}_ci95"] = wilson_interval(hits, n) if n else (float("nan"),) * 2
+    result["exact_ci95"] = result["exact_accuracy_ci95"]  # the name earlier cards used
+    return result
 
 
 def synthetic_failed_attempts(n_problems: int, seed: int = 0) -> list[tuple]:
@@ -118,10 +116,20 @@ def model_card(policy: Policy, n: int = 200, n_samples: int = 8, seed: int = 0) 
         "accuracy": table.to_dict(orient="records"),
         "accuracy_by_steps": steps.to_dict(orient="records"),
         "verifier_on_own_failures": verifier_accuracy(policy, failures),
+        "verifier_on_own_failures_no_reference": verifier_accuracy(
+            policy, failures, with_reference=False
+        ),
         "verifier_on_synthetic_failures": verifier_accuracy(
             policy, synthetic_failed_attempts(n // 2, seed)
         ),
     }
+
+
+VERIFIER_ROWS = (
+    ("verifier_on_own_failures", "the model's own failed hard attempts"),
+    ("verifier_on_synthetic_failures", "synthetic one-slip attempts"),
+    ("verifier_on_own_failures_no_reference", "its own failed hard attempts, no reference"),
+)
 
 
 def markdown(card: dict) -> str:
@@ -147,18 +155,27 @@ def markdown(card: dict) -> str:
         lines.append(f"| {row['split']} | {row['n_steps']} | {row['mean']:.1%} | {row['count']} |")
     lines += [
         "",
-        "| verifier input | n | parsed | right location | exact fix (95% CI) |",
+        "| verifier input | n | parsed | right location (95% CI) | exact fix (95% CI) |",
         "|---|---|---|---|---|",
     ]
-    for key, label in (
-        ("verifier_on_own_failures", "the model's own failed hard attempts"),
-        ("verifier_on_synthetic_failures", "synthetic one-slip attempts"),
-    ):
+    for key, label in VERIFIER_ROWS:
+        if key not in card:
+            continue
         v = card[key]
+        location_ci = v.get("location_accuracy_ci95", (float("nan"),) * 2)
         lines.append(
-            f"| {label} | {v['n']} | {v['parsed']:.1%} | {v['location_accuracy']:.1%} | "
+            f"| {label} | {v['n']} | {v['parsed']:.1%} | {v['location_accuracy']:.1%} "
+            f"({location_ci[0]:.1%}-{location_ci[1]:.1%}) | "
             f"{v['exact_accuracy']:.1%} ({v['exact_ci95'][0]:.1%}-{v['exact_ci95'][1]:.1%}) |"
         )
+    hard = table[(table.split == "hard-test") & (table.metric == "accuracy@1")]
+    own = card["verifier_on_own_failures"]
+    lines += [
+        "",
+        f"Solving vs verifying on hard-test: greedy accuracy@1 {hard.value.mean():.1%} (mean of "
+        f"the families); exact first-error fix of its own failed attempts, with the reference, "
+        f"{own['exact_accuracy']:.1%}.",
+    ]
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,11 @@ from ipgkit.tasks import arith
 from ipgkit.tasks.base import split_lines
 from ipgkit.tasks.verification import first_divergence, format_intervention, verifier_prompt
 
+FAILED_ATTEMPTS = {
+    "one-slip": arith.make_failed_attempt,
+    "varied": arith.make_varied_failed_attempt,
+}
+
 
 @dataclass
 class TrainingConfig:
@@ -40,6 +46,12 @@ class TrainingConfig:
         warmup_steps: linear warm-up steps.
         weight_decay: AdamW weight decay.
         verifier_fraction: share of examples in the InT verifier format.
+        failed_attempts: how the verifier examples' failed attempts are made: ``"one-slip"``
+            (``arith.make_failed_attempt``, the shipped model) or ``"varied"`` (a slip, a
+            skipped or a swapped step: ``arith.make_varied_failed_attempt``).
+        no_reference_fraction: share of the verifier examples whose prompt has no reference
+            solution, so that verification without the reference is measured on a format the
+            model knows rather than on an unseen one (0: none, and no random draw for it).
         seed: seeds the weights and the data stream.
         pool_batches: batches drawn together and grouped by length (less padding).
         checkpoint_every: steps between resumable checkpoints.
@@ -53,6 +65,8 @@ class TrainingConfig:
     warmup_steps: int = 30
     weight_decay: float = 0.05
     verifier_fraction: float = 0.15
+    failed_attempts: Literal["one-slip", "varied"] = "one-slip"
+    no_reference_fraction: float = 0.0
     seed: int = 0
     pool_batches: int = 16
     checkpoint_every: int = 250
@@ -69,9 +83,12 @@ def training_example(
         family = rng.choice(arith.FAMILIES)
         problem = arith.make_problem(family, rng, difficulty, "train", bucket="train")
         if rng.random() < config.verifier_fraction:
-            attempt = arith.make_failed_attempt(rng, problem)
+            make = FAILED_ATTEMPTS[config.failed_attempts]
+            attempt = make(rng, problem)
             fix = first_divergence(split_lines(problem.reference), attempt)
-            prompt = verifier_prompt(problem.question, problem.reference, attempt)
+            blind = config.no_reference_fraction and rng.random() < config.no_reference_fraction
+            reference = None if blind else problem.reference
+            prompt = verifier_prompt(problem.question, reference, attempt)
             completion = format_intervention(fix)
         else:
             prompt, completion = arith_prompt(problem.question), problem.reference

@@ -253,3 +253,42 @@ def _slip(rng: random.Random, value: int, minimum: int) -> int:
         candidate = value + rng.choice((-100, -10, -1, 1, 10, 100, -20, 20))
         if candidate >= minimum and candidate != value:
             return candidate
+
+
+#: the kinds of first error :func:`make_varied_failed_attempt` plants
+FAILURE_KINDS = ("slip", "operand", "skip", "swap")
+
+
+def make_varied_failed_attempt(rng: random.Random, problem: Problem) -> list[str]:
+    """A wrong attempt with one first error of a random kind, later steps computed correctly
+    from the wrong value: a carry/borrow ``slip`` or a copied ``operand`` slip (as
+    :func:`make_failed_attempt`), a ``skip``ped operation, or two adjacent operations ``swap``ped
+    (the errors the embedded model makes on long problems, besides slips). Its final answer
+    always differs from the problem's; skips and swaps keep every value in [0, 999]."""
+    ops = [Operation(symbol, operand) for symbol, operand in problem.metadata["ops"]]
+    answer = int(problem.answer)
+    for _ in range(100):
+        kind = rng.choice(FAILURE_KINDS if len(ops) > 1 else FAILURE_KINDS[:2])
+        if kind in ("slip", "operand"):
+            return make_failed_attempt(rng, problem)
+        index = rng.randrange(len(ops) - 1 if kind == "swap" else len(ops))
+        wrong = list(ops)
+        if kind == "skip":
+            del wrong[index]
+        else:
+            wrong[index], wrong[index + 1] = wrong[index + 1], wrong[index]
+        steps, value = _replay(problem.metadata["start"], wrong)
+        if steps is not None and value != answer:
+            return [*steps, f"#### {value}"]
+    return make_failed_attempt(rng, problem)
+
+
+def _replay(start: int, ops: list[Operation]) -> tuple[list[str] | None, int]:
+    """The steps of ``ops`` from ``start``, or None when a value leaves [0, 999]."""
+    steps, value = [], start
+    for op in ops:
+        steps.append(op.equation(value))
+        value = op.apply(value)
+        if not 0 <= value <= MAX_VALUE:
+            return None, value
+    return steps, value

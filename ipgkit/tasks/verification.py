@@ -29,11 +29,26 @@ def number_steps(steps: Sequence[str]) -> str:
     return "\n".join(f"{i}. {step}" for i, step in enumerate(steps, start=1))
 
 
-def verifier_prompt(question: str, reference: str, attempt_steps: Sequence[str]) -> str:
-    """The plain-text verification prompt the embedded model was trained on."""
+def verifier_prompt(question: str, reference: str | None, attempt_steps: Sequence[str]) -> str:
+    r"""The plain-text verification prompt the embedded model is trained on; with
+    ``reference=None`` it has no reference block (InT's verification without the reference).
+
+    Example:
+        >>> print(verifier_prompt("Compute 2+3.", "2+3=5\n#### 5", ["2+3=6", "#### 6"]))
+        Verify.
+        Q: Compute 2+3.
+        Reference:
+        2+3=5
+        #### 5
+        Attempt:
+        1. 2+3=6
+        2. #### 6
+        Intervention:
+        <BLANKLINE>
+    """
+    block = "" if reference is None else f"Reference:\n{reference}\n"
     return (
-        f"Verify.\nQ: {question}\nReference:\n{reference}\n"
-        f"Attempt:\n{number_steps(attempt_steps)}\nIntervention:\n"
+        f"Verify.\nQ: {question}\n{block}Attempt:\n{number_steps(attempt_steps)}\nIntervention:\n"
     )
 
 

@@ -16,6 +16,7 @@ from ipgkit.training.interventions import (
     int_examples,
     intervention_logprob,
     leaks_answer,
+    misplaced_table,
     propose_interventions,
 )
 from ipgkit.training.sft import (
@@ -49,6 +50,7 @@ __all__ = [
     "int_examples",
     "intervention_logprob",
     "leaks_answer",
+    "misplaced_table",
     "propose_interventions",
     "reference_examples",
     "sft_loss",

@@ -3,7 +3,7 @@ original wrong step or the intervention, and the InT paper's table of how often 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import pandas as pd
@@ -68,7 +68,9 @@ def continue_from(
 def continuation_table(
     policy: Policy,
     task: Task,
-    interventions: InterventionSet | Sequence[tuple[FailedAttempt, Intervention]],
+    interventions: InterventionSet
+    | Mapping[str, InterventionSet]
+    | Sequence[tuple[FailedAttempt, Intervention]],
     n: int = 8,
     temperature: float = 1.0,
     seed: int = 0,
@@ -78,37 +80,107 @@ def continuation_table(
     (prefix + original wrong step) and (prefix + intervention).
 
     From an :class:`InterventionSet` it uses every candidate *before* the correctness filter, so
-    the table is not conditioned on the continuations having already succeeded once.
+    the table is not conditioned on the continuations having already succeeded once. From a
+    mapping of named sets over the same attempts (e.g. ``{"checker": rule, "self-proposed":
+    own}``) it keeps the attempts every set has a candidate for, takes the prefix and the original
+    step at the first set's location, and adds one ``prefix + <name> intervention`` row per set.
+
+    Example:
+        >>> sets = {"checker": rule, "self-proposed": own}
+        >>> continuation_table(policy, task, sets)                          # doctest: +SKIP
     """
-    if isinstance(interventions, InterventionSet):
-        pairs = [
-            (a, i)
-            for a, i in zip(interventions.attempts, interventions.candidates, strict=True)
-            if i is not None
-        ]
-    else:
-        pairs = list(interventions)
-    if not pairs:
+    named = _named_candidates(interventions)
+    if not named or not next(iter(named.values())):
         raise IpgkitError("no interventions to condition on")
-    attempts, fixes = [a for a, _ in pairs], [i for _, i in pairs]
+    first = next(iter(named.values()))
+    attempts = [a for a, _ in first]
     rows = []
-    for condition in ("prefix", "original", "intervention"):
+    conditions = [("prefix", "prefix", first), ("original", "prefix + original step", first)]
+    for name, pairs in named.items():
+        label = "prefix + intervention" if len(named) == 1 else f"prefix + {name} intervention"
+        conditions.append(("intervention", label, pairs))
+    for condition, label, pairs in conditions:
+        fixes = [i for _, i in pairs]
         results = continue_from(policy, task, attempts, fixes, condition, n, temperature, seed)
         per_attempt = [sum(r) / len(r) for _, r in results]
         accuracy, low, high = mean_interval(per_attempt)
         coverage = [float(any(r)) for _, r in results]
         rows.append(
             {
-                "condition": {
-                    "prefix": "prefix",
-                    "original": "prefix + original step",
-                    "intervention": "prefix + intervention",
-                }[condition],
+                "condition": label,
                 "accuracy": accuracy,
                 "ci_low": low,
                 "ci_high": high,
                 "coverage": sum(coverage) / len(coverage),
-                "attempts": len(pairs),
+                "attempts": len(attempts),
+                "samples": n,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _named_candidates(interventions) -> dict[str, list[tuple[FailedAttempt, Intervention]]]:
+    """(attempt, candidate) pairs per named set, restricted to attempts every set answers."""
+    if isinstance(interventions, InterventionSet):
+        interventions = {"": interventions}
+    elif not isinstance(interventions, Mapping):
+        return {"": list(interventions)}
+    sets = list(interventions.values())
+    if len({len(s.attempts) for s in sets}) > 1:
+        raise IpgkitError("the intervention sets must cover the same attempts, in the same order")
+    shared = [
+        index
+        for index in range(len(sets[0].attempts))
+        if all(s.candidates[index] is not None for s in sets)
+    ]
+    return {
+        name: [(s.attempts[i], s.candidates[i]) for i in shared]
+        for name, s in interventions.items()
+    }
+
+
+SHIFT_LABELS = {-1: "one step early", 0: "at the first error", 1: "one step late"}
+
+
+def misplaced_table(
+    policy: Policy,
+    task: Task,
+    interventions: InterventionSet,
+    n: int = 8,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Robustness to a misplaced intervention: each candidate's corrected step inserted one step
+    early (replacing the step before the error), at its own location, and one step late (after the
+    wrong step), on the attempts where all three exist (location 2 to the attempt's length).
+
+    Returns continuation accuracy (95% CI over attempts) and coverage per placement.
+
+    Example:
+        >>> misplaced_table(policy, task, from_checker, n=4)                  # doctest: +SKIP
+    """
+    pairs = [
+        (attempt, fix)
+        for attempt, fix in zip(interventions.attempts, interventions.candidates, strict=True)
+        if fix is not None and 2 <= fix.location <= len(attempt.steps)
+    ]
+    if not pairs:
+        raise IpgkitError("no intervention can be moved one step either way")
+    attempts = [a for a, _ in pairs]
+    rows = []
+    for shift, label in SHIFT_LABELS.items():
+        moved = [Intervention(fix.location + shift, fix.content) for _, fix in pairs]
+        results = continue_from(policy, task, attempts, moved, "intervention", n, temperature, seed)
+        accuracy, low, high = mean_interval([sum(r) / len(r) for _, r in results])
+        rows.append(
+            {
+                "placement": label,
+                "shift": shift,
+                "accuracy": accuracy,
+                "ci_low": low,
+                "ci_high": high,
+                "coverage": sum(any(r) for _, r in results) / len(results),
+                "attempts": len(attempts),
                 "samples": n,
             }
         )

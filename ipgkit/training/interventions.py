@@ -44,7 +44,7 @@ from ipgkit.tasks.verification import (
 )
 from ipgkit.training.sft import SFTExample, completion_nll, text_example
 
-from .continuations import continuation_table, continue_from
+from .continuations import continuation_table, continue_from, misplaced_table
 from .int_records import FailedAttempt, HardPool, InterventionSet
 
 #: InT's verification instruction for chat models (problem, reference, numbered attempt in; one
@@ -63,6 +63,11 @@ Student's attempt, one numbered step per line:
 Find the first step of the attempt that contains a critical error. Write ONE replacement for that step, in the attempt's own style, so that the attempt can continue correctly from there. Do not reveal the final answer.
 Answer only with
 <intervention>{{"location": <number of the wrong step>, "content": "<the replacement step>"}}</intervention>"""  # noqa: E501 (the prompt's own lines)
+
+#: the same instruction without the reference solution (InT's "verification without reference")
+INT_INSTRUCTION_NO_REFERENCE = INT_INSTRUCTION.replace(
+    "against a reference solution", "for errors"
+).replace("Reference solution:\n{reference}\n\n", "")
 
 
 def hard_pool(
@@ -146,6 +151,9 @@ class SelfProposer:
         style: ``"verifier"`` (the embedded model's trained format, :func:`verifier_prompt`) or
             ``"chat"`` (:data:`INT_INSTRUCTION` through the policy's prompt format, i.e. its chat
             template). None picks ``"verifier"`` for the embedded model's prompt format.
+        with_reference: show the reference solution (InT); False asks the model to find the
+            first error on its own (the paper's "without reference" ablation).
+        name: the proposer's name in the yields table.
     """
 
     policy: Policy
@@ -154,17 +162,24 @@ class SelfProposer:
     max_new_tokens: int = 96
     seed: int = 0
     style: Literal["verifier", "chat"] | None = None
+    with_reference: bool = True
     name: str = "self"
 
     def prompts(self, attempts: Sequence[FailedAttempt]) -> list[str]:
         style = self.style or ("verifier" if self.policy.prompt_format is arith_prompt else "chat")
         if style == "verifier":
             return [
-                verifier_prompt(a.problem.question, a.problem.reference, a.steps) for a in attempts
+                verifier_prompt(
+                    a.problem.question,
+                    a.problem.reference if self.with_reference else None,
+                    a.steps,
+                )
+                for a in attempts
             ]
+        instruction = INT_INSTRUCTION if self.with_reference else INT_INSTRUCTION_NO_REFERENCE
         return [
             self.policy.prompt_format(
-                INT_INSTRUCTION.format(
+                instruction.format(
                     question=a.problem.question,
                     reference=a.problem.reference,
                     attempt=number_steps(a.steps),
@@ -353,6 +368,7 @@ def intervention_logprob(policy: Policy, interventions: InterventionSet) -> torc
 
 __all__ = [
     "INT_INSTRUCTION",
+    "INT_INSTRUCTION_NO_REFERENCE",
     "FailedAttempt",
     "HardPool",
     "InterventionSet",
@@ -365,5 +381,6 @@ __all__ = [
     "int_examples",
     "intervention_logprob",
     "leaks_answer",
+    "misplaced_table",
     "propose_interventions",
 ]

@@ -7,7 +7,12 @@ import pandas as pd
 import pytest
 
 from ipgkit.errors import IpgkitError
-from ipgkit.experiments.int_grpo import plot_int_experiment, run_int_experiment, small_config
+from ipgkit.experiments.int_grpo import (
+    ARMS,
+    plot_int_experiment,
+    run_int_experiment,
+    small_config,
+)
 from ipgkit.training.grpo import GRPOConfig
 
 
@@ -38,27 +43,49 @@ def test_the_experiment_writes_every_table_and_resumes(arith, tmp_path, monkeypa
 
     matplotlib.use("Agg")
     tables = run_int_experiment(arith, tiny_config(), tmp_path, progress=False)
-    assert set(tables) == {"yields", "interventions", "on_policy", "steps", "final"}
-    assert set(tables["final"].arm) == {"base", "grpo", "int+grpo", "ref-sft+grpo"}
-    assert set(tables["yields"].proposer) == {"reference-checker", "self"}
-    assert {"frac_reward_zero_std", "reward", "entropy"} <= set(tables["steps"].columns)
-    assert set(tables["on_policy"].metric) == {
-        "nll_per_token_under_base",
-        "token_entropy_on_pool",
-        "intervention_logprob_per_token",
+    assert set(tables) == {
+        "yields",
+        "verifier",
+        "interventions",
+        "misplaced",
+        "ablations",
+        "on_policy",
+        "steps",
+        "per_problem",
+        "arms",
+        "paired",
     }
+    arms = set(tables["arms"].arm)
+    assert {"base", "grpo", "int-checker+grpo", "ref-sft+grpo"} <= arms <= set(ARMS)
+    assert set(tables["yields"].proposer) == {
+        "reference-checker",
+        "self",
+        "self, no reference",
+    }
+    assert {"frac_reward_zero_std", "reward", "entropy", "seed"} <= set(tables["steps"].columns)
+    assert set(tables["misplaced"].placement) == {
+        "one step early",
+        "at the first error",
+        "one step late",
+    }
+    conditions = set(tables["interventions"].condition)
+    assert {"prefix", "prefix + original step", "prefix + checker intervention"} <= conditions
+    # every pair of arms that ran is tested once per metric
+    n_arms, n_metrics = len(arms), tables["arms"].metric.nunique()
+    assert len(tables["paired"]) == n_metrics * n_arms * (n_arms - 1) // 2
     assert plot_int_experiment(tables, tmp_path / "plot.png") is not None
 
     import ipgkit.experiments.int_grpo as experiment
+    import ipgkit.experiments.int_stages as stages
 
     def no_sampling(*args, **kwargs):
         raise AssertionError("a finished stage was recomputed")
 
     monkeypatch.setattr(experiment, "hard_pool", no_sampling)
     monkeypatch.setattr(experiment, "propose_interventions", no_sampling)
-    monkeypatch.setattr(experiment, "train_sft", no_sampling)
+    monkeypatch.setattr(stages, "train_sft", no_sampling)
     again = run_int_experiment(arith, tiny_config(), tmp_path, progress=False)
-    assert again["final"].equals(tables["final"])
+    assert again["arms"].equals(tables["arms"])
     with pytest.raises(IpgkitError, match="other settings"):
         run_int_experiment(arith, replace(tiny_config(), k=3), tmp_path, progress=False)
 
@@ -81,6 +108,7 @@ def test_a_killed_experiment_resumes_without_redoing_finished_stages(arith, tmp_
     from pathlib import Path
 
     import ipgkit.experiments.int_grpo as experiment
+    import ipgkit.experiments.int_stages as stages
 
     reference = run_int_experiment(arith, tiny_config(), tmp_path / "whole", progress=False)
     out = tmp_path / "killed"
@@ -93,31 +121,36 @@ def test_a_killed_experiment_resumes_without_redoing_finished_stages(arith, tmp_
         stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 300
-    while not (out / "sft_int.pt").exists() and child.poll() is None:
+    while not (out / "sft_int-checker_s0.pt").exists() and child.poll() is None:
         assert time.monotonic() < deadline, "the run finished no SFT stage in time"
         time.sleep(0.05)
     child.send_signal(signal.SIGKILL)
     child.wait()
     assert child.returncode == -signal.SIGKILL, child.stderr.read().decode()[-2000:]
     finished = {path.name for path in out.iterdir()}
-    assert {"pool.json", "interventions_rule.json", "sft_int.pt"} <= finished
-    assert "final.csv" not in finished
+    assert {"pool.json", "interventions_rule.json", "sft_int-checker_s0.pt"} <= finished
+    assert "arms.csv" not in finished
 
     calls = []
 
-    def counted(name):
-        original = getattr(experiment, name)
+    def counted(module, name):
+        original = getattr(module, name)
 
         def run(*args, **kwargs):
             calls.append(name)
             return original(*args, **kwargs)
 
-        monkeypatch.setattr(experiment, name, run)
+        monkeypatch.setattr(module, name, run)
 
-    for name in ("hard_pool", "propose_interventions", "train_sft"):
-        counted(name)
+    for module, name in (
+        (experiment, "hard_pool"),
+        (experiment, "propose_interventions"),
+        (stages, "train_sft"),
+    ):
+        counted(module, name)
     resumed = run_int_experiment(arith, tiny_config(), out, progress=False)
-    sft_left = 2 - sum(name.startswith("sft_") for name in finished)
+    every_sft = {path.name for path in (tmp_path / "whole").glob("sft_*.pt")}
+    sft_left = len(every_sft) - sum(name.startswith("sft_") for name in finished)
     assert calls == ["train_sft"] * sft_left  # the pool and interventions are not redone
     for name, table in reference.items():  # equal to the last bit, wall-clock times aside
         pd.testing.assert_frame_equal(

@@ -11,5 +11,11 @@ def test_model_card_measures_every_table_on_a_tiny_model():
     synthetic = card["verifier_on_synthetic_failures"]
     assert synthetic["n"] + synthetic["skipped_too_long"] == 4
     assert 0 <= synthetic["exact_accuracy"] <= synthetic["location_accuracy"] <= 1
+    for key in ("parsed", "location_accuracy", "exact_accuracy"):  # every rate has its interval
+        if synthetic["n"]:
+            low, high = synthetic[f"{key}_ci95"]
+            assert low <= synthetic[key] <= high
+    assert "verifier_on_own_failures_no_reference" in card
     text = markdown(card)
     assert text.count("| arith-") == 4 and "exact fix" in text
+    assert "no reference" in text and "Solving vs verifying" in text

@@ -69,17 +69,30 @@ def test_integer_grader():
     assert not arith.grade_integer("1+2=3", "3")
 
 
-def test_failed_attempts_have_one_first_error_that_the_checker_finds():
+@pytest.mark.parametrize("make", [arith.make_failed_attempt, arith.make_varied_failed_attempt])
+def test_failed_attempts_have_one_first_error_that_the_checker_finds(make):
     rng = random.Random(0)
     task = load("arith-word", split="hard-train", n=300)
     for problem in task.problems:
-        attempt = arith.make_failed_attempt(rng, problem)
+        attempt = make(rng, problem)
         reference = split_lines(problem.reference)
         fix = first_divergence(reference, attempt)
         assert fix is not None and 1 <= fix.location <= len(reference)
         assert attempt[: fix.location - 1] == reference[: fix.location - 1]
         assert fix.content == reference[fix.location - 1]
         assert not task.grade("\n".join(attempt), problem.answer)
+
+
+def test_varied_attempts_skip_steps_and_never_reach_the_answer():
+    rng = random.Random(1)
+    problems = load("arith-chain", split="train", n=200).problems
+    shapes = {"shorter": 0, "same length": 0}
+    for problem in problems:
+        attempt = arith.make_varied_failed_attempt(rng, problem)
+        shapes["shorter" if len(attempt) < problem.metadata["n_steps"] + 1 else "same length"] += 1
+        assert all(line.count("=") == 1 for line in attempt[:-1])
+        assert int(attempt[-1].removeprefix("#### ")) != int(problem.answer)
+    assert shapes["shorter"] >= 20 and shapes["same length"] >= 100  # skips and the rest
 
 
 def test_verifier_format_round_trips():
@@ -92,7 +105,10 @@ def test_verifier_format_round_trips():
         parse_intervention('<intervention>{"location": 0, "content": "x"}</intervention>') is None
     )
     prompt = verifier_prompt("Q?", "1+1=2\n#### 2", ["1+1=3", "#### 3"])
+    assert "Reference:\n1+1=2\n#### 2\nAttempt:" in prompt
     assert prompt.endswith("Attempt:\n1. 1+1=3\n2. #### 3\nIntervention:\n")
+    blind = verifier_prompt("Q?", None, ["1+1=3", "#### 3"])
+    assert "Reference" not in blind and blind.endswith("2. #### 3\nIntervention:\n")
 
 
 def test_bad_arguments():
