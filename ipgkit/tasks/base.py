@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -143,16 +144,45 @@ def reward_name(reward: RewardFunction) -> str:
     return getattr(reward, "__name__", type(reward).__name__)
 
 
+def _takes_trl_keywords(reward: RewardFunction) -> bool:
+    """Whether ``reward`` can be called with ``prompts=`` and ``completions=`` keywords."""
+    try:
+        parameters = inspect.signature(reward).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: keep the positional call
+        return False
+    keywords = {
+        name
+        for name, parameter in parameters.items()
+        if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+    }
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    return "completions" in keywords and ("prompts" in keywords or takes_any)
+
+
 def call_reward(
     reward: RewardFunction,
     prompts: Sequence[str],
     completions: Sequence[str],
     **columns: Any,
 ) -> list[float]:
-    """Call a reward function and check its output: one finite float per completion."""
+    """Call a reward function as TRL does, ``reward(prompts=..., completions=...,
+    completion_ids=..., **columns)``, so that a reward written for TRL (``def reward(completions,
+    **kwargs)``) works unchanged; a function whose parameters are not named ``prompts`` and
+    ``completions`` (``lambda p, c, **_: ...``) gets those two positionally. Then check the
+    output: one finite float per completion.
+
+    Example:
+        >>> def short(completions, **kwargs):  # TRL's documented form
+        ...     return [-float(len(c)) for c in completions]
+        >>> call_reward(short, ["Q"], ["abc"], answer=["1"])
+        [-3.0]
+    """
     name = reward_name(reward)
     try:
-        values = reward(prompts, completions, **columns)
+        if _takes_trl_keywords(reward):
+            values = reward(prompts=prompts, completions=completions, **columns)
+        else:
+            values = reward(prompts, completions, **columns)
     except Exception as exc:  # the user's code: say which reward failed, keep its traceback
         raise RewardError(f"reward {name!r} raised {type(exc).__name__}: {exc}") from exc
     try:

@@ -1,4 +1,7 @@
-"""Reward functions: plain TRL-style callables ``reward(prompts, completions, **columns)``.
+"""Reward functions: TRL reward functions, called as TRL calls them,
+``reward(prompts=..., completions=..., completion_ids=..., **columns)``
+(:func:`ipgkit.tasks.base.call_reward`), so one written as in TRL's documentation,
+``def reward(completions, **kwargs)``, works unchanged.
 
 Columns ipgkit passes: ``answer``, ``reference``, ``question``, ``problem_id`` (one entry per
 completion) and ``completion_ids`` (token ids). A task's ``task.correctness`` is its 0/1 reward.

@@ -55,3 +55,26 @@ def test_mix_tasks_interleaves_families_so_prefixes_are_balanced():
     assert mixed.name == "arith-word+arith-chain" and mixed.grade is word.grade
     with pytest.raises(IpgkitError, match="grade differently"):
         mix_tasks([word, replace(chain, grade=lambda c, a: True)])
+
+
+def test_rewards_written_for_trl_work_unchanged():
+    """TRL calls ``reward_func(prompts=..., completions=..., completion_ids=..., **columns)``:
+    the form its documentation shows gets the completions, not the prompts."""
+    import ipgkit
+    from tests.conftest import tiny_policy
+
+    seen = {}
+
+    def trl_reward(completions, **kwargs):  # as in TRL's documentation
+        seen.update(kwargs)
+        return [float(len(c)) for c in completions]
+
+    prompts, completions = ["a long prompt", "p"], ["x", "yy"]
+    assert call_reward(trl_reward, prompts, completions, answer=["1", "2"]) == [1.0, 2.0]
+    assert seen["prompts"] == prompts and seen["answer"] == ["1", "2"]
+    assert call_reward(lambda p, c, **_: [len(p[0])] * len(c), prompts, completions) == [13.0] * 2
+
+    task = load("arith-chain", n=2)
+    rollouts = ipgkit.sample(tiny_policy(), task.problems, n=2, max_new_tokens=4, reward=trl_reward)
+    assert rollouts.rewards.tolist() == [float(len(t)) for t in rollouts.texts]
+    assert {"completion_ids", "answer", "reference", "problem_id"} <= set(seen)
