@@ -59,6 +59,8 @@ class ComponentSet:
     directions: Float[Tensor, "n_directions width"] | None = field(
         default=None, compare=False, repr=False
     )
+    #: the hook's width, recorded by :meth:`validate` so a set over every unit has a length
+    _known_width: int | None = field(default=None, compare=False, repr=False, init=False)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -86,10 +88,17 @@ class ComponentSet:
             object.__setattr__(self, "directions", directions)
 
     def __len__(self) -> int:
+        """The number of units; a set over every unit knows it once validated against a model
+        (``sae_features(policy, layer=2)`` and ``result.top(...)`` are)."""
         if self.indices is None:
             if self.directions is not None:
                 return len(self.directions)
-            raise TypeError("a ComponentSet over every unit has no length until resolved")
+            if self._known_width is not None:
+                return self._known_width
+            raise TypeError(
+                f"a ComponentSet over every unit of {self.hook_name} has no length until it "
+                "meets a model: call .validate(model) or .resolved(model)"
+            )
         return len(self.indices)
 
     def hook_width(self, model) -> int:
@@ -121,6 +130,8 @@ class ComponentSet:
                 f"component index {max(self.indices)} is out of range for {self.hook_name} "
                 f"(width {width}); valid indices are 0..{width - 1}"
             )
+        if self.indices is None:  # frozen, but the width is a cache outside equality
+            object.__setattr__(self, "_known_width", width)
         return self
 
     def resolved(self, model) -> ComponentSet:

@@ -146,3 +146,14 @@ def test_direction_components_must_be_orthonormal():
         ComponentSet("blocks.0.hook_resid_post", None, "direction", torch.ones(2, 4))
     with pytest.raises(IpgkitError, match="go together"):
         ComponentSet("blocks.0.hook_resid_post", None, "direction")
+
+
+def test_a_set_over_every_unit_has_a_length_once_it_meets_a_model():
+    from tests.conftest import tiny_policy
+
+    policy = tiny_policy()
+    every = mlp_neurons(1)
+    with pytest.raises(TypeError, match=r"call \.validate"):
+        len(every)
+    assert len(every.validate(policy.model)) == policy.model.cfg.d_mlp
+    assert every == mlp_neurons(1)  # the recorded width is not part of equality

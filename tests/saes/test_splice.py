@@ -149,6 +149,8 @@ def test_feature_components_name_the_spliced_sae(spliced):
         sae_features(plain, layer=0)
     with pytest.raises(IpgkitError, match="out of range"):
         sae_features(policy, layer=0, indices=[64])
+    every = sae_features(policy, layer=0)  # every latent: the policy tells how many
+    assert len(every) == 64 and every == sae_features(policy, layer=0)
 
 
 def test_feature_ipg_matches_exact_enumeration():
