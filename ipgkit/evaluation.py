@@ -16,7 +16,7 @@ import pandas as pd
 
 from ipgkit import distributed
 from ipgkit.errors import IpgkitError
-from ipgkit.models.policy import Policy
+from ipgkit.models.policy import Policy, require_policy
 from ipgkit.rollouts import Rollouts, sample
 from ipgkit.stats import mcnemar_exact, mean_interval, paired_comparison, wilson_interval
 from ipgkit.tasks.base import Task
@@ -124,6 +124,7 @@ def evaluate(
     Example:
         >>> evaluate(policy, task, limit=200, n_samples=8, ks=(1, 8))   # doctest: +SKIP
     """
+    policy = require_policy(policy, "evaluate")
     task = task.subset(limit)
     if n_samples and max(ks) > n_samples:
         raise IpgkitError(f"pass@k needs k <= n_samples; got ks={tuple(ks)}, n_samples={n_samples}")
@@ -163,6 +164,7 @@ def evaluation_rollouts(
     Under torchrun each rank decodes a contiguous block of problems and the blocks are gathered,
     so every rank returns the whole task's rollouts (sampled ones need ``seeding="problem"``).
     ``checkpoint_dir`` keeps each sampler's finished batches (one file per rank) for a resume."""
+    policy = require_policy(policy, "evaluation_rollouts")
     if distributed.world()[1] > 1:
         settings = {
             "n_samples": n_samples,

@@ -189,12 +189,16 @@ def _budget_too_long(folder, policy):
 
 
 @case(
-    "plain HookedTransformer where a Policy is expected",
+    "HookedTransformer without a tokenizer where a Policy is expected",
     IpgkitError,
-    r"sample takes an ipgkit Policy, got a plain HookedTransformer: wrap it as ipgkit\.Policy",
+    r"this HookedTransformer has no tokenizer .* wrap it as ipgkit\.Policy",
 )
-def _plain_model(folder, policy):
-    return lambda: ipgkit.sample(policy.model, ["1+1"], max_new_tokens=2)
+def _model_without_tokenizer(folder, policy):
+    import copy
+
+    bare = copy.deepcopy(policy.model)
+    bare.tokenizer = None
+    return lambda: ipgkit.sample(bare, ["1+1"], max_new_tokens=2)
 
 
 @case(

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ipgkit.errors import IpgkitError
 
-from .policy import Policy
+from .policy import Policy, adds_bos, chat_prompt_format
 
 #: architectures whose TransformerLens conversion ipgkit's tests check against Hugging Face logits
 CHECKED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
@@ -63,27 +63,6 @@ def _neutral_path(path: Path) -> Iterator[str]:
         link = Path(folder) / "local_checkpoint"
         link.symlink_to(path.resolve(), target_is_directory=True)
         yield str(link)
-
-
-def chat_prompt_format(tokenizer):
-    """``question -> prompt`` through the tokenizer's chat template (one user turn, with the
-    generation prompt), or ``"Question: ...\\nAnswer:"`` when it has none.
-
-    When the tokenizer adds BOS itself and the template also writes it as text (Llama 3), the
-    text's copy is stripped: the policy prepends BOS, and a second one would change the input.
-    """
-    if getattr(tokenizer, "chat_template", None):
-        bos = tokenizer.bos_token if _adds_bos(tokenizer) else None
-
-        def with_template(question: str) -> str:
-            messages = [{"role": "user", "content": question}]
-            text = tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
-            )
-            return text[len(bos) :] if bos and text.startswith(bos) else text
-
-        return with_template
-    return lambda question: f"Question: {question}\nAnswer:"
 
 
 def hooked_from_hf(hf_model, config_dir: str | os.PathLike, device: str = "cpu", dtype=None):
@@ -177,12 +156,8 @@ def hf_policy(model, tokenizer, name: str) -> Policy:
         tokenizer=tokenizer,
         name=name,
         prompt_format=chat_prompt_format(tokenizer),
-        prepend_bos=_adds_bos(tokenizer),
+        prepend_bos=adds_bos(tokenizer),
     )
-
-
-def _adds_bos(tokenizer) -> bool:
-    return tokenizer.bos_token_id is not None and len(tokenizer.encode("")) > 0
 
 
 def load_hf_directory(path: str | os.PathLike, device: str = "cpu", dtype=None) -> Policy:

@@ -48,8 +48,8 @@ class Policy:
                 f"tokenizer of {self.name!r} needs a pad token (set tokenizer.pad_token)"
             )
         # what TransformerLens's set_tokenizer does, minus its by-name reload (a hub look-up):
-        # attach
-        # the tokenizer and detect whether it adds BOS itself, so to_tokens prepends it exactly once
+        # attach the tokenizer and detect whether it adds BOS itself, so to_tokens prepends it
+        # exactly once
         self.model.tokenizer = self.tokenizer
         self.model.cfg.tokenizer_prepends_bos = len(self.tokenizer.encode("")) > 0
 
@@ -96,8 +96,72 @@ def require_hooked_model(model) -> None:
         )
 
 
+def adds_bos(tokenizer) -> bool:
+    """Whether ``tokenizer`` puts BOS in front of a text by itself."""
+    return tokenizer.bos_token_id is not None and len(tokenizer.encode("")) > 0
+
+
+def chat_prompt_format(tokenizer):
+    """``question -> prompt`` through the tokenizer's chat template (one user turn, with the
+    generation prompt), or ``"Question: ...\\nAnswer:"`` when it has none.
+
+    When the tokenizer adds BOS itself and the template also writes it as text (Llama 3), the
+    text's copy is stripped: the policy prepends BOS, and a second one would change the input.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        bos = tokenizer.bos_token if adds_bos(tokenizer) else None
+
+        def with_template(question: str) -> str:
+            messages = [{"role": "user", "content": question}]
+            text = tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+            return text[len(bos) :] if bos and text.startswith(bos) else text
+
+        return with_template
+    return lambda question: f"Question: {question}\nAnswer:"
+
+
+def policy_from_hooked(
+    model: HookedTransformer, prompt_format: Callable[[str], str] | None = None
+) -> Policy:
+    """A :class:`Policy` around a plain ``HookedTransformer`` that carries its tokenizer
+    (``HookedTransformer.from_pretrained`` sets ``model.tokenizer``): named after
+    ``model.cfg.model_name``, prompts through the tokenizer's chat template when it has one and
+    ``"Question: ...\\nAnswer:"`` otherwise (:func:`chat_prompt_format`), BOS as the model's
+    ``default_prepend_bos`` says.
+
+    Example:
+        >>> model = HookedTransformer.from_pretrained("Qwen/Qwen2.5-0.5B")   # doctest: +SKIP
+        >>> ipgkit.sample(model, ["What is 2+3?"])  # wrapped on the way in  # doctest: +SKIP
+    """
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise IpgkitError(
+            "this HookedTransformer has no tokenizer (model.tokenizer is None), so ipgkit cannot "
+            "turn questions into tokens or find the pad/EOS ids: wrap it as "
+            "ipgkit.Policy(model, tokenizer, name, prompt_format=lambda q: q), or set "
+            "model.set_tokenizer(tokenizer) first"
+        )
+    if tokenizer.pad_token_id is None:
+        raise IpgkitError(
+            f"the tokenizer of {model.cfg.model_name!r} has no pad token; set tokenizer.pad_token "
+            "(e.g. to its EOS token) or wrap the model in ipgkit.Policy yourself"
+        )
+    prepend_bos = bool(model.cfg.default_prepend_bos) and tokenizer.bos_token_id is not None
+    return Policy(
+        model=model,
+        tokenizer=tokenizer,
+        name=model.cfg.model_name,
+        prompt_format=prompt_format or chat_prompt_format(tokenizer),
+        prepend_bos=prepend_bos,
+    )
+
+
 def require_policy(value, where: str) -> Policy:
-    """``value`` if it is a :class:`Policy`; otherwise an error that says how to make one.
+    """``value`` as a :class:`Policy`: a policy as it is, a plain ``HookedTransformer`` with its
+    tokenizer wrapped by :func:`policy_from_hooked`; anything else is refused with a message
+    that says how to make one.
 
     Example:
         >>> require_policy(policy, "sample")                                 # doctest: +SKIP
@@ -105,10 +169,7 @@ def require_policy(value, where: str) -> Policy:
     if isinstance(value, Policy):
         return value
     if isinstance(value, HookedTransformer):
-        raise IpgkitError(
-            f"{where} takes an ipgkit Policy, got a plain {type(value).__name__}: wrap it as "
-            "ipgkit.Policy(model, tokenizer, name, prompt_format=lambda q: q) (its tokenizer "
-            "gives pad/EOS ids and prompt_format turns a question into prompt text), or load it "
-            "with ipgkit.load_model(...)"
-        )
-    raise IpgkitError(f"{where} takes an ipgkit Policy, got {type(value).__name__}")
+        return policy_from_hooked(value)
+    raise IpgkitError(
+        f"{where} takes an ipgkit Policy or a HookedTransformer, got {type(value).__name__}"
+    )

@@ -36,7 +36,7 @@ from ipgkit.determinism import deterministic_algorithms
 from ipgkit.errors import IpgkitError
 from ipgkit.evaluation import evaluate
 from ipgkit.io import Checkpoint, atomic_write_text
-from ipgkit.models.policy import Policy
+from ipgkit.models.policy import Policy, require_policy
 from ipgkit.rollouts import (
     Rollouts,
     iter_scores,
@@ -165,6 +165,7 @@ def grpo_train(
     Returns:
         :class:`GRPORun` with the per-step log and the evaluations.
     """
+    policy = require_policy(policy, "grpo_train")
     config = config or GRPOConfig()
     if not problems:
         raise IpgkitError("GRPO needs at least one training problem")

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ipgkit.determinism import deterministic_algorithms
 from ipgkit.errors import IpgkitError
-from ipgkit.models.policy import Policy
+from ipgkit.models.policy import Policy, require_policy
 from ipgkit.rollouts import iter_scores, token_logprobs
 from ipgkit.tasks.base import Problem
 
@@ -143,6 +143,7 @@ def train_sft(
         >>> log = train_sft(policy, examples, SFTConfig(num_train_epochs=2))  # doctest: +SKIP
         >>> log.loss.iloc[-1] < log.loss.iloc[0]                            # doctest: +SKIP
     """
+    policy = require_policy(policy, "train_sft")
     config = config or SFTConfig()
     if not examples:
         raise IpgkitError("no SFT examples to train on")
