@@ -113,3 +113,24 @@ def test_the_renamed_grpo_flags_still_work():
     args = subparser("grpo").parse_args(["--steps", "7", "--batch-size", "16"])
     config = config_from_args(GRPOConfig, args)
     assert config.max_steps == 7 and config.per_device_train_batch_size == 16
+
+
+def test_every_command_line_in_the_readme_parses():
+    """The README's "Command line" block, as written, against the real parser (flags drift)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from ipgkit.cli import build_parser
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("## Command line", 1)[1].split("```", 2)[1]
+    lines = [re.sub(r"\s+#.*$", "", line).strip() for line in block.splitlines()]
+    commands = [line for line in lines if line.startswith("ipgkit ")]
+    assert len(commands) >= 10
+    parser = build_parser()
+    for command in commands:
+        args = parser.parse_args(shlex.split(command)[1:])
+        assert callable(args.run), command
+    gsm8k = [c for c in commands if "--task gsm8k" in c]
+    assert gsm8k and all("--model smollm2" in c for c in gsm8k)  # the char model's n_ctx is 512
