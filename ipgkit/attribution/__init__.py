@@ -27,6 +27,7 @@ from ipgkit.attribution.ipg import (
     scaled_sequence_logprobs,
 )
 from ipgkit.attribution.result import AttributionResult
+from ipgkit.attribution.tokens import TokenAttribution, token_attribution
 
 __all__ = [
     "INTEGRATION_RULES",
@@ -34,6 +35,7 @@ __all__ = [
     "IPGConfig",
     "PathGradients",
     "PathRows",
+    "TokenAttribution",
     "activation_magnitude",
     "baselines",
     "control_vector",
@@ -47,4 +49,5 @@ __all__ = [
     "reason_score",
     "reasoning_neurons",
     "scaled_sequence_logprobs",
+    "token_attribution",
 ]

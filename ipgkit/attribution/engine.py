@@ -48,12 +48,19 @@ class PathGradients:
         sequence_logprobs: [rows] ``sum_s log pi(a_s | s_s)`` under the row's scaled model.
         done: [rows] which rows are computed (all of them unless the run was interrupted).
         rows_per_second: scoring throughput of this call, for logs and benchmarks.
+        per_position: with ``per_position=True``, per row the [sequence positions, units] terms
+            whose sum over positions is that row's ``contributions`` (positions outside
+            ``positions`` are zero).
+        activations: with ``per_position=True``, per row the unscaled activations h
+            [sequence positions, units] (in the set's coordinates).
     """
 
     contributions: Float[Tensor, "rows units"]
     sequence_logprobs: Float[Tensor, " rows"]
     done: Bool[Tensor, " rows"]
     rows_per_second: float = 0.0
+    per_position: list[Tensor] | None = None
+    activations: list[Tensor] | None = None
 
 
 @contextlib.contextmanager
@@ -110,6 +117,7 @@ def path_gradients(
     on_progress: Callable[[PathGradients], None] | None = None,
     save_every: float = 30.0,
     memory_budget: MemoryBudget | float | None = None,
+    per_position: bool = False,
 ) -> PathGradients:
     """Per-row gradient contributions along the scaled-activation path (the IPG engine).
 
@@ -141,6 +149,9 @@ def path_gradients(
             pass: chunks are split to fit it at their padded length, attention is fused and the
             blocks above the hook are recomputed in the backward, so memory grows linearly
             with the completion length. None (default) chunks by ``internal_batch_size`` only.
+        per_position: also keep each row's terms per sequence position (before the sum over
+            positions) and its activations, for per-token views; memory grows with rows x
+            positions x units, so use it on a few rollouts.
 
     Returns:
         :class:`PathGradients` with [rows, units] contributions.
@@ -163,6 +174,11 @@ def path_gradients(
     chunking = (chunks, internal_batch_size, memory_budget)
     scorer, chunks = _plan(policy, components, rows, positions, baseline, share_prefix, chunking)
     state = _starting_state(resume_from, len(prompt_ids), len(components))
+    if per_position:
+        if resume_from is not None:
+            raise IpgkitError("per_position=True keeps its terms in memory only; it cannot resume")
+        scorer.per_position = True
+        state.per_position, state.activations = [None] * len(prompt_ids), [None] * len(prompt_ids)
     with torch.enable_grad(), frozen_parameters(model):
         scorer.score_chunks(state, chunks, rows, progress, on_progress, save_every)
     if on_progress is not None:
@@ -248,6 +264,7 @@ class _ChunkScorer:
     positions: PathPositions
     memory_budget: MemoryBudget | None
     baseline: Tensor | None = None
+    per_position: bool = False
 
     def score_chunks(self, state, chunks, rows, progress, on_progress, save_every) -> None:
         """Fill ``state`` chunk by chunk (skipping chunks already done), reporting progress."""
@@ -266,8 +283,10 @@ class _ChunkScorer:
                 continue
             prompts = [prompt_ids[r] for r in chunk]
             completions = [completion_ids[r] for r in chunk]
-            per_row, sequence = self(prompts, completions, alphas[chunk], weights[chunk])
+            per_row, sequence, *terms = self(prompts, completions, alphas[chunk], weights[chunk])
             state.contributions[chunk], state.sequence_logprobs[chunk] = per_row, sequence
+            if terms:
+                _keep_positions(state, chunk, prompts, completions, *terms)
             state.done[chunk] = True
             computed += len(chunk)
             bar.update(len(chunk))
@@ -277,8 +296,9 @@ class _ChunkScorer:
         bar.close()
         state.rows_per_second = computed / max(time.perf_counter() - started, 1e-9)
 
-    def __call__(self, prompts, completions, alphas, weights) -> tuple[Tensor, Tensor]:
-        """One forward/backward: per-row contributions [rows, units] and sum log pi [rows]."""
+    def __call__(self, prompts, completions, alphas, weights) -> tuple[Tensor, ...]:
+        """One forward/backward: per-row contributions [rows, units] and sum log pi [rows]
+        (with ``per_position``, also the per-position terms and activations [rows, pos, units])."""
         policy, components, hook_name = self.policy, self.components, self.hook_name
         baseline = self.baseline
         scale = scaling_hook(components, alphas, self.positions, baseline)
@@ -322,5 +342,19 @@ class _ChunkScorer:
             self.positions,
         ).to(difference.device, precision)
         gradient = components.coordinates(gradient.to(precision))
-        per_row = torch.einsum("bpu,bpu,bp->bu", difference, gradient, mask)
-        return per_row.detach().double().cpu(), sequence.detach().double().cpu()
+        if self.per_position:
+            terms = (difference * gradient * mask[..., None]).detach()
+            activation = components.coordinates(captured["original"].to(precision)).detach()
+            per_row = terms.sum(1)
+            extra = (terms.double().cpu(), activation.double().cpu())
+        else:
+            per_row, extra = torch.einsum("bpu,bpu,bp->bu", difference, gradient, mask), ()
+        return per_row.detach().double().cpu(), sequence.detach().double().cpu(), *extra
+
+
+def _keep_positions(state: PathGradients, chunk, prompts, completions, terms, activation) -> None:
+    """Each row's unpadded [prompt + completion positions, units] slices of a chunk's terms."""
+    for slot, (row, prompt, completion) in enumerate(zip(chunk, prompts, completions, strict=True)):
+        length = len(prompt) + len(completion)  # every fed position (the last has no gradient)
+        state.per_position[row] = terms[slot, :length].clone()
+        state.activations[row] = activation[slot, :length].clone()

@@ -1,0 +1,187 @@
+"""Per-token IPG: each position's share of a unit's score, for chosen rollouts and units.
+
+IPG's engine sums ``(h - h')_t * d objective / d h~_t`` over positions t (``"bpu,bpu,bp->bu"``);
+here the same rows are scored with the terms kept per position, so a rollout's positions sum to
+its share of the unit's score, and the shares of all rollouts to the unit's IPG (paper mode, the
+rollouts the result was computed on).
+
+Example:
+    >>> rollouts = ipgkit.sample(policy, task.problems[:8], n=5, reward=task.correctness)
+    >>> result = ipgkit.ipg(policy, task.problems[:8], mlp_neurons(2), rollouts=rollouts)
+    >>> view = token_attribution(policy, rollouts, result.top(5), rows=[0, 1])  # doctest: +SKIP
+    >>> view.to_dataframe().head()                                             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ipgkit.components import ComponentSet
+from ipgkit.errors import IpgkitError
+from ipgkit.models.policy import Policy, require_policy
+from ipgkit.rollouts import Rollouts
+
+from .config import IPGConfig
+from .engine import path_gradients
+from .estimators import _support_baseline
+from .quadrature import integration_points
+
+
+@dataclass
+class TokenAttribution:
+    """Per-token IPG of some units over some rollouts.
+
+    Attributes:
+        components: the units (explicit indices; column j is ``components.indices[j]``).
+        rows: the rollout rows shown (indices into the rollouts).
+        contributions: per shown rollout, [positions, units]: that position's share of the
+            unit's IPG (summing over positions gives the rollout's share; over rollouts, the
+            unit's score when every rollout of the support set is shown).
+        activations: per shown rollout, [positions, units]: the unscaled activation h.
+        tokens: per shown rollout, the token text at each position (prompt then completion).
+        prompt_lengths: per shown rollout, how many positions are the prompt.
+        rewards: per shown rollout, its reward; advantages: its group-relative advantage.
+    """
+
+    components: ComponentSet
+    rows: list[int]
+    contributions: list[Float[Tensor, "positions units"]]
+    activations: list[Float[Tensor, "positions units"]]
+    tokens: list[list[str]]
+    prompt_lengths: list[int]
+    rewards: list[float]
+    advantages: list[float]
+
+    def totals(self) -> Float[Tensor, "rollouts units"]:
+        """Each shown rollout's share of each unit's score (the sum over its positions)."""
+        return torch.stack([values.sum(0) for values in self.contributions])
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """One row per (rollout, position, unit): rollout, position, token, part (``prompt`` or
+        ``completion``), unit, contribution, activation, reward, advantage."""
+        frames = []
+        units = list(self.components.indices)
+        for slot, row in enumerate(self.rows):
+            values, activation = self.contributions[slot], self.activations[slot]
+            positions, width = values.shape
+            frame = pd.DataFrame(
+                {
+                    "rollout": row,
+                    "position": torch.arange(positions).repeat_interleave(width).numpy(),
+                    "unit": units * positions,
+                    "contribution": values.reshape(-1).numpy(),
+                    "activation": activation.reshape(-1).numpy(),
+                }
+            )
+            tokens = pd.Series(self.tokens[slot])
+            frame["token"] = tokens.iloc[frame.position].to_numpy()
+            frame["part"] = [
+                "prompt" if p < self.prompt_lengths[slot] else "completion" for p in frame.position
+            ]
+            frames.append(frame.assign(reward=self.rewards[slot], advantage=self.advantages[slot]))
+        columns = ["rollout", "position", "token", "part", "unit", "contribution", "activation"]
+        return pd.concat(frames, ignore_index=True)[[*columns, "reward", "advantage"]]
+
+
+def token_attribution(
+    policy: Policy,
+    rollouts: Rollouts,
+    components: ComponentSet,
+    config: IPGConfig | None = None,
+    rows: Sequence[int] | None = None,
+    units: Sequence[int] | None = None,
+    progress: bool = False,
+) -> TokenAttribution:
+    """Per-token IPG (paper mode) over the rollout ``rows`` (all when None), for the ``units``
+    (indices into the hook, e.g. ``result.top(5).indices``; all of ``components`` when None).
+
+    ``components`` is the set IPG scaled (the result's ``components``): a unit's IPG depends on
+    which units are scaled along the path with it, so the view scales the same set and then
+    keeps the columns of ``units``.
+
+    ``rollouts`` must carry rewards (those IPG was computed on) and ``config`` the IPG settings
+    (quadrature rule, q, advantages, baseline, positions): each rollout is scored at the same
+    alpha points with the same weights ``w_k A_r / N`` (then divided by the number of prompts),
+    so the contributions of every
+    rollout add up to ``ipg(..., rollouts=rollouts).scores`` for these units.
+
+    Returns:
+        :class:`TokenAttribution` with per-position contributions and activations.
+
+    Example:
+        >>> view = token_attribution(policy, rollouts, result.top(3), rows=[0])  # doctest: +SKIP
+        >>> view.contributions[0].sum(0)  # rollout 0's share of each unit's IPG  # doctest: +SKIP
+    """
+    policy = require_policy(policy, "token_attribution")
+    config = config or IPGConfig()
+    if rollouts.rewards is None:
+        raise IpgkitError("token_attribution needs rollouts with rewards (sample(..., reward=))")
+    if rollouts.n != config.n_rollouts:
+        raise IpgkitError(
+            f"the rollouts have {rollouts.n} per prompt but config.n_rollouts is "
+            f"{config.n_rollouts}: pass the IPGConfig the result was computed with"
+        )
+    rows = list(range(len(rollouts))) if rows is None else [int(r) for r in rows]
+    if not rows or min(rows) < 0 or max(rows) >= len(rollouts):
+        raise IpgkitError(f"rows must be indices into the {len(rollouts)} rollouts, got {rows}")
+    scaled = components.resolved(policy.model)
+    columns = _columns(scaled, units)
+    baseline = _support_baseline(policy, scaled, config, rollouts)
+    advantages = rollouts.advantages(config.advantages)
+    alphas, quadrature = integration_points(config.method, config.n_steps)
+    prompt_ids, completion_ids = rollouts.row_prompt_ids(), rollouts.row_completion_ids()
+    path_rows = [(r, k) for r in rows for k in range(len(alphas))]
+    grads = path_gradients(
+        policy,
+        scaled,
+        [prompt_ids[r] for r, _ in path_rows],
+        [completion_ids[r] for r, _ in path_rows],
+        torch.tensor([float(alphas[k]) for _, k in path_rows], dtype=torch.float64),
+        # the estimator's row weights, computed the same way (ipg's _add_row), so sums agree
+        torch.tensor(
+            [float(quadrature[k] * advantages[r] / config.n_rollouts) for r, k in path_rows]
+        ),
+        positions=config.positions,
+        baseline=baseline,
+        internal_batch_size=config.internal_batch_size,
+        progress=progress,
+        per_position=True,
+    )
+    steps = len(alphas)
+    prompts = len(rollouts.problems)  # IPG's score is the mean over prompts
+    contributions = [
+        torch.stack(grads.per_position[i * steps : (i + 1) * steps]).sum(0)[:, columns] / prompts
+        for i in range(len(rows))
+    ]
+    tokenizer = policy.tokenizer
+    tokens = [tokenizer.convert_ids_to_tokens([*prompt_ids[r], *completion_ids[r]]) for r in rows]
+    return TokenAttribution(
+        components=replace(scaled, indices=tuple(scaled.indices[c] for c in columns)),
+        rows=rows,
+        contributions=contributions,
+        activations=[grads.activations[i * steps][:, columns] for i in range(len(rows))],
+        tokens=[[str(t) for t in row] for row in tokens],
+        prompt_lengths=[len(prompt_ids[r]) for r in rows],
+        rewards=[float(rollouts.rewards[r]) for r in rows],
+        advantages=[float(advantages[r]) for r in rows],
+    )
+
+
+def _columns(scaled: ComponentSet, units: Sequence[int] | None) -> list[int]:
+    """Positions of ``units`` among the scaled set's indices."""
+    if units is None:
+        return list(range(len(scaled)))
+    where = {unit: column for column, unit in enumerate(scaled.indices)}
+    missing = [int(u) for u in units if int(u) not in where]
+    if missing:
+        raise IpgkitError(f"units {missing} are not in the scaled set at {scaled.hook_name}")
+    return [where[int(u)] for u in units]
+
+
+__all__ = ["TokenAttribution", "token_attribution"]
