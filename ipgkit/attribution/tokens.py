@@ -31,6 +31,7 @@ from .config import IPGConfig
 from .engine import path_gradients
 from .estimators import _support_baseline
 from .quadrature import integration_points
+from .token_views import Quantity, show_tokens, tokens_html
 
 
 @dataclass
@@ -61,6 +62,26 @@ class TokenAttribution:
     def totals(self) -> Float[Tensor, "rollouts units"]:
         """Each shown rollout's share of each unit's score (the sum over its positions)."""
         return torch.stack([values.sum(0) for values in self.contributions])
+
+    def values(self, row: int, unit: int, quantity: Quantity = "contribution") -> list[float]:
+        """One shown rollout's per-position values of one unit (hook index ``unit``)."""
+        slot = self.rows.index(row)
+        column = list(self.components.indices).index(unit)
+        table = self.contributions if quantity == "contribution" else self.activations
+        return table[slot][:, column].tolist()
+
+    def show(self, row: int, unit: int, quantity: Quantity = "contribution", prompt: bool = False):
+        """A coloured-token view of rollout ``row`` for ``unit`` in a notebook (circuitsvis when
+        installed, plain HTML otherwise); the completion only unless ``prompt``."""
+        slot = self.rows.index(row)
+        start = 0 if prompt else self.prompt_lengths[slot]
+        return show_tokens(self.tokens[slot], self.values(row, unit, quantity), start)
+
+    def to_html(self, row: int, unit: int, quantity: Quantity = "contribution") -> str:
+        """The same view as self-contained HTML (completion tokens), for reports."""
+        slot = self.rows.index(row)
+        values = self.values(row, unit, quantity)
+        return tokens_html(self.tokens[slot], values, start=self.prompt_lengths[slot])
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per (rollout, position, unit): rollout, position, token, part (``prompt`` or

@@ -82,3 +82,26 @@ def test_one_position_equals_raw_autograd_through_transformerlens_hooks(attribut
     assert torch.allclose(
         view.activations[0], model.run_with_cache(tokens)[1]["blocks.1.mlp.hook_post"][0].double()
     )
+
+
+def test_coloured_token_views(attributed, monkeypatch):
+    from ipgkit.attribution import token_views
+
+    policy, rollouts, components, config, result = attributed
+    unit = result.top(1).indices[0]
+    view = token_attribution(policy, rollouts, components, config, rows=[0, 1], units=[unit])
+    page = view.to_html(1, unit)
+    completion = view.tokens[1][view.prompt_lengths[1] :]
+    assert page.count("<span") == len(completion)
+    values = view.values(1, unit)[view.prompt_lengths[1] :]
+    strongest = max(range(len(values)), key=lambda i: abs(values[i]))
+    full = "rgb(255,0,0)" if values[strongest] > 0 else "rgb(0,0,255)"
+    assert full in page  # the largest value gets full colour
+    activation = view.to_html(1, unit, "activation")
+    assert activation != page
+    if token_views.has_circuitsvis():  # installed with the dev extra
+        from circuitsvis.utils.render import RenderedHTML
+
+        assert isinstance(view.show(0, unit), RenderedHTML)
+    monkeypatch.setattr(token_views, "has_circuitsvis", lambda: False)
+    assert "<span" in view.show(0, unit).data  # the plain-HTML fallback
