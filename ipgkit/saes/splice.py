@@ -74,19 +74,28 @@ def shipped_sae_dir(model_name: str, layer: int) -> Path:
     return SAES_DIR / f"{model_name}-L{int(layer)}"
 
 
-def load_sae(source, policy: Policy | None = None, device: str | None = None):
-    """Load an SAE: a layer number (the SAE shipped for ``policy``), a directory in sae-lens format,
-    or an SAE object (returned as is). With ``policy`` it is checked against the model.
+def load_sae(
+    source, sae_id: str | None = None, policy: Policy | None = None, device: str | None = None
+):
+    """Load an SAE: a layer number (the SAE shipped for ``policy``), a directory in sae-lens
+    format, a sae-lens pretrained release with its ``sae_id`` (through sae-lens's own loader,
+    ``SAE.from_pretrained``; needs the hub or its cache), or an SAE object (returned as is). With
+    ``policy`` it is checked against the model.
 
     Example:
-        >>> sae = load_sae(2, policy)                                     # doctest: +SKIP
+        >>> sae = load_sae(2, policy=policy)                              # doctest: +SKIP
         >>> sae.cfg.metadata.hook_name, sae.cfg.d_sae                     # doctest: +SKIP
         ('blocks.2.hook_resid_post', 2048)
+        >>> sae = load_sae("gpt2-small-res-jb", "blocks.8.hook_resid_pre")  # doctest: +SKIP
     """
     from sae_lens import SAE
 
+    if isinstance(sae_id, Policy):  # load_sae(source, policy), as before releases
+        sae_id, policy = None, sae_id
     if isinstance(source, SAE):
         sae = source
+    elif sae_id is not None:
+        sae = _load_release(str(source), sae_id, device or "cpu")
     else:
         if isinstance(source, int):
             if policy is None:
@@ -108,6 +117,22 @@ def load_sae(source, policy: Policy | None = None, device: str | None = None):
     if policy is not None:
         check_sae(policy, sae)
     return sae
+
+
+def _load_release(release: str, sae_id: str, device: str):
+    """sae-lens's pretrained loader, with a one-line error offline or for an unknown release."""
+    from sae_lens import SAE
+
+    try:
+        return SAE.from_pretrained(release, sae_id, device=device)
+    except OSError:
+        raise IpgkitError(
+            f"SAE {release!r}/{sae_id!r} needs the Hugging Face hub, which cannot be reached here "
+            "and whose cache lacks it: download it where there is a network (sae-lens caches it) "
+            "or save it with sae.save_model(DIR) and load_sae(DIR)"
+        ) from None
+    except ValueError as error:
+        raise IpgkitError(f"sae-lens cannot load {release!r}/{sae_id!r}: {error}") from None
 
 
 def _load_sae_folder(path: Path, device: str):
@@ -194,7 +219,7 @@ def attach_saes(policy: Policy, saes: Sequence, use_error_term: bool = True) -> 
         ['blocks.2.hook_resid_post']
     """
     policy = as_sae_policy(policy)
-    loaded = [load_sae(sae, policy) for sae in saes]
+    loaded = [load_sae(sae, policy=policy) for sae in saes]
     sites = [sae.cfg.metadata.hook_name for sae in loaded]
     if len(set(sites)) != len(sites):
         raise IpgkitError(f"two SAEs for the same hook: {sites}")

@@ -231,3 +231,27 @@ def test_load_model_splices_the_shipped_sae_without_changing_the_model():
     with torch.no_grad():
         torch.testing.assert_close(policy.model(tokens), plain.model(tokens), atol=1e-4, rtol=1e-5)
     assert sae_features(policy, layer=2).hook_width(policy.model) == 16 * 128
+
+
+def test_a_pretrained_release_goes_through_sae_lens_and_fails_in_one_line_offline(monkeypatch):
+    import sae_lens
+
+    from ipgkit.saes import load_sae
+
+    calls = []
+
+    def from_pretrained(release, sae_id, device="cpu"):
+        calls.append((release, sae_id, device))
+        return random_sae(8, 0, d_sae=16)
+
+    monkeypatch.setattr(sae_lens.SAE, "from_pretrained", from_pretrained)
+    sae = load_sae("some-release", "blocks.0.hook_resid_post")
+    assert calls == [("some-release", "blocks.0.hook_resid_post", "cpu")]
+    assert sae.cfg.d_sae == 16
+    monkeypatch.undo()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(IpgkitError, match=r"needs the Hugging Face hub") as caught:
+        load_sae("gpt2-small-res-jb", "blocks.8.hook_resid_pre")
+    assert "\n" not in str(caught.value)
+    with pytest.raises(IpgkitError, match="sae-lens cannot load 'no-such-release'"):
+        load_sae("no-such-release", "x")
