@@ -49,7 +49,7 @@ def register(commands) -> None:
 
 def train_grpo(args: argparse.Namespace) -> int:
     import ipgkit
-    from ipgkit.models.arith import save_arith
+    from ipgkit.models.export import save_policy
     from ipgkit.training import GRPOConfig, grpo_train
 
     task = ipgkit.tasks.load(args.task, split=args.split, path=args.path, n=args.n_problems)
@@ -64,7 +64,7 @@ def train_grpo(args: argparse.Namespace) -> int:
     print_table(run.log)
     if len(run.evals):
         print(run.evals.pivot_table(index="step", columns="metric", values="value").round(3))
-    save_arith(policy.model, Path(args.out) / "model", {"trained_by": "ipgkit grpo"})
+    save_policy(policy, Path(args.out) / "model", {"trained_by": "ipgkit grpo"})
     print(
         f"wrote {args.out}/checkpoint.pt, log.csv and model/ (load_model({args.out + '/model'!r}))"
     )

@@ -14,6 +14,7 @@ from ipgkit.models.hf import (
     load_hf_directory,
     load_hub_model,
 )
+from ipgkit.models.export import save_policy
 from ipgkit.models.policy import Policy
 
 EMBEDDED = ("arith",)
@@ -61,4 +62,4 @@ def load_model(name: str = "arith", device: str = "cpu", dtype=None) -> Policy:
     )
 
 
-__all__ = ["EMBEDDED", "NAMED", "Policy", "load_model"]
+__all__ = ["EMBEDDED", "NAMED", "Policy", "load_model", "save_policy"]

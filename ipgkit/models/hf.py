@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ipgkit.errors import IpgkitError
 
+from .export import HF_EXPORTS, structural_zeros
 from .policy import Policy, adds_bos, chat_prompt_format
 
 #: architectures whose TransformerLens conversion ipgkit's tests check against Hugging Face logits
@@ -104,6 +105,11 @@ def hooked_from_hf(hf_model, config_dir: str | os.PathLike, device: str = "cpu",
         fold_value_biases=False,
     )
     _use_weights_in_place(model)
+    if architecture in HF_EXPORTS:  # zero by construction: training must keep them so
+        frozen = set(structural_zeros(model))
+        for name, parameter in model.named_parameters():
+            if name in frozen:
+                parameter.requires_grad_(False)
     return model.eval()
 
 
