@@ -59,7 +59,6 @@ class ComponentSet:
     directions: Float[Tensor, "n_directions width"] | None = field(
         default=None, compare=False, repr=False
     )
-    #: the hook's width, recorded by :meth:`validate` so a set over every unit has a length
     _known_width: int | None = field(default=None, compare=False, repr=False, init=False)
 
     def __post_init__(self) -> None:
@@ -88,18 +87,12 @@ class ComponentSet:
             object.__setattr__(self, "directions", directions)
 
     def __len__(self) -> int:
-        """The number of units; a set over every unit knows it once validated against a model
-        (``sae_features(policy, layer=2)`` and ``result.top(...)`` are)."""
-        if self.indices is None:
-            if self.directions is not None:
-                return len(self.directions)
-            if self._known_width is not None:
-                return self._known_width
-            raise TypeError(
-                f"a ComponentSet over every unit of {self.hook_name} has no length until it "
-                "meets a model: call .validate(model) or .resolved(model)"
-            )
-        return len(self.indices)
+        """The number of units (a set over every unit knows it once validated on a model)."""
+        if self.indices is not None or self.directions is not None:
+            return len(self.indices if self.indices is not None else self.directions)
+        if self._known_width is None:
+            raise TypeError(f"{self.hook_name}: every unit; call .validate(model) for a length")
+        return self._known_width
 
     def hook_width(self, model) -> int:
         """Size of the hook's last dimension on ``model`` (d_model, d_mlp or d_sae)."""
@@ -130,7 +123,7 @@ class ComponentSet:
                 f"component index {max(self.indices)} is out of range for {self.hook_name} "
                 f"(width {width}); valid indices are 0..{width - 1}"
             )
-        if self.indices is None:  # frozen, but the width is a cache outside equality
+        if self.indices is None:  # frozen, but the width (for len) is a cache outside equality
             object.__setattr__(self, "_known_width", width)
         return self
 

@@ -153,7 +153,7 @@ def test_a_set_over_every_unit_has_a_length_once_it_meets_a_model():
 
     policy = tiny_policy()
     every = mlp_neurons(1)
-    with pytest.raises(TypeError, match=r"call \.validate"):
+    with pytest.raises(TypeError, match=r"call \.validate\(model\)"):
         len(every)
     assert len(every.validate(policy.model)) == policy.model.cfg.d_mlp
     assert every == mlp_neurons(1)  # the recorded width is not part of equality

@@ -173,12 +173,8 @@ def path_gradients(
     rows = (prompt_ids, completion_ids, alphas, weights)
     chunking = (chunks, internal_batch_size, memory_budget)
     scorer, chunks = _plan(policy, components, rows, positions, baseline, share_prefix, chunking)
-    state = _starting_state(resume_from, len(prompt_ids), len(components))
-    if per_position:
-        if resume_from is not None:
-            raise IpgkitError("per_position=True keeps its terms in memory only; it cannot resume")
-        scorer.per_position = True
-        state.per_position, state.activations = [None] * len(prompt_ids), [None] * len(prompt_ids)
+    state = _starting_state(resume_from, len(prompt_ids), len(components), per_position)
+    scorer.per_position = per_position
     with torch.enable_grad(), frozen_parameters(model):
         scorer.score_chunks(state, chunks, rows, progress, on_progress, save_every)
     if on_progress is not None:
@@ -221,14 +217,19 @@ def _check_rows(prompt_ids, completion_ids, alphas, weights, positions) -> None:
         raise IpgkitError("row weights must be finite (check the rewards and advantages)")
 
 
-def _starting_state(resume_from: PathGradients | None, rows: int, units: int) -> PathGradients:
+def _starting_state(resume_from, rows: int, units: int, per_position: bool) -> PathGradients:
     """Nothing computed yet, or a copy of a saved partial result of the same rows."""
+    if per_position and resume_from is not None:
+        raise IpgkitError("per_position=True keeps its terms in memory only; it cannot resume")
     if resume_from is None:
-        return PathGradients(
+        state = PathGradients(
             torch.zeros(rows, units, dtype=torch.float64),
             torch.zeros(rows, dtype=torch.float64),
             torch.zeros(rows, dtype=torch.bool),
         )
+        if per_position:
+            state.per_position, state.activations = [None] * rows, [None] * rows
+        return state
     if resume_from.contributions.shape != (rows, units):
         raise IpgkitError(
             f"cannot resume: the saved rows {tuple(resume_from.contributions.shape)} do not "

@@ -141,13 +141,7 @@ def token_attribution(
     """
     policy = require_policy(policy, "token_attribution")
     config = config or IPGConfig()
-    if rollouts.rewards is None:
-        raise IpgkitError("token_attribution needs rollouts with rewards (sample(..., reward=))")
-    if rollouts.n != config.n_rollouts:
-        raise IpgkitError(
-            f"the rollouts have {rollouts.n} per prompt but config.n_rollouts is "
-            f"{config.n_rollouts}: pass the IPGConfig the result was computed with"
-        )
+    _check_rollouts(rollouts, config)
     rows = list(range(len(rollouts))) if rows is None else [int(r) for r in rows]
     if not rows or min(rows) < 0 or max(rows) >= len(rollouts):
         raise IpgkitError(f"rows must be indices into the {len(rollouts)} rollouts, got {rows}")
@@ -192,6 +186,16 @@ def token_attribution(
         rewards=[float(rollouts.rewards[r]) for r in rows],
         advantages=[float(advantages[r]) for r in rows],
     )
+
+
+def _check_rollouts(rollouts: Rollouts, config: IPGConfig) -> None:
+    if rollouts.rewards is None:
+        raise IpgkitError("token_attribution needs rollouts with rewards (sample(..., reward=))")
+    if rollouts.n != config.n_rollouts:
+        raise IpgkitError(
+            f"the rollouts have {rollouts.n} per prompt but config.n_rollouts is "
+            f"{config.n_rollouts}: pass the IPGConfig the result was computed with"
+        )
 
 
 def _columns(scaled: ComponentSet, units: Sequence[int] | None) -> list[int]:

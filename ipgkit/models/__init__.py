@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ipgkit.errors import IpgkitError
 from ipgkit.models.arith import WEIGHTS_DIR, load_arith
+from ipgkit.models.export import save_policy
 from ipgkit.models.hf import (
     BUNDLED_GGUF,
     bundled_gguf_path,
@@ -14,7 +15,6 @@ from ipgkit.models.hf import (
     load_hf_directory,
     load_hub_model,
 )
-from ipgkit.models.export import save_policy
 from ipgkit.models.policy import Policy
 
 EMBEDDED = ("arith",)
