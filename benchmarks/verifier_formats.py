@@ -80,6 +80,23 @@ def make_answer(form: str):
     return answer
 
 
+def verdict_positions(targets: torch.Tensor, tokenizer) -> torch.Tensor:
+    """[batch, pos] True at the ``=``/``!`` verdicts of a ``Check: 1= 2= 3!`` line."""
+    found = torch.zeros_like(targets, dtype=torch.bool)
+    for row, line in enumerate(targets.tolist()):
+        # one character per token; special tokens become a placeholder of the same width
+        pieces = tokenizer.convert_ids_to_tokens(line)
+        text = "".join(piece if len(piece) == 1 else "\0" for piece in pieces)
+        start = text.find("Check: ")
+        if start < 0:
+            continue
+        stop = text.find("\n", start)
+        for position in range(start, stop if stop >= 0 else len(text)):
+            if text[position] in "=!" and text[position - 1].isdigit():
+                found[row, position] = True
+    return found
+
+
 def measure(policy, prompt, n: int, seed: int = 7) -> dict:
     rng, results = random.Random(seed), {}
     for split in ("test", "hard-test"):
@@ -119,6 +136,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--problems", type=int, default=60, help="per family and split")
     parser.add_argument("--varied", action="store_true", help="varied failed attempts to train")
+    parser.add_argument(
+        "--verdict-weight", type=float, default=1.0, help="loss weight of the verdict tokens"
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -146,12 +166,21 @@ def main() -> None:
             group["lr"] = training.learning_rate(step, config)
         logits = training.training_logits(model, tokens)[:, :-1]
         losses = F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
+        verdicts = verdict_positions(tokens[:, 1:], policy.tokenizer) & mask
+        weights = torch.where(verdicts, args.verdict_weight, 1.0)[mask]
         optimizer.zero_grad()
-        losses[mask].mean().backward()
+        ((losses[mask] * weights).sum() / weights.sum()).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         if step % 50 == 0:
-            print(step, f"{losses[mask].mean().item():.4f}", f"{time.time() - started:.0f}s")
+            verdict = losses[verdicts].mean().item() if verdicts.any() else float("nan")
+            print(
+                step,
+                f"loss {losses[mask].mean().item():.4f}",
+                f"verdicts {verdict:.3f}",
+                f"{time.time() - started:.0f}s",
+                flush=True,
+            )
     model.eval()
     torch.save(model.state_dict(), args.out + ".pt")
     results = {"format": args.format, **vars(args), **measure(policy, prompt, args.problems)}
