@@ -153,8 +153,13 @@ def _add_row(rows: PathRows, rollouts: Rollouts, ids, advantages, r: int, grid, 
     ``ids`` are the rollouts' (row prompt ids, row completion ids)."""
     prompt, completion = ids[0][r], ids[1][r]
     for k, alpha, weight in grid:
-        row_weight = float(weight * advantages[r] / config.n_rollouts)
+        row_weight = path_row_weight(weight, advantages[r], config.n_rollouts)
         rows.add(int(rollouts.group_ids[r]), k, prompt, completion, alpha, row_weight)
+
+
+def path_row_weight(quadrature_weight, advantage, n_rollouts: int) -> float:
+    """The weight of one (rollout, alpha point) row in IPG's objective: w_k A_r / N."""
+    return float(quadrature_weight * advantage / n_rollouts)
 
 
 def _score(rows: PathRows, policy, components, problems, baseline, config, progress, store):

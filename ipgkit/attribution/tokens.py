@@ -29,7 +29,7 @@ from ipgkit.rollouts import Rollouts
 
 from .config import IPGConfig
 from .engine import path_gradients
-from .estimators import _support_baseline
+from .estimators import _support_baseline, path_row_weight
 from .quadrature import integration_points
 from .token_views import Quantity, show_tokens, tokens_html
 
@@ -158,9 +158,12 @@ def token_attribution(
         [prompt_ids[r] for r, _ in path_rows],
         [completion_ids[r] for r, _ in path_rows],
         torch.tensor([float(alphas[k]) for _, k in path_rows], dtype=torch.float64),
-        # the estimator's row weights, computed the same way (ipg's _add_row), so sums agree
         torch.tensor(
-            [float(quadrature[k] * advantages[r] / config.n_rollouts) for r, k in path_rows]
+            [
+                path_row_weight(quadrature[k], advantages[r], config.n_rollouts)
+                for r, k in path_rows
+            ],
+            dtype=torch.float64,
         ),
         positions=config.positions,
         baseline=baseline,

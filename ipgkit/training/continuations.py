@@ -102,21 +102,22 @@ def continuation_table(
     for condition, label, pairs in conditions:
         fixes = [i for _, i in pairs]
         results = continue_from(policy, task, attempts, fixes, condition, n, temperature, seed)
-        per_attempt = [sum(r) / len(r) for _, r in results]
-        accuracy, low, high = mean_interval(per_attempt)
-        coverage = [float(any(r)) for _, r in results]
-        rows.append(
-            {
-                "condition": label,
-                "accuracy": accuracy,
-                "ci_low": low,
-                "ci_high": high,
-                "coverage": sum(coverage) / len(coverage),
-                "attempts": len(attempts),
-                "samples": n,
-            }
-        )
+        rows.append({"condition": label, **_success(results, n)})
     return pd.DataFrame(rows)
+
+
+def _success(results: list[tuple[list[str], list[float]]], n: int) -> dict:
+    """Continuation accuracy (mean over attempts of each attempt's mean, 95% t-interval) and
+    coverage (share of attempts with a correct continuation) of :func:`continue_from`'s results."""
+    accuracy, low, high = mean_interval([sum(r) / len(r) for _, r in results])
+    return {
+        "accuracy": accuracy,
+        "ci_low": low,
+        "ci_high": high,
+        "coverage": sum(any(r) for _, r in results) / len(results),
+        "attempts": len(results),
+        "samples": n,
+    }
 
 
 def _named_candidates(interventions) -> dict[str, list[tuple[FailedAttempt, Intervention]]]:
@@ -171,17 +172,5 @@ def misplaced_table(
     for shift, label in SHIFT_LABELS.items():
         moved = [Intervention(fix.location + shift, fix.content) for _, fix in pairs]
         results = continue_from(policy, task, attempts, moved, "intervention", n, temperature, seed)
-        accuracy, low, high = mean_interval([sum(r) / len(r) for _, r in results])
-        rows.append(
-            {
-                "placement": label,
-                "shift": shift,
-                "accuracy": accuracy,
-                "ci_low": low,
-                "ci_high": high,
-                "coverage": sum(any(r) for _, r in results) / len(results),
-                "attempts": len(attempts),
-                "samples": n,
-            }
-        )
+        rows.append({"placement": label, "shift": shift, **_success(results, n)})
     return pd.DataFrame(rows)

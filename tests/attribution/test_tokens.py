@@ -33,13 +33,14 @@ def attributed():
 def test_positions_and_rollouts_sum_to_each_units_score(attributed):
     policy, rollouts, components, config, result = attributed
     view = token_attribution(policy, rollouts, components, config)
-    # ipg's packed, prefix-sharing passes differ from raw autograd by ~1e-8 here, while the
-    # per-token view matches raw autograd to 1e-12 (the last test)
-    assert torch.allclose(view.totals().sum(0), result.scores, rtol=1e-6, atol=1e-7)
+    # the same rows and weights as ipg's: equal to float64 rounding
+    assert torch.allclose(view.totals().sum(0), result.scores, rtol=0, atol=1e-14)
     frame = view.to_dataframe()
     assert len(frame) == sum(len(t) for t in view.tokens) * policy.model.cfg.d_mlp
     by_unit = frame.groupby("unit").contribution.sum()
-    assert torch.allclose(torch.tensor(by_unit.to_numpy()), view.totals().sum(0), atol=1e-12)
+    assert torch.allclose(
+        torch.tensor(by_unit.to_numpy()), view.totals().sum(0), rtol=0, atol=1e-14
+    )
     assert set(frame.part) == {"prompt", "completion"}
 
 
@@ -78,7 +79,7 @@ def test_one_position_equals_raw_autograd_through_transformerlens_hooks(attribut
         total = logprobs.gather(-1, tokens[0, prompt_length:, None]).sum()
         (gradient,) = torch.autograd.grad(total, captured["leaf"])
         expected += captured["h"][0] * gradient[0] * weight_scale / config.n_steps
-    assert torch.allclose(view.contributions[0], expected, atol=1e-12)
+    assert torch.allclose(view.contributions[0], expected, rtol=0, atol=1e-12)
     assert torch.allclose(
         view.activations[0], model.run_with_cache(tokens)[1]["blocks.1.mlp.hook_post"][0].double()
     )
