@@ -333,9 +333,10 @@ class _ChunkScorer:
                 (gradient,) = torch.autograd.grad(objective, captured["scaled"])
         # reduce in at least float32, whatever the model's dtype
         precision = torch.promote_types(gradient.dtype, torch.float32)
-        difference = components.coordinates(captured["original"].to(precision))
+        activation = components.coordinates(captured["original"].to(precision))
+        difference = activation
         if baseline is not None:
-            difference = difference - baseline.to(difference.device, precision)
+            difference = activation - baseline.to(activation.device, precision)
         mask = position_mask(
             torch.tensor([len(p) for p in prompts]),
             torch.tensor([len(c) for c in completions]),
@@ -345,9 +346,8 @@ class _ChunkScorer:
         gradient = components.coordinates(gradient.to(precision))
         if self.per_position:
             terms = (difference * gradient * mask[..., None]).detach()
-            activation = components.coordinates(captured["original"].to(precision)).detach()
             per_row = terms.sum(1)
-            extra = (terms.double().cpu(), activation.double().cpu())
+            extra = (terms.double().cpu(), activation.detach().double().cpu())
         else:
             per_row, extra = torch.einsum("bpu,bpu,bp->bu", difference, gradient, mask), ()
         return per_row.detach().double().cpu(), sequence.detach().double().cpu(), *extra

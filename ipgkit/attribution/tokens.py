@@ -8,7 +8,8 @@ rollouts the result was computed on).
 Example:
     >>> rollouts = ipgkit.sample(policy, task.problems[:8], n=5, reward=task.correctness)
     >>> result = ipgkit.ipg(policy, task.problems[:8], mlp_neurons(2), rollouts=rollouts)
-    >>> view = token_attribution(policy, rollouts, result.top(5), rows=[0, 1])  # doctest: +SKIP
+    >>> top = result.top(5).indices
+    >>> view = token_attribution(policy, rollouts, result.components, rows=[0, 1], units=top)
     >>> view.to_dataframe().head()                                             # doctest: +SKIP
 """
 
@@ -129,15 +130,14 @@ def token_attribution(
     ``rollouts`` must carry rewards (those IPG was computed on) and ``config`` the IPG settings
     (quadrature rule, q, advantages, baseline, positions): each rollout is scored at the same
     alpha points with the same weights ``w_k A_r / N`` (then divided by the number of prompts),
-    so the contributions of every
-    rollout add up to ``ipg(..., rollouts=rollouts).scores`` for these units.
+    so the contributions of every rollout add up to ``ipg(..., rollouts=rollouts).scores``.
 
     Returns:
         :class:`TokenAttribution` with per-position contributions and activations.
 
     Example:
-        >>> view = token_attribution(policy, rollouts, result.top(3), rows=[0])  # doctest: +SKIP
-        >>> view.contributions[0].sum(0)  # rollout 0's share of each unit's IPG  # doctest: +SKIP
+        >>> view = token_attribution(policy, rollouts, result.components, rows=[0])
+        >>> view.contributions[0].sum(0)  # rollout 0's share of each unit's IPG
     """
     policy = require_policy(policy, "token_attribution")
     config = config or IPGConfig()

@@ -237,8 +237,7 @@ def _arms(policy, datasets, pool: HardPool, train, held_out, config, out: Path, 
                 continue  # nothing survived the filters: the yields table says so
             start = policy
             if name is not None:
-                sft = replace(config.sft, seed=seed)
-                start = sft_policy(policy, datasets[name], sft, out / f"sft_{name}_s{seed}.pt")
+                start = sft_policy(policy, name, datasets[name], config, seed, out)
             model = start.clone()
             run = grpo_train(
                 model,

@@ -15,7 +15,7 @@ from ipgkit.tasks.base import Problem
 from ipgkit.tasks.verification import Intervention
 from ipgkit.training.int_records import FailedAttempt, HardPool, InterventionSet
 from ipgkit.training.interventions import int_examples, intervention_logprob
-from ipgkit.training.sft import SFTConfig, completion_nll, train_sft
+from ipgkit.training.sft import completion_nll, train_sft
 
 from .int_tables import arms_summary, per_problem_results
 
@@ -37,8 +37,7 @@ def sft_ablations(policy, own: InterventionSet, held_out, config, out: Path):
             name = (
                 "int-self" if variant == ABLATIONS[0] else f"int-self-{variant.replace(' ', '-')}"
             )
-            sft = replace(config.sft, seed=seed)
-            tuned = sft_policy(policy, examples, sft, out / f"sft_{name}_s{seed}.pt")
+            tuned = sft_policy(policy, name, examples, config, seed, out)
             results = per_problem_results(tuned, held_out, grpo.eval_samples, grpo.eval_ks, seed)
             summary = arms_summary(results.assign(arm=variant, seed=seed))
             frames.append(summary.assign(examples=len(examples)))
@@ -73,15 +72,19 @@ def cached_frame(path: Path, compute) -> pd.DataFrame:
     )
 
 
-def sft_policy(policy: Policy, examples, config: SFTConfig, path: Path) -> Policy:
-    """A copy of ``policy`` fine-tuned on ``examples``, its weights cached in ``path``."""
+def sft_policy(policy: Policy, name: str, examples, config, seed: int, out: Path) -> Policy:
+    """A copy of ``policy`` fine-tuned on ``examples`` with ``config.sft`` at ``seed``, its
+    weights cached in ``out/sft_<name>_s<seed>.pt`` (so every stage asking for the same set and
+    seed shares one file)."""
     tuned = policy.clone()
+    sft = replace(config.sft, seed=seed)
 
     def train() -> dict:
-        train_sft(tuned, examples, config, progress=False)
+        train_sft(tuned, examples, sft, progress=False)
         return tuned.model.state_dict()
 
-    tuned.model.load_state_dict(cached_state(path, train, "SFT weights file"))
+    weights = cached_state(out / f"sft_{name}_s{seed}.pt", train, "SFT weights file")
+    tuned.model.load_state_dict(weights)
     return tuned
 
 
@@ -92,9 +95,7 @@ def on_policy_table(policy, datasets, sets, train, pool, config, out: Path) -> p
     rows = []
     seed = config.seeds[0]
     tuned = {
-        name: sft_policy(
-            policy, examples, replace(config.sft, seed=seed), out / f"sft_{name}_s{seed}.pt"
-        )
+        name: sft_policy(policy, name, examples, config, seed, out)
         for name, examples in datasets.items()
         if examples
     }
