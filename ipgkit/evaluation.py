@@ -104,7 +104,7 @@ def evaluate(
     max_new_tokens: int | None = None,
     batch_size: int = 64,
     seed: int = 0,
-    progress: bool = False,
+    progress: bool = True,
     seeding: Literal["batch", "problem"] = "batch",
     checkpoint_dir: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
@@ -153,7 +153,7 @@ def evaluation_rollouts(
     max_new_tokens: int | None = None,
     batch_size: int = 64,
     seed: int = 0,
-    progress: bool = False,
+    progress: bool = True,
     seeding: Literal["batch", "problem"] = "batch",
     checkpoint_dir: str | os.PathLike | None = None,
 ) -> tuple[Rollouts, Rollouts | None]:

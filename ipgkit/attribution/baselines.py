@@ -92,6 +92,7 @@ def activation_magnitude(
     components: ComponentSet,
     positions: Positions = "generated",
     internal_batch_size: int = 32,
+    progress: bool = True,
 ) -> AttributionResult:
     """Mean |h| per unit over the support set's tokens, averaged within then across prompts.
 
@@ -101,6 +102,7 @@ def activation_magnitude(
         components: the units.
         positions: which tokens count (``"generated"``: the completions, as in the paper).
         internal_batch_size: rows per forward pass.
+        progress: a tqdm bar over the rows (``False`` silences it).
 
     Example:
         >>> rollouts = ipgkit.sample(policy, task.problems[:50], n=5, temperature=0.6, top_p=0.8)
@@ -116,6 +118,7 @@ def activation_magnitude(
         positions,
         lambda values: components.coordinates(values).abs(),
         internal_batch_size,
+        progress=progress,
     )
     info = {
         "positions": positions,
@@ -145,6 +148,7 @@ def reasoning_neurons(
     concepts: Sequence[str] = ARITHMETIC_CONCEPTS,
     positions: Positions = "generated",
     internal_batch_size: int = 32,
+    progress: bool = True,
 ) -> AttributionResult:
     """Units that fire more on concept tokens than elsewhere: a standardised mean difference
     ``(mean on concept tokens - mean on other tokens) / pooled std`` over the support set.
@@ -163,6 +167,7 @@ def reasoning_neurons(
         rollouts.row_completion_ids(),
         positions,
         internal_batch_size,
+        progress=progress,
     ):
         values = components.coordinates(chunk.activations.double())
         is_concept = torch.isin(chunk.token_ids, concept_ids)
@@ -197,6 +202,7 @@ def control_vector(
     reasoning: Callable[[Problem], str] = lambda p: p.reference,
     contrast: Callable[[Problem], str] = lambda p: f"#### {p.answer}",
     internal_batch_size: int = 32,
+    progress: bool = True,
 ) -> AttributionResult:
     """A control vector: the top principal direction of paired (reasoning - contrast) activations.
 
@@ -226,6 +232,7 @@ def control_vector(
                 torch.arange(len(problems)),
                 "generated",
                 chunk_size=internal_batch_size,
+                progress=progress,
             )
         )
     differences = means[0] - means[1]

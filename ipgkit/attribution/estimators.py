@@ -136,6 +136,7 @@ def paper_mode(
     _warn_on_completeness_gap(delta, change, config, components.hook_name)
     return {
         "per_prompt": per_prompt,
+        "rollouts": rollouts,
         "reward_name": _reward_name(reward, rollouts),
         "delta": delta,
         "delta_of": "surrogate S(1) - S(0), S = mean over prompts of sum_rows A/N log pi",
@@ -177,8 +178,14 @@ def _score(rows: PathRows, policy, components, problems, baseline, config, progr
     )
 
 
+def completeness_holds(delta: float, change: float) -> bool:
+    """Whether the scores add up to the change they explain: ``|delta| <= 10% of |change|``
+    (Captum's convergence delta, with a tolerance relative to the change)."""
+    return abs(delta) <= 0.1 * abs(change) + 1e-6
+
+
 def _warn_on_completeness_gap(delta: float, change: float, config, hook_name: str) -> None:
-    if abs(delta) <= 0.1 * abs(change) + 1e-6:
+    if completeness_holds(delta, change):
         return
     residual_hint = (
         "; with a zero baseline on a normalised residual stream most of the change happens "

@@ -133,6 +133,7 @@ def _local_ipg(
     else:
         estimate = on_path_mode(policy, problems, components, reward, config, progress, store)
     per_prompt = estimate.pop("per_prompt")
+    support = estimate.pop("rollouts", None)  # paper mode's one support set
     info = {
         "config": config.describe(),
         "policy": policy.name,
@@ -141,9 +142,11 @@ def _local_ipg(
         "seconds": time.perf_counter() - started,
         **estimate,
     }
-    return AttributionResult.from_per_prompt(
+    result = AttributionResult.from_per_prompt(
         components.resolved(policy.model), per_prompt, method="ipg", info=info
     )
+    result.rollouts = support
+    return result
 
 
 def _sharded_ipg(
@@ -179,7 +182,9 @@ def _sharded_ipg(
             progress and rank == 0,
             checkpoint,
         )
-    pieces = distributed.gather({"per_prompt": part.per_prompt, "info": part.info})
+    pieces = distributed.gather(
+        {"per_prompt": part.per_prompt, "info": part.info, "rollouts": part.rollouts}
+    )
     per_prompt = torch.cat([piece["per_prompt"] for piece in pieces])
     counts = [len(piece["info"]["problem_ids"]) for piece in pieces]
 
@@ -202,7 +207,9 @@ def _sharded_ipg(
         "seconds": max(piece["info"]["seconds"] for piece in pieces),
         "processes": size,
     }
-    return AttributionResult.from_per_prompt(part.components, per_prompt, method="ipg", info=info)
+    result = AttributionResult.from_per_prompt(part.components, per_prompt, "ipg", info=info)
+    result.rollouts = Rollouts.concat([piece["rollouts"] for piece in pieces], policy.pad_token_id)
+    return result
 
 
 __all__ = [

@@ -19,6 +19,7 @@ from torch import Tensor
 from ipgkit.components import ComponentSet
 from ipgkit.errors import DataFormatError, IpgkitError, no_signal_advice
 from ipgkit.io import atomic_path
+from ipgkit.rollouts import Rollouts
 
 FORMAT_VERSION = 1
 
@@ -35,6 +36,9 @@ class AttributionResult:
         method: ``"ipg"``, ``"random"``, ``"activation"``, ``"reasoning_neuron"``,
             ``"control_vector"``, ``"policy_gradient"``, ``"integrated_gradients"``, ...
         info: JSON-ready details: settings, the completeness delta, rewards, timings.
+        rollouts: IPG in paper mode: the support set it scored (what :meth:`to_html` shows per
+            token); not part of :meth:`save` (``ipgkit attribute`` writes it beside the result
+            with :meth:`Rollouts.save`).
 
     Example:
         >>> result.to_dataframe().head()                 # doctest: +SKIP
@@ -47,6 +51,7 @@ class AttributionResult:
     per_prompt: Float[Tensor, "prompts units"] | None = None
     method: str = "ipg"
     info: dict[str, Any] = field(default_factory=dict)
+    rollouts: Rollouts | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.components.indices is None:
@@ -169,6 +174,20 @@ class AttributionResult:
             f"units={len(self)}, top=[{best}]{extra})"
         )
 
+    def to_html(self, policy=None, rollouts: Rollouts | None = None, **options) -> str:
+        """A self-contained HTML report (see :func:`ipgkit.attribution.report.attribution_report`):
+        summary, completeness, scores; with ``policy``, per-token heat maps of the top units on
+        correct and wrong rollouts (``rollouts``, or the support set this result carries) and
+        their feature pages. ``options`` are :class:`~ipgkit.attribution.report.ReportOptions`
+        fields (``top``, ``pairs``, ...).
+
+        Example:
+            >>> Path("report.html").write_text(result.to_html(policy))      # doctest: +SKIP
+        """
+        from .report import ReportOptions, attribution_report
+
+        return attribution_report(self, policy, rollouts, ReportOptions(**options))
+
     # --- persistence ------------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -225,12 +244,13 @@ class AttributionResult:
     def plot(self, top: int = 20, ax=None, title: str | None = None):
         """Scores per unit index (with +-1 stderr where known), the ``top`` units highlighted.
 
-        Returns the matplotlib Axes.
+        Returns the matplotlib Axes; without ``ax`` the figure is laid out so that a plain
+        ``savefig`` clips nothing.
         """
         import matplotlib.pyplot as plt
 
         if ax is None:
-            _, ax = plt.subplots(figsize=(9, 3.2))
+            _, ax = plt.subplots(figsize=(9, 3.2), layout="constrained")
         index = torch.tensor(self.indices)
         ax.axhline(0.0, color="0.7", linewidth=0.8)
         if self.stderr is not None and torch.isfinite(self.stderr).all():

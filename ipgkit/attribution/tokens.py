@@ -16,9 +16,8 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
-import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -26,89 +25,43 @@ from torch import Tensor
 from ipgkit.components import ComponentSet
 from ipgkit.errors import IpgkitError
 from ipgkit.models.policy import Policy, require_policy
-from ipgkit.rollouts import Rollouts
+from ipgkit.rollouts import Rollouts, TokenActivations, token_texts
+from ipgkit.rollouts.activations import unit_columns
 
 from .config import IPGConfig
 from .engine import path_gradients
 from .estimators import _support_baseline, path_row_weight
 from .quadrature import integration_points
-from .token_views import Quantity, show_tokens, tokens_html
 
 
 @dataclass
-class TokenAttribution:
-    """Per-token IPG of some units over some rollouts.
+class TokenAttribution(TokenActivations):
+    """Per-token IPG of some units over some rollouts (and their activations, as in
+    :class:`~ipgkit.rollouts.TokenActivations`).
 
     Attributes:
-        components: the units (explicit indices; column j is ``components.indices[j]``).
-        rows: the rollout rows shown (indices into the rollouts).
         contributions: per shown rollout, [positions, units]: that position's share of the
             unit's IPG (summing over positions gives the rollout's share; over rollouts, the
             unit's score when every rollout of the support set is shown).
-        activations: per shown rollout, [positions, units]: the unscaled activation h.
-        tokens: per shown rollout, the token text at each position (prompt then completion).
-        prompt_lengths: per shown rollout, how many positions are the prompt.
-        rewards: per shown rollout, its reward; advantages: its group-relative advantage.
+        advantages: per shown rollout, its group-relative advantage.
+
+    ``values``, ``show`` and ``to_html`` show the contributions unless ``quantity="activation"``.
     """
 
-    components: ComponentSet
-    rows: list[int]
-    contributions: list[Float[Tensor, "positions units"]]
-    activations: list[Float[Tensor, "positions units"]]
-    tokens: list[list[str]]
-    prompt_lengths: list[int]
-    rewards: list[float]
-    advantages: list[float]
+    contributions: list[Float[Tensor, "positions units"]] = field(default_factory=list)
+    advantages: list[float] = field(default_factory=list)
+
+    default_quantity = "contribution"
+
+    def _tables(self) -> dict[str, list[Tensor]]:
+        return {"contribution": self.contributions, "activation": self.activations}
+
+    def _row_columns(self, slot: int) -> dict[str, float]:
+        return {"reward": self.rewards[slot], "advantage": self.advantages[slot]}
 
     def totals(self) -> Float[Tensor, "rollouts units"]:
         """Each shown rollout's share of each unit's score (the sum over its positions)."""
         return torch.stack([values.sum(0) for values in self.contributions])
-
-    def values(self, row: int, unit: int, quantity: Quantity = "contribution") -> list[float]:
-        """One shown rollout's per-position values of one unit (hook index ``unit``)."""
-        slot = self.rows.index(row)
-        column = list(self.components.indices).index(unit)
-        table = self.contributions if quantity == "contribution" else self.activations
-        return table[slot][:, column].tolist()
-
-    def show(self, row: int, unit: int, quantity: Quantity = "contribution", prompt: bool = False):
-        """A coloured-token view of rollout ``row`` for ``unit`` in a notebook (circuitsvis when
-        installed, plain HTML otherwise); the completion only unless ``prompt``."""
-        slot = self.rows.index(row)
-        start = 0 if prompt else self.prompt_lengths[slot]
-        return show_tokens(self.tokens[slot], self.values(row, unit, quantity), start)
-
-    def to_html(self, row: int, unit: int, quantity: Quantity = "contribution") -> str:
-        """The same view as self-contained HTML (completion tokens), for reports."""
-        slot = self.rows.index(row)
-        values = self.values(row, unit, quantity)
-        return tokens_html(self.tokens[slot], values, start=self.prompt_lengths[slot])
-
-    def to_dataframe(self) -> pd.DataFrame:
-        """One row per (rollout, position, unit): rollout, position, token, part (``prompt`` or
-        ``completion``), unit, contribution, activation, reward, advantage."""
-        frames = []
-        units = list(self.components.indices)
-        for slot, row in enumerate(self.rows):
-            values, activation = self.contributions[slot], self.activations[slot]
-            positions, width = values.shape
-            frame = pd.DataFrame(
-                {
-                    "rollout": row,
-                    "position": torch.arange(positions).repeat_interleave(width).numpy(),
-                    "unit": units * positions,
-                    "contribution": values.reshape(-1).numpy(),
-                    "activation": activation.reshape(-1).numpy(),
-                }
-            )
-            tokens = pd.Series(self.tokens[slot])
-            frame["token"] = tokens.iloc[frame.position].to_numpy()
-            frame["part"] = [
-                "prompt" if p < self.prompt_lengths[slot] else "completion" for p in frame.position
-            ]
-            frames.append(frame.assign(reward=self.rewards[slot], advantage=self.advantages[slot]))
-        columns = ["rollout", "position", "token", "part", "unit", "contribution", "activation"]
-        return pd.concat(frames, ignore_index=True)[[*columns, "reward", "advantage"]]
 
 
 def token_attribution(
@@ -146,7 +99,7 @@ def token_attribution(
     if not rows or min(rows) < 0 or max(rows) >= len(rollouts):
         raise IpgkitError(f"rows must be indices into the {len(rollouts)} rollouts, got {rows}")
     scaled = components.resolved(policy.model)
-    columns = _columns(scaled, units)
+    columns = unit_columns(scaled, units)
     baseline = _support_baseline(policy, scaled, config, rollouts)
     advantages = rollouts.advantages(config.advantages)
     alphas, quadrature = integration_points(config.method, config.n_steps)
@@ -177,14 +130,12 @@ def token_attribution(
         torch.stack(grads.per_position[i * steps : (i + 1) * steps]).sum(0)[:, columns] / prompts
         for i in range(len(rows))
     ]
-    tokenizer = policy.tokenizer
-    tokens = [tokenizer.convert_ids_to_tokens([*prompt_ids[r], *completion_ids[r]]) for r in rows]
     return TokenAttribution(
         components=replace(scaled, indices=tuple(scaled.indices[c] for c in columns)),
         rows=rows,
         contributions=contributions,
         activations=[grads.activations[i * steps][:, columns] for i in range(len(rows))],
-        tokens=[[str(t) for t in row] for row in tokens],
+        tokens=[token_texts(policy, [*prompt_ids[r], *completion_ids[r]]) for r in rows],
         prompt_lengths=[len(prompt_ids[r]) for r in rows],
         rewards=[float(rollouts.rewards[r]) for r in rows],
         advantages=[float(advantages[r]) for r in rows],
@@ -199,17 +150,6 @@ def _check_rollouts(rollouts: Rollouts, config: IPGConfig) -> None:
             f"the rollouts have {rollouts.n} per prompt but config.n_rollouts is "
             f"{config.n_rollouts}: pass the IPGConfig the result was computed with"
         )
-
-
-def _columns(scaled: ComponentSet, units: Sequence[int] | None) -> list[int]:
-    """Positions of ``units`` among the scaled set's indices."""
-    if units is None:
-        return list(range(len(scaled)))
-    where = {unit: column for column, unit in enumerate(scaled.indices)}
-    missing = [int(u) for u in units if int(u) not in where]
-    if missing:
-        raise IpgkitError(f"units {missing} are not in the scaled set at {scaled.hook_name}")
-    return [where[int(u)] for u in units]
 
 
 __all__ = ["TokenAttribution", "token_attribution"]

@@ -59,6 +59,8 @@ def register(commands) -> None:
     )
     attribute.set_defaults(run=attribute_units)
 
+    _register_report(commands)
+
     train_sae = commands.add_parser(
         "train-sae", help="train TopK SAEs on the model's own traces (what saes/ ships)"
     )
@@ -72,6 +74,30 @@ def register(commands) -> None:
     )
     add_config_flags(train_sae, SAETrainingConfig, exclude=["layer"])
     train_sae.set_defaults(run=train_saes)
+
+
+def _register_report(commands) -> None:
+    report = commands.add_parser(
+        "report",
+        help="one self-contained HTML page for a result: scores, completeness, per-token heat "
+        "maps of the top units on correct and wrong rollouts, feature pages",
+    )
+    report.add_argument("result", help="a .safetensors result (what `ipgkit attribute` writes)")
+    report.add_argument("--out", default="report.html", help="the HTML file to write")
+    report.add_argument(
+        "--rollouts",
+        default=None,
+        help="the support set (default: <result>.rollouts.safetensors beside the result)",
+    )
+    report.add_argument(
+        "--model", default=None, help=MODEL_HELP + " (default: the result's own policy)"
+    )
+    report.add_argument(
+        "--sae", default=None, help="SAE directory for SAE latents (default: the shipped one)"
+    )
+    report.add_argument("--top", type=int, default=5, help="units with heat maps and pages")
+    report.add_argument("--pairs", type=int, default=2, help="prompts shown per unit")
+    report.set_defaults(run=write_report)
 
 
 def _components(policy, args):
@@ -127,6 +153,8 @@ def _report(result, out: Path, top: int) -> None:
 
     write_table(result.to_dataframe(), out)
     saved = result.save(out.with_suffix(".safetensors"))
+    if result.rollouts is not None:  # the support set, for `ipgkit report`
+        result.rollouts.save(rollouts_beside(saved))
     ax = result.plot(top=top)
     ax.figure.savefig(out.with_suffix(".png"), dpi=150, bbox_inches="tight")
     if result.ranks_anything:
@@ -143,6 +171,46 @@ def _report(result, out: Path, top: int) -> None:
         f"{info['rows_scored']} rows scored; {info['seconds']:.1f} s"
     )
     print(f"wrote {out}, {saved} and {out.with_suffix('.png')}")
+
+
+def rollouts_beside(result_path: Path) -> Path:
+    """Where ``ipgkit attribute`` keeps a result's support set: ``<stem>.rollouts.safetensors``."""
+    return result_path.with_name(f"{result_path.stem}.rollouts.safetensors")
+
+
+def write_report(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import ipgkit
+    from ipgkit.attribution.report import ReportOptions
+    from ipgkit.attribution.report import write_report as write_page
+    from ipgkit.errors import IpgkitError
+
+    result_path = Path(args.result)
+    result = ipgkit.AttributionResult.load(result_path)
+    rollouts_path = Path(args.rollouts) if args.rollouts else rollouts_beside(result_path)
+    if not rollouts_path.exists():
+        raise IpgkitError(
+            f"no rollouts at {rollouts_path}: pass --rollouts (a file from Rollouts.save), or "
+            "rerun `ipgkit attribute`, which writes them beside the result"
+        )
+    rollouts = ipgkit.Rollouts.load(rollouts_path)
+    if [p.id for p in rollouts.problems] != result.info.get("problem_ids", []):
+        raise IpgkitError(f"{rollouts_path} holds rollouts of other problems than {result_path}")
+    name = args.model or result.info.get("policy")
+    if not name:
+        raise IpgkitError(f"{result_path} names no policy: pass --model")
+    policy = ipgkit.load_model(name.split("+sae")[0])
+    hook = result.components.hook_name
+    if result.components.kind == "sae":
+        from ipgkit.saes import attach_saes
+
+        policy = attach_saes(policy, [args.sae or int(hook.split(".")[1])])
+    options = ReportOptions(top=args.top, pairs=args.pairs, progress=True)
+    out = write_page(result, args.out, policy, rollouts, options)
+    print(f"wrote {out} ({out.stat().st_size / 1e3:.0f} kB); open it in a browser")
+    return 0
 
 
 def train_saes(args: argparse.Namespace) -> int:

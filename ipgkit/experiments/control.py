@@ -268,7 +268,9 @@ def site_search(suite: Suite, ps=(10,), gammas=(0.0, 1.5)) -> pd.DataFrame:
                     "units": units.hook_name,
                     "rollouts": digest(rollouts.texts),
                 },
-                lambda units=units: activation_magnitude(suite.policy, rollouts, units),
+                lambda units=units: activation_magnitude(
+                    suite.policy, rollouts, units, progress=False
+                ),
             ),
         }
         if mode == "on_path":

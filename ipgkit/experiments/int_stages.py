@@ -112,6 +112,7 @@ def on_policy_table(policy, datasets, sets, train, pool, config, out: Path) -> p
             temperature=1.0,
             seed=config.seed,
             max_new_tokens=train.max_new_tokens,
+            progress=False,
         )
         scores = token_logprobs(
             model, rollouts.row_prompt_ids(), rollouts.row_completion_ids(), 32, with_entropy=True

@@ -37,7 +37,7 @@ def per_problem_results(
         >>> per_problem_results(policy, held_out, n_samples=8, ks=(8,), seed=0)  # doctest: +SKIP
     """
     greedy, sampled = evaluation_rollouts(
-        policy, task, n_samples, seed=seed, max_new_tokens=max_new_tokens
+        policy, task, n_samples, seed=seed, max_new_tokens=max_new_tokens, progress=False
     )
     rows = []
     counts = sampled.rewards_by_group().gt(0).sum(-1).tolist() if sampled is not None else None

@@ -64,13 +64,19 @@ def table1_methods(suite) -> dict[str, SelectedSets]:
         "IPG": lambda: [suite.ipg("ipg", policy, key, units, rollouts)],
         "Random": lambda: [random_baseline(policy, units, seed) for seed in seeds],
         "Activation": lambda: [
-            cached("activation", base, lambda: activation_magnitude(policy, rollouts, units))
+            cached(
+                "activation", base, lambda: activation_magnitude(policy, rollouts, units, **quiet)
+            )
         ],
         "Reasoning Neuron": lambda: [
-            cached("reasoning_neurons", base, lambda: reasoning_neurons(policy, rollouts, units))
+            cached(
+                "reasoning_neurons",
+                base,
+                lambda: reasoning_neurons(policy, rollouts, units, **quiet),
+            )
         ],
         "Control Vector": lambda: [
-            cached("control_vector", base, lambda: control_vector(policy, problems, units))
+            cached("control_vector", base, lambda: control_vector(policy, problems, units, **quiet))
         ],
         "Policy Gradient": lambda: [
             cached(

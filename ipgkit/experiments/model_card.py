@@ -79,7 +79,12 @@ def verifier_accuracy(
     completions = []
     if n:
         completions = sample(
-            policy, prompts, temperature=0.0, max_new_tokens=max_new_tokens, format_prompts=False
+            policy,
+            prompts,
+            temperature=0.0,
+            max_new_tokens=max_new_tokens,
+            format_prompts=False,
+            progress=False,
         ).texts
     parsed = [parse_intervention(text) for text in completions]
     counts = {

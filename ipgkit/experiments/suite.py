@@ -264,6 +264,7 @@ class Suite:
                     policy_key or self.policy_key,
                     task,
                     max_new_tokens=max_new_tokens,
+                    progress=self.progress,
                 )
             ]
         return [
@@ -274,6 +275,7 @@ class Suite:
                 chosen,
                 gamma,
                 max_new_tokens=max_new_tokens,
+                progress=self.progress,
             )
             for chosen in sets.sets(p)
         ]

@@ -17,7 +17,13 @@ baselines and analysis read.
 #: re-exported for code that imported it from here before the positions mask moved to components
 from ipgkit.components import position_mask
 
-from .activations import ActivationChunk, iter_activations, mean_activations
+from .activations import (
+    ActivationChunk,
+    iter_activations,
+    mean_activations,
+    token_activations,
+    token_texts,
+)
 from .advantages import (
     AdvantageMode,
     RewardScaling,
@@ -35,6 +41,7 @@ from .scoring import (
     score_rollouts,
     token_logprobs,
 )
+from .token_views import TokenActivations
 
 __all__ = [
     "ActivationChunk",
@@ -42,6 +49,7 @@ __all__ = [
     "RewardScaling",
     "Rollouts",
     "SamplingConfig",
+    "TokenActivations",
     "TokenScores",
     "check_context",
     "check_memory",
@@ -59,6 +67,8 @@ __all__ = [
     "scaled_advantages",
     "score_completions",
     "score_rollouts",
+    "token_activations",
     "token_logprobs",
+    "token_texts",
     "zero_std_groups",
 ]

@@ -7,18 +7,20 @@ layout apply), no gradient. Baselines, analysis, SAE training and IPG's mean bas
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ipgkit.components import Positions, position_mask, resolve_hook
+from ipgkit.components import ComponentSet, Positions, position_mask, resolve_hook
 from ipgkit.errors import IpgkitError
 from ipgkit.memory import MemoryBudget
 from ipgkit.models.policy import Policy
 
+from .data import Rollouts
 from .scoring import iter_scores, right_padded
+from .token_views import TokenActivations
 
 
 @dataclass
@@ -48,12 +50,14 @@ def iter_activations(
     positions: Positions = "generated",
     chunk_size: int = 64,
     memory_budget: MemoryBudget | float | None = None,
+    progress: bool = False,
 ) -> Iterator[ActivationChunk]:
     """Activations at ``hook_name`` over prompt + completion rows, through the teacher-forced pass.
 
     The same forward as :func:`iter_scores` (so steering hooks and the sequence layout apply), no
     gradient. Baselines and IPG's mean baseline reduce these chunks as they stream past. With a
-    ``memory_budget``, chunks are also split to fit it and attention is fused.
+    ``memory_budget``, chunks are also split to fit it and attention is fused. ``progress`` shows
+    a tqdm bar over rows.
 
     Example:
         >>> for chunk in iter_activations(policy, "blocks.2.hook_resid_post",
@@ -69,7 +73,14 @@ def iter_activations(
 
     with torch.no_grad(), policy.model.hooks(fwd_hooks=[(hook_name, capture)]):
         for rows, _ in iter_scores(
-            policy, prompt_ids, completion_ids, chunk_size, False, memory_budget=memory_budget
+            policy,
+            prompt_ids,
+            completion_ids,
+            chunk_size,
+            False,
+            memory_budget=memory_budget,
+            progress=progress,
+            description=f"activations {hook_name}",
         ):
             activation = captured.pop()
             prompt_lengths = torch.tensor([len(p) for p in prompt_ids[rows]])
@@ -98,6 +109,7 @@ def mean_activations(
     transform: Callable[[Tensor], Tensor] | None = None,
     chunk_size: int = 64,
     memory_budget: MemoryBudget | float | None = None,
+    progress: bool = False,
 ) -> Float[Tensor, "groups width"]:
     """Mean of ``transform(activation)`` over the selected tokens of each group of rows (float64).
 
@@ -112,7 +124,14 @@ def mean_activations(
     row_groups = torch.as_tensor(row_groups, dtype=torch.long)
     sums, counts = None, torch.zeros(int(row_groups.max()) + 1, dtype=torch.float64)
     for chunk in iter_activations(
-        policy, hook_name, prompt_ids, completion_ids, positions, chunk_size, memory_budget
+        policy,
+        hook_name,
+        prompt_ids,
+        completion_ids,
+        positions,
+        chunk_size,
+        memory_budget,
+        progress,
     ):
         values = chunk.activations.double()
         values = transform(values) if transform is not None else values
@@ -124,3 +143,72 @@ def mean_activations(
     if sums is None or (counts == 0).any():
         raise IpgkitError(f"some groups have no tokens at positions={positions!r}")
     return sums / counts[:, None]
+
+
+def token_texts(policy: Policy, ids: Sequence[int]) -> list[str]:
+    """Each token's own text (decoded alone, so ``" the"`` rather than ``"Ġthe"``)."""
+    return [policy.tokenizer.decode([int(t)]) for t in ids]
+
+
+def token_activations(
+    policy: Policy,
+    rollouts: Rollouts,
+    components: ComponentSet,
+    rows: Sequence[int] | None = None,
+    units: Sequence[int] | None = None,
+    internal_batch_size: int = 32,
+    progress: bool = False,
+) -> TokenActivations:
+    """Activations of ``units`` (hook indices; all of ``components`` when None) at every position
+    of the rollout ``rows`` (all when None), through the teacher-forced pass.
+
+    Returns:
+        :class:`TokenActivations`: per row a [positions, units] tensor, the tokens' texts, the
+        prompt length and the reward.
+
+    Example:
+        >>> view = token_activations(policy, rollouts, mlp_neurons(2), rows=[0, 1], units=[7])
+        >>> view.to_dataframe().head()                                         # doctest: +SKIP
+    """
+    components = components.resolved(policy.model)
+    rows = list(range(len(rollouts))) if rows is None else [int(r) for r in rows]
+    if not rows or min(rows) < 0 or max(rows) >= len(rollouts):
+        raise IpgkitError(f"rows must be indices into the {len(rollouts)} rollouts, got {rows}")
+    columns = unit_columns(components, units)
+    prompt_ids = [rollouts.row_prompt_ids()[r] for r in rows]
+    completion_ids = [rollouts.row_completion_ids()[r] for r in rows]
+    per_row: list[list[Tensor]] = [[] for _ in rows]
+    for chunk in iter_activations(
+        policy,
+        components.hook_name,
+        prompt_ids,
+        completion_ids,
+        "all",
+        internal_batch_size,
+        progress=progress,
+    ):
+        values = components.coordinates(chunk.activations.double())[:, columns]
+        for slot in chunk.row_index.unique().tolist():
+            per_row[slot].append(values[chunk.row_index == slot])
+    rewards = rollouts.rewards
+    return TokenActivations(
+        components=replace(components, indices=tuple(components.indices[c] for c in columns)),
+        rows=rows,
+        activations=[torch.cat(parts) for parts in per_row],
+        tokens=[
+            token_texts(policy, [*p, *c]) for p, c in zip(prompt_ids, completion_ids, strict=True)
+        ],
+        prompt_lengths=[len(p) for p in prompt_ids],
+        rewards=[float("nan") if rewards is None else float(rewards[r]) for r in rows],
+    )
+
+
+def unit_columns(components: ComponentSet, units: Sequence[int] | None) -> list[int]:
+    """Positions of hook indices ``units`` among a resolved set's indices (all when None)."""
+    if units is None:
+        return list(range(len(components.indices)))
+    where = {unit: column for column, unit in enumerate(components.indices)}
+    missing = [int(u) for u in units if int(u) not in where]
+    if missing:
+        raise IpgkitError(f"units {missing} are not in the set at {components.hook_name}")
+    return [where[int(u)] for u in units]

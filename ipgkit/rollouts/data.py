@@ -3,20 +3,30 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Literal
 
 import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
-from ipgkit.errors import IpgkitError
+from ipgkit.errors import DataFormatError, IpgkitError
+from ipgkit.io import atomic_path
 from ipgkit.tasks.base import Problem, RewardFunction, call_reward, reward_columns, reward_name
 
 from .advantages import AdvantageMode, group_advantages, zero_std_groups
+
+#: the tensors of a saved :class:`Rollouts` (the rest is JSON metadata)
+TENSOR_FIELDS = ("group_ids", "completion_ids", "completion_mask", "sample_logprobs")
+ROLLOUTS_FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -213,6 +223,48 @@ class Rollouts:
         fields["problems"] = [Problem(**p) for p in state["problems"]]
         fields["config"] = SamplingConfig(**state["config"])
         return cls(**fields)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write one ``.safetensors`` file (the tensors, and the texts, problems and settings as
+        JSON metadata; no pickle), atomically, e.g. to share the support set of a result.
+        Problems' metadata goes through JSON, so tuples in it come back as lists.
+
+        Example:
+            >>> rollouts.save("runs/support.safetensors")                  # doctest: +SKIP
+            >>> Rollouts.load("runs/support.safetensors").texts[0]         # doctest: +SKIP
+        """
+        state = self.state_dict()
+        tensors = {name: state.pop(name).contiguous() for name in TENSOR_FIELDS}
+        if state["rewards"] is not None:
+            tensors["rewards"] = state["rewards"].contiguous()
+        state["rewards"] = None
+        header = {"format_version": ROLLOUTS_FORMAT_VERSION, **state}
+        path = Path(path)
+        with atomic_path(path) as temporary:
+            save_file(tensors, str(temporary), metadata={"ipgkit_rollouts": json.dumps(header)})
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Rollouts:
+        """Read a file written by :meth:`save`."""
+        path = Path(path)
+        if not path.exists():
+            raise IpgkitError(f"no rollouts at {path}")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        except Exception as error:  # safetensors raises its own error types
+            raise DataFormatError(f"{path} is not a safetensors file: {error}") from error
+        if "ipgkit_rollouts" not in metadata:
+            raise DataFormatError(f"{path} holds no rollouts (not written by Rollouts.save)")
+        header = json.loads(metadata["ipgkit_rollouts"])
+        version = header.pop("format_version")
+        if version != ROLLOUTS_FORMAT_VERSION:
+            raise DataFormatError(
+                f"{path} has rollouts format {version}; this ipgkit reads {ROLLOUTS_FORMAT_VERSION}"
+            )
+        return cls.from_state_dict({**header, **tensors})
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per completion: problem id, sample index, text, length, reward."""

@@ -201,7 +201,7 @@ def sample(
     seed: int = 0,
     batch_size: int = 64,
     reward: RewardFunction | None = None,
-    progress: bool = False,
+    progress: bool = True,
     format_prompts: bool = True,
     seeding: Literal["batch", "problem"] = "batch",
     checkpoint: str | os.PathLike | None = None,
@@ -216,7 +216,7 @@ def sample(
     Hooks active on ``policy.model`` (e.g. inside :func:`ipgkit.steer`) apply throughout.
     Rows are grouped by problem: rows ``g*n .. g*n+n-1`` answer problem ``g``. Questions go through
     the policy's prompt format unless ``format_prompts=False`` (for ready-made prompts, such as
-    InT verification prompts).
+    InT verification prompts). A tqdm bar shows progress unless ``progress=False``.
 
     Example:
         >>> rollouts = sample(policy, task.problems[:32], n=8, temperature=0.7,

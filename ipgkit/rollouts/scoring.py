@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ipgkit.components import SequenceLayout, sequence_layout
 from ipgkit.errors import IpgkitError
@@ -129,6 +130,8 @@ def iter_scores(
     position_chunk_size: int = 256,
     memory_budget: MemoryBudget | float | None = None,
     gradient_from_block: int = -1,
+    progress: bool = False,
+    description: str = "scoring",
 ) -> Iterator[tuple[slice, TokenScores]]:
     """Teacher-forced scores chunk by chunk (``chunk_size`` rows each), so callers can backward per
     chunk and keep memory bounded. Yields ``(rows, scores)`` with ``rows`` a slice of the inputs.
@@ -149,7 +152,7 @@ def iter_scores(
     runs with fused attention and the blocks above ``gradient_from_block`` checkpointed, until the
     caller resumes the iterator (so a backward in the loop body is bounded too); chunks of
     ``chunk_size`` rows are split further to fit the budget, and positions per logits block follow
-    it.
+    it. ``progress`` shows a tqdm bar over rows, labelled ``description``.
 
     Example:
         >>> for rows, scores in iter_scores(policy, prompts, completions, chunk_size=16):
@@ -168,25 +171,29 @@ def iter_scores(
         widths = [len(p) + len(c) for p, c in zip(prompt_ids, completion_ids, strict=True)]
         chunks = memory.split(chunks, widths, policy.model.cfg)
         position_chunk_size = memory.position_chunk_size(policy.model.cfg)
-    for chunk in chunks:
-        rows = slice(chunk[0], chunk[-1] + 1)
-        passes = (
-            contextlib.nullcontext()
-            if memory is None
-            else bounded_passes(policy.model, gradient_from_block)
-        )
-        with passes:
-            yield (
-                rows,
-                _score_chunk(
-                    policy,
-                    prompt_ids[rows],
-                    completion_ids[rows],
-                    with_entropy,
-                    shared_prefix_layer,
-                    position_chunk_size,
-                ),
+    with tqdm(
+        total=len(everything), desc=description, unit="row", disable=not progress, leave=False
+    ) as bar:
+        for chunk in chunks:
+            rows = slice(chunk[0], chunk[-1] + 1)
+            passes = (
+                contextlib.nullcontext()
+                if memory is None
+                else bounded_passes(policy.model, gradient_from_block)
             )
+            with passes:
+                yield (
+                    rows,
+                    _score_chunk(
+                        policy,
+                        prompt_ids[rows],
+                        completion_ids[rows],
+                        with_entropy,
+                        shared_prefix_layer,
+                        position_chunk_size,
+                    ),
+                )
+            bar.update(len(chunk))
 
 
 def _score_chunk(
@@ -228,6 +235,7 @@ def score_completions(
     chunk_size: int | None = None,
     with_entropy: bool = True,
     memory_budget: MemoryBudget | float | None = None,
+    progress: bool = True,
 ) -> TokenScores:
     """Teacher-forced per-token log pi(a_t | s_t) and entropy for whole batches.
 
@@ -238,6 +246,7 @@ def score_completions(
         chunk_size: rows per forward pass (all at once when None).
         with_entropy: also return the entropy of each next-token distribution.
         memory_budget: bounds each pass (see :func:`iter_scores`).
+        progress: a tqdm bar over rows (``False`` silences it).
 
     Returns:
         :class:`TokenScores` with ``[rows, longest completion]`` tensors, with gradient when grad
@@ -257,6 +266,7 @@ def score_completions(
             chunk_size,
             with_entropy,
             memory_budget=memory_budget,
+            progress=progress,
         )
     )
     width = max(scores.mask.shape[1] for _, scores in chunks)
@@ -285,16 +295,25 @@ def token_logprobs(
     """
     with torch.no_grad():
         scores = score_completions(
-            policy, prompt_ids, completion_ids, chunk_size, with_entropy, memory_budget
+            policy, prompt_ids, completion_ids, chunk_size, with_entropy, memory_budget, False
         )
     entropy = None if scores.entropy is None else scores.entropy.cpu()
     return TokenScores(scores.logprobs.cpu(), entropy, scores.mask.cpu())
 
 
 def score_rollouts(
-    policy: Policy, rollouts: Rollouts, chunk_size: int | None = None, with_entropy: bool = True
+    policy: Policy,
+    rollouts: Rollouts,
+    chunk_size: int | None = None,
+    with_entropy: bool = True,
+    progress: bool = True,
 ) -> TokenScores:
     """:func:`score_completions` over a :class:`Rollouts` (rows in the same order)."""
     return score_completions(
-        policy, rollouts.row_prompt_ids(), rollouts.row_completion_ids(), chunk_size, with_entropy
+        policy,
+        rollouts.row_prompt_ids(),
+        rollouts.row_completion_ids(),
+        chunk_size,
+        with_entropy,
+        progress=progress,
     )

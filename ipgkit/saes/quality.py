@@ -80,7 +80,7 @@ def spliced_accuracy(policy: Policy, sae, tasks: Sequence, batch_size: int = 64)
     plain, replaced = [], []
     for task in tasks:
         for scores, which in ((plain, policy), (replaced, spliced)):
-            greedy, _ = evaluation_rollouts(which, task, batch_size=batch_size)
+            greedy, _ = evaluation_rollouts(which, task, batch_size=batch_size, progress=False)
             scores.extend(greedy.rewards.tolist())
     differences = [b - a for a, b in zip(plain, replaced, strict=True)]
     change, low, high = mean_interval(differences)

@@ -226,6 +226,7 @@ def _train_step(policy, optimizer, problems, reward, config: GRPOConfig, referen
         seed=config.seed * 100_003 + step,
         batch_size=config.per_device_train_batch_size,
         reward=reward,
+        progress=False,
     )
     row = grpo_step(policy, optimizer, rollouts, config, reference)
     row.update(step=step + 1, seconds=time.perf_counter() - started)
@@ -278,6 +279,7 @@ def _evaluate_at(step: int, policy, eval_task, config: GRPOConfig, evals: list) 
         top_p=config.top_p,
         max_new_tokens=config.max_completion_length,
         seed=config.seed,
+        progress=False,
     )
     evals.append(table.assign(step=step))
 

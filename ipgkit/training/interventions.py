@@ -209,6 +209,7 @@ class SelfProposer:
             max_new_tokens=self.max_new_tokens,
             seed=self.seed,
             format_prompts=False,
+            progress=False,
         )
         for row, index in enumerate(fits):
             answers[index] = rollouts.texts[row * self.n : (row + 1) * self.n]

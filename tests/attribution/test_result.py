@@ -62,3 +62,9 @@ def test_load_refuses_foreign_files(tmp_path):
 def test_plot_draws_every_unit():
     ax = make_result().plot(top=2)
     assert len(ax.collections) >= 2
+
+
+def test_plot_saves_without_clipping():
+    from tests.figures_fit import drawn_inside_figure
+
+    assert drawn_inside_figure(make_result().plot(top=2).figure)

@@ -51,7 +51,7 @@ def test_chosen_units_and_rows_are_columns_of_the_full_view(attributed):
     assert some.components.indices == (7, 2)
     assert torch.equal(some.contributions[0], full.contributions[0][:, [7, 2]])
     assert torch.equal(some.activations[0], full.activations[0][:, [7, 2]])
-    with pytest.raises(ipgkit.IpgkitError, match="not in the scaled set"):
+    with pytest.raises(ipgkit.IpgkitError, match="not in the set at"):
         token_attribution(policy, rollouts, components.resolved(policy.model), config, units=[999])
 
 
@@ -86,7 +86,7 @@ def test_one_position_equals_raw_autograd_through_transformerlens_hooks(attribut
 
 
 def test_coloured_token_views(attributed, monkeypatch):
-    from ipgkit.attribution import token_views
+    from ipgkit.rollouts import token_views
 
     policy, rollouts, components, config, result = attributed
     unit = result.top(1).indices[0]
@@ -106,3 +106,21 @@ def test_coloured_token_views(attributed, monkeypatch):
         assert isinstance(view.show(0, unit), RenderedHTML)
     monkeypatch.setattr(token_views, "has_circuitsvis", lambda: False)
     assert "<span" in view.show(0, unit).data  # the plain-HTML fallback
+
+
+def test_the_tidy_table_names_every_quantity(attributed):
+    policy, rollouts, components, config, _ = attributed
+    frame = token_attribution(
+        policy, rollouts, components, config, rows=[0], units=[3]
+    ).to_dataframe()
+    assert list(frame.columns) == [
+        "rollout",
+        "position",
+        "token",
+        "part",
+        "unit",
+        "contribution",
+        "activation",
+        "reward",
+        "advantage",
+    ]

@@ -15,6 +15,7 @@ from ipgkit.errors import ZeroSignalWarning
         ["demo"],
         ["experiments"],
         ["figures"],
+        ["report"],
     ],
 )
 def test_help(command, capsys):
@@ -114,6 +115,16 @@ def test_attribute_scores_sae_features(tmp_path, capsys):
     table = pd.read_csv(out)
     assert len(table) == 96 and set(table.kind) == {"sae"}
     assert set(table.hook) == {"blocks.1.hook_resid_post.hook_sae_acts_post"}
+    # the report reads the result and its support set, and splices the SAE in again
+    page = tmp_path / "features.html"
+    result = str(out.with_suffix(".safetensors"))
+    assert main(["report", result, "--sae", str(sae_dir), "--top", "2", "--out", str(page)]) == 0
+    html = page.read_text()
+    assert "<h2>Feature pages</h2>" in html and html.count('<section class="feature"') == 2
+    assert "where it fires" in html  # SAE latents' histograms count the tokens they fire on
+    (tmp_path / "features.rollouts.safetensors").unlink()
+    assert main(["report", result, "--out", str(page)]) == 2
+    assert "no rollouts at" in capsys.readouterr().err
 
 
 def test_attribute_rejects_a_missing_layer(capsys):

@@ -1,5 +1,7 @@
 """ipgkit.rollouts.data: rewards on Rollouts, reward errors, selecting groups."""
 
+import json
+
 import pytest
 import torch
 
@@ -64,3 +66,32 @@ def test_select_keeps_whole_groups_in_the_order_asked(policy):
     assert chosen.rewards.tolist() == rollouts.rewards[[6, 7, 8, 0, 1, 2]].tolist()
     with pytest.raises(IpgkitError, match="problem indices"):
         rollouts.select([4])
+
+
+@pytest.mark.parametrize("rewarded", [True, False])
+def test_save_and_load_round_trip_every_field(policy, tmp_path, rewarded):
+    task = load("arith-chain", split="train", n=2)
+    rollouts = sample(
+        policy,
+        task.problems,
+        n=2,
+        max_new_tokens=6,
+        temperature=1.0,
+        reward=task.correctness if rewarded else None,
+        progress=False,
+    )
+    loaded = ipgkit.Rollouts.load(rollouts.save(tmp_path / "support.safetensors"))
+    for name, value in rollouts.state_dict().items():
+        again = loaded.state_dict()[name]
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, again), name
+        else:  # metadata goes through JSON: tuples in a problem's metadata come back as lists
+            assert json.loads(json.dumps(value)) == again, name
+
+
+def test_loading_something_else_names_the_problem(tmp_path):
+    with pytest.raises(IpgkitError, match="no rollouts at"):
+        ipgkit.Rollouts.load(tmp_path / "missing.safetensors")
+    (tmp_path / "junk.safetensors").write_text("not a file of tensors")
+    with pytest.raises(IpgkitError, match="not a safetensors file"):
+        ipgkit.Rollouts.load(tmp_path / "junk.safetensors")

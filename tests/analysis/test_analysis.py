@@ -153,3 +153,42 @@ def test_dice_of_index_sets_and_component_sets():
         dice(mlp_neurons(1, [0]), mlp_neurons(0, [0]))
     with pytest.raises(IpgkitError, match="explicit unit indices"):
         dice(mlp_neurons(1), mlp_neurons(1, [0]))
+
+
+def test_histograms_bin_every_selected_token_and_sae_latents_where_they_fire(policy, support):
+    neurons = feature_pages(policy, mlp_neurons(1, [4, 11]), support, progress=False)
+    tokens = sum(len(p) + len(c) for p, c in zip(*_ids(support), strict=True))
+    counts = neurons.histograms.groupby("index")["count"].sum()
+    assert counts.to_dict() == {4: tokens, 11: tokens}
+    spliced = attach_saes(policy, [random_sae(32, 1)])
+    latents = feature_pages(
+        spliced, sae_features(spliced, layer=1, indices=[2, 5]), support, progress=False
+    )
+    for unit, column in ((2, 0), (5, 1)):
+        values = torch.cat([t[:, column] for t in latents.traces.activations])
+        rows = latents.histograms[latents.histograms["index"] == unit]
+        assert rows["count"].sum() == int((values > 0).sum())
+        assert rows["active"].iloc[0] == pytest.approx(float((values > 0).double().mean()))
+        assert rows["low"].min() == pytest.approx(float(values[values > 0].min()))
+
+
+def _ids(rollouts):
+    return rollouts.row_prompt_ids(), rollouts.row_completion_ids()
+
+
+def test_feature_page_html_colours_each_context_by_the_units_activation(policy, support):
+    pages = feature_pages(policy, mlp_neurons(1, [4]), support, n_contexts=2, progress=False)
+    page = pages.to_html(4)
+    assert page.count('<tr><td class="num">') == len(pages.contexts)
+    best = pages.contexts.iloc[0]
+    assert f'title="position {best.position}: {best.activation:+.4g}"' in page
+    assert "outline:2px" in page  # the activating token is marked
+    assert "<svg" in page and "<script" not in page
+    assert pages.to_html().count("<section") == 1
+
+
+def test_feature_page_figure_saves_without_clipping(policy, support):
+    from tests.figures_fit import drawn_inside_figure
+
+    pages = feature_pages(policy, mlp_neurons(1, [4]), support, progress=False)
+    assert drawn_inside_figure(pages.plot(4).figure)
