@@ -8,8 +8,13 @@ Example:
     ...                          reward=task.correctness)                     # doctest: +SKIP
 """
 
+# isort: off
+# first: keeps tqdm.auto's import-time notebook warning out of every output (see progress.py)
+from ipgkit import progress  # noqa: F401
+
+# isort: on
 from ipgkit import analysis, attribution, experiments, saes, tasks
-from ipgkit.attribution import AttributionResult, IPGConfig, ipg
+from ipgkit.attribution import AttributionResult, IPGConfig, ipg, token_attribution
 from ipgkit.components import ComponentSet, mlp_neurons, resid_neurons, scaling_hook
 from ipgkit.errors import IpgkitError
 from ipgkit.evaluation import (
@@ -21,6 +26,7 @@ from ipgkit.evaluation import (
 )
 from ipgkit.loading import load_model
 from ipgkit.models import Policy
+from ipgkit.models.export import save_policy
 from ipgkit.rollouts import (
     Rollouts,
     SamplingConfig,
@@ -30,6 +36,7 @@ from ipgkit.rollouts import (
     sample,
     score_completions,
     score_rollouts,
+    token_activations,
 )
 from ipgkit.saes import attach_saes, load_sae, sae_features
 from ipgkit.steering import steer
@@ -64,9 +71,12 @@ __all__ = [
     "sae_features",
     "saes",
     "sample",
+    "save_policy",
     "scaling_hook",
     "score_completions",
     "score_rollouts",
     "steer",
     "tasks",
+    "token_activations",
+    "token_attribution",
 ]

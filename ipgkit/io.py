@@ -67,6 +67,43 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
         torch.save(obj, tmp)
 
 
+def save_tensors(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], key: str, header: dict
+) -> Path:
+    """One ``.safetensors`` file, atomically: ``tensors`` and a JSON ``header`` stored under
+    metadata ``key`` (what :func:`load_tensors` reads back; no pickle)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    contiguous = {name: tensor.contiguous() for name, tensor in tensors.items()}
+    with atomic_path(path) as temporary:
+        save_file(contiguous, str(temporary), metadata={key: json.dumps(header)})
+    return path
+
+
+def load_tensors(
+    path: str | os.PathLike, key: str, what: str
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and JSON header of a file written by :func:`save_tensors` under ``key``;
+    a missing file is an :class:`IpgkitError`, anything else a :class:`DataFormatError`."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise IpgkitError(f"no {what} at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    except Exception as error:  # safetensors raises its own error types
+        raise DataFormatError(f"{path} is not a safetensors file: {error}") from error
+    if key not in metadata:
+        raise DataFormatError(
+            f"{path} holds no {what}: it has no {key!r} metadata (not written by ipgkit)"
+        )
+    return tensors, json.loads(metadata[key])
+
+
 def load_torch_state(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     """Read a file written by :func:`atomic_torch_save` with ``torch.load(weights_only=True)``.
 
@@ -193,6 +230,21 @@ def cached_state(path: str | os.PathLike, compute: Callable[[], Any], what: str)
 
 
 # --- ipgkit's own records as JSON --------------------------------------------------------------
+
+
+def config_record(config: Any, added: dict[str, Any] | None = None) -> dict:
+    """``dataclasses.asdict(config)`` without the fields named in ``added`` (at any depth) where
+    they hold the given value: the settings a checkpoint or workspace records as its identity.
+    Fields added after runs were written are left out at their defaults, so those runs' files
+    stay valid; by default ``memory_budget_mib`` when unset (it bounds memory, not results)."""
+    added = {"memory_budget_mib": None} if added is None else added
+
+    def prune(value):
+        if isinstance(value, dict):
+            return {k: prune(v) for k, v in value.items() if not (k in added and v == added[k])}
+        return value
+
+    return prune(dataclasses.asdict(config))
 
 
 def to_json_record(value: Any) -> Any:

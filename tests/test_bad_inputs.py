@@ -341,7 +341,8 @@ def _truncated_result(folder, policy):
 @case(
     "results file that is not ipgkit's",
     DataFormatError,
-    r"other\.safetensors has no ipgkit metadata \(not written by result\.save\)",
+    r"other\.safetensors holds no attribution result: it has no 'ipgkit' metadata \(not written "
+    r"by ipgkit\)",
 )
 def _foreign_result(folder, policy):
     import torch

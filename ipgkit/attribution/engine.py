@@ -21,7 +21,6 @@ from typing import Literal
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ipgkit.components import (
     ComponentSet,
@@ -33,6 +32,7 @@ from ipgkit.components import (
 from ipgkit.errors import IpgkitError
 from ipgkit.memory import MemoryBudget, as_budget, gradient_block
 from ipgkit.models.policy import Policy, require_policy
+from ipgkit.progress import tqdm
 from ipgkit.rollouts import iter_scores
 from ipgkit.saes import hooks_upstream_of_saes
 

@@ -15,10 +15,10 @@ import warnings
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ipgkit.errors import IpgkitError
 from ipgkit.memory import as_budget
+from ipgkit.progress import tqdm
 from ipgkit.rollouts import Rollouts, mean_activations, sample
 from ipgkit.steering import steer
 from ipgkit.tasks.base import reward_name

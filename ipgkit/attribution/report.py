@@ -31,7 +31,7 @@ from .estimators import completeness_holds
 from .tokens import token_attribution
 
 STYLE = """
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}
 h1{font-size:1.5em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
 table{border-collapse:collapse;font-size:.9em} td,th{padding:2px 8px;border-bottom:1px solid #eee}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
@@ -154,13 +154,24 @@ def _checks(result) -> str:
         )
     zero = result.frac_reward_zero_std
     if zero is not None:
-        advice = f" {html.escape(no_signal_advice(zero))}." if zero >= 0.5 else ""
         parts.append(
             f'<p class="{"warn" if zero >= 0.5 else "ok"}">frac_reward_zero_std = {zero:.2f}: '
-            f"the fraction of prompts whose rollouts all earned the same reward (they carry no "
-            f"signal).{advice}</p>"
+            "the fraction of prompts whose rollouts all earned the same reward; they carry no "
+            f"signal, so the scores rest on the other {100 * (1 - zero):.0f}%. "
+            f"{html.escape(_signal_advice(result, zero))}</p>"
         )
     return "".join(parts)
+
+
+def _signal_advice(result, zero: float) -> str:
+    if not result.ranks_anything:
+        return no_signal_advice(zero) + "."
+    if zero >= 0.5:
+        return (
+            "More rollouts per prompt, or problems the model solves about half the time, would "
+            "put more prompts to use."
+        )
+    return ""
 
 
 def _scores(result, rows: int) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -12,13 +11,11 @@ from typing import Any, Literal
 import pandas as pd
 import torch
 from jaxtyping import Float
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from ipgkit.components import ComponentSet
-from ipgkit.errors import DataFormatError, IpgkitError, no_signal_advice
-from ipgkit.io import atomic_path
+from ipgkit.errors import IpgkitError, no_signal_advice
+from ipgkit.io import load_tensors, save_tensors
 from ipgkit.rollouts import Rollouts
 
 FORMAT_VERSION = 1
@@ -192,14 +189,13 @@ class AttributionResult:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write one ``.safetensors`` file (tensors + JSON metadata; no pickle). Atomic."""
-        path = Path(path)
-        tensors = {"scores": self.scores.contiguous()}
+        tensors = {"scores": self.scores}
         if self.stderr is not None:
-            tensors["stderr"] = self.stderr.contiguous()
+            tensors["stderr"] = self.stderr
         if self.per_prompt is not None:
-            tensors["per_prompt"] = self.per_prompt.contiguous()
+            tensors["per_prompt"] = self.per_prompt
         if self.components.directions is not None:
-            tensors["directions"] = self.components.directions.contiguous()
+            tensors["directions"] = self.components.directions
         header = {
             "format_version": FORMAT_VERSION,
             "hook_name": self.components.hook_name,
@@ -208,25 +204,12 @@ class AttributionResult:
             "method": self.method,
             "info": self.info,
         }
-        with atomic_path(path) as temporary:
-            save_file(tensors, str(temporary), metadata={"ipgkit": json.dumps(header)})
-        return path
+        return save_tensors(path, tensors, "ipgkit", header)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> AttributionResult:
         """Read a file written by :meth:`save`."""
-        path = Path(path)
-        if not path.exists():
-            raise IpgkitError(f"no attribution result at {path}")
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-        except Exception as error:  # safetensors raises its own error types
-            raise DataFormatError(f"{path} is not a safetensors file: {error}") from error
-        if "ipgkit" not in metadata:
-            raise DataFormatError(f"{path} has no ipgkit metadata (not written by result.save)")
-        header = json.loads(metadata["ipgkit"])
+        tensors, header = load_tensors(path, "ipgkit", "attribution result")
         components = ComponentSet(
             header["hook_name"], tuple(header["indices"]), header["kind"], tensors.get("directions")
         )

@@ -26,9 +26,10 @@ def register(commands) -> None:
     attribute.add_argument(
         "--site",
         choices=["resid", "mlp", "sae"],
-        default="resid",
-        help="residual-stream neurons (paper), MLP neurons, or the latents of "
-        "the SAE at --layer (error term kept)",
+        default="mlp",
+        help="MLP neurons (default: completeness holds there), residual-stream neurons (the "
+        "paper's site; with the zero baseline on a LayerNorm'd stream completeness fails, try "
+        "--baseline mean), or the latents of the SAE at --layer (error term kept)",
     )
     attribute.add_argument(
         "--sae",

@@ -28,10 +28,10 @@ import time
 from collections.abc import Callable, Sequence
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from ipgkit.errors import IpgkitError
 from ipgkit.io import atomic_write_text
+from ipgkit.progress import tqdm
 
 from .config import ExperimentConfig, small_config
 from .control import (

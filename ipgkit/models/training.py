@@ -17,13 +17,13 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from ipgkit.determinism import deterministic_algorithms
 from ipgkit.io import Checkpoint
 from ipgkit.models.arith import arith_config, arith_prompt, save_arith
 from ipgkit.models.tokenizer import build_char_tokenizer
+from ipgkit.progress import tqdm
 from ipgkit.tasks import arith
 from ipgkit.tasks.base import split_lines
 from ipgkit.tasks.verification import first_divergence, format_intervention, verifier_prompt

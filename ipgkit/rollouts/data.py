@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -14,12 +13,10 @@ from typing import Literal
 import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from ipgkit.errors import DataFormatError, IpgkitError
-from ipgkit.io import atomic_path
+from ipgkit.io import load_tensors, save_tensors
 from ipgkit.tasks.base import Problem, RewardFunction, call_reward, reward_columns, reward_name
 
 from .advantages import AdvantageMode, group_advantages, zero_std_groups
@@ -234,31 +231,17 @@ class Rollouts:
             >>> Rollouts.load("runs/support.safetensors").texts[0]         # doctest: +SKIP
         """
         state = self.state_dict()
-        tensors = {name: state.pop(name).contiguous() for name in TENSOR_FIELDS}
+        tensors = {name: state.pop(name) for name in TENSOR_FIELDS}
         if state["rewards"] is not None:
-            tensors["rewards"] = state["rewards"].contiguous()
+            tensors["rewards"] = state["rewards"]
         state["rewards"] = None
         header = {"format_version": ROLLOUTS_FORMAT_VERSION, **state}
-        path = Path(path)
-        with atomic_path(path) as temporary:
-            save_file(tensors, str(temporary), metadata={"ipgkit_rollouts": json.dumps(header)})
-        return path
+        return save_tensors(path, tensors, "ipgkit_rollouts", header)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Rollouts:
         """Read a file written by :meth:`save`."""
-        path = Path(path)
-        if not path.exists():
-            raise IpgkitError(f"no rollouts at {path}")
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-        except Exception as error:  # safetensors raises its own error types
-            raise DataFormatError(f"{path} is not a safetensors file: {error}") from error
-        if "ipgkit_rollouts" not in metadata:
-            raise DataFormatError(f"{path} holds no rollouts (not written by Rollouts.save)")
-        header = json.loads(metadata["ipgkit_rollouts"])
+        tensors, header = load_tensors(path, "ipgkit_rollouts", "rollouts")
         version = header.pop("format_version")
         if version != ROLLOUTS_FORMAT_VERSION:
             raise DataFormatError(

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ipgkit.components import SequenceLayout, sequence_layout
 from ipgkit.errors import IpgkitError
 from ipgkit.memory import MemoryBudget, as_budget, bounded_passes, checkpoint_in_layout
 from ipgkit.models.policy import Policy, require_policy
+from ipgkit.progress import tqdm
 
 from .data import Rollouts, pad_right
 from .sampling import check_context
