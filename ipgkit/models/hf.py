@@ -130,6 +130,11 @@ def _unembed_forward(self, residual):
     return F.linear(residual, self.W_U.T, self.b_U)
 
 
+# the same computation as TransformerLens's forwards: the fast decode steps may replace them
+_gated_mlp_forward.same_as_transformer_lens = True
+_unembed_forward.same_as_transformer_lens = True
+
+
 def _use_weights_in_place(model) -> None:
     """Swap in :func:`_gated_mlp_forward` and :func:`_unembed_forward` for float32 models: the
     weight copies they skip were 60% of a SmolLM2 decode step. bfloat16 models keep

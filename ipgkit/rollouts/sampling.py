@@ -7,6 +7,7 @@ path apply to every token, prompt and generated, because the sampler sets the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -18,15 +19,16 @@ from typing import Literal
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ipgkit.components import SequenceLayout, sequence_layout, set_layout_offset
 from ipgkit.errors import IpgkitError
 from ipgkit.io import Checkpoint
 from ipgkit.models.policy import Policy, require_policy
+from ipgkit.progress import tqdm
 from ipgkit.tasks.base import Problem, RewardFunction
 
 from .data import Rollouts, SamplingConfig, pad_right
+from .decode import fast_decoding, final_logits
 from .kv_cache import PreallocatedCache, rotate_new_keys_only
 
 
@@ -43,7 +45,7 @@ def _final_logits(model, tokens, attention_mask, past_kv_cache=None):
         past_kv_cache=past_kv_cache,
         stop_at_layer=model.cfg.n_layers,
     )
-    return model.unembed(model.ln_final(resid[:, -1:]))
+    return final_logits(model, resid)
 
 
 def row_generators(seed: int, problem_ids: Sequence[str], n: int) -> list[torch.Generator]:
@@ -92,8 +94,13 @@ def generate(
     prompt_ids: Sequence[Sequence[int]],
     config: SamplingConfig,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    reference: bool = False,
 ) -> tuple[Int[Tensor, "batch new"], Bool[Tensor, "batch new"], Float[Tensor, "batch new"]]:
     """Generate one completion per prompt with a KV cache (inference mode, hooks active).
+
+    Decode steps run through :func:`~ipgkit.rollouts.decode.fast_decoding` (TransformerLens's
+    computation without its per-layer overhead, every hook point live); ``reference=True`` runs
+    TransformerLens's own forward at every step, what the fast steps are tested against.
 
     Returns completion ids [batch, new] (pad after the stop token), their mask (stop token
     included) and their log-probabilities at temperature 1.
@@ -116,7 +123,8 @@ def generate(
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     new_tokens, new_logprobs, alive = [], [], []
     layout = SequenceLayout(generated_start=torch.full((batch,), longest), offset=0)
-    with torch.inference_mode(), sequence_layout(layout), rotate_new_keys_only(model, cache):
+    fast = contextlib.nullcontext() if reference else fast_decoding(model)
+    with torch.inference_mode(), sequence_layout(layout), rotate_new_keys_only(model, cache), fast:
         logits = _final_logits(model, tokens, attention, cache)[:, -1]
         step_mask = torch.ones((batch, 1), dtype=torch.long, device=device)
         for step in range(config.max_new_tokens):

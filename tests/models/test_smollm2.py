@@ -103,3 +103,26 @@ def test_real_outputs_are_graded_as_gsm8k_and_math500_grade_them(greedy, smollm2
     (text,) = evaluation_rollouts(smollm2, math, max_new_tokens=16)[0].texts
     assert grade_math(f"{text} \\boxed{{0.75}}", "\\frac{3}{4}")
     assert not grade_math(f"{text} \\boxed{{\\frac{{1}}{{3}}}}", "\\frac{3}{4}")
+
+
+def test_steered_sampling_equals_the_plain_hooked_forward(smollm2):
+    """The fast decode steps (fused projections, grouped-query SDPA) under steering: the same
+    tokens as TransformerLens's own forward at every step, and as the argmax of a cache-free
+    forward of the whole sequence under the same hook."""
+    from ipgkit.rollouts import SamplingConfig, generate
+
+    config = SamplingConfig(temperature=0.0, max_new_tokens=12)
+    prompts = smollm2.encode([smollm2.prompt_format(p.statement) for p in GSM8K_LIKE])
+    components = ipgkit.mlp_neurons(20, list(range(0, 1536, 7)))
+    with ipgkit.steer(smollm2, components, gamma=2.0):
+        fast = generate(smollm2, prompts, config)
+        reference = generate(smollm2, prompts, config, reference=True)
+        assert torch.equal(fast[0], reference[0]) and torch.equal(fast[1], reference[1])
+        torch.testing.assert_close(fast[2], reference[2], atol=1e-4, rtol=1e-4)
+        completion = fast[0][0][fast[1][0]].tolist()
+        with torch.no_grad():
+            logits = smollm2.model(torch.tensor([[*prompts[0], *completion]]))
+    unsteered = generate(smollm2, prompts, config)
+    assert not torch.equal(unsteered[2], fast[2])  # the steering changed the samples
+    steps = logits[0, len(prompts[0]) - 1 : -1]
+    assert steps.argmax(-1).tolist() == completion

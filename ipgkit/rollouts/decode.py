@@ -1,0 +1,318 @@
+"""The decode step of sampling without TransformerLens's per-layer overhead, hooks still live.
+
+TransformerLens 3.9 spends most of a one-token decode step outside the arithmetic: it projects
+queries, keys and values with einsums over per-head weights, copies the MLP's and the output
+projection's weights to contiguous memory at every call, repeats grouped-query keys and values
+to every head, and materialises the [heads, 1, length] pattern. While :func:`fast_decoding` is
+active, each block's one-token step instead runs the same computation with
+
+- queries, keys and values from one ``F.linear`` on weights arranged once per generation,
+- TransformerLens's own rotary (``apply_rotary``, same positions under left padding), each new key
+  rotated once and kept in the :class:`~ipgkit.rollouts.kv_cache.PreallocatedEntry`,
+- ``scaled_dot_product_attention`` with grouped-query attention and no repeat,
+- the MLP's weights used in place (``F.linear`` on their transposed views),
+
+and calls each hook point the block's own forward calls, in the same order and on tensors of the
+same shapes, skipping those with nothing attached. Modules spliced in at a hook point (sae-lens
+SAEs) are always called. So steering, IPG's scaled path and SAE splicing act on the fast step as
+on TransformerLens's. The prompt pass, and any step where a hook sits inside the attention or a
+LayerNorm (queries, keys, patterns, scales), run TransformerLens's own forward: it stays the
+reference the tests compare with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from transformer_lens.components.mlps.gated_mlp import GatedMLP
+from transformer_lens.components.mlps.mlp import MLP
+from transformer_lens.hook_points import HookPoint
+
+from ipgkit.memory import fused_attention_supported
+
+from .kv_cache import PreallocatedEntry
+
+#: hook points inside attention and LayerNorms that the fast step does not compute: a hook on any
+#: of them sends that step to TransformerLens's forward
+_ATTENTION_POINTS = (
+    "hook_q",
+    "hook_k",
+    "hook_v",
+    "hook_z",
+    "hook_rot_q",
+    "hook_rot_k",
+    "hook_attn_scores",
+    "hook_pattern",
+    "hook_result",
+)
+_NORM_POINTS = ("hook_scale", "hook_normalized")
+
+
+@dataclass
+class _BlockWeights:
+    """One block's projections as ``nn.Linear`` holds them ([out, in], contiguous), arranged once
+    per generation: BLAS streams that layout fastest at small batch (on 2 CPU cores, 1.1-1.4x
+    TransformerLens's [in, out] for SmolLM2's MLP shapes), and TransformerLens would otherwise
+    copy the MLP's weights at every call."""
+
+    qkv: Tensor  # [(heads + 2 kv_heads) * d_head, d_model]
+    qkv_bias: Tensor  # [(heads + 2 kv_heads) * d_head]
+    out: Tensor  # [d_model, heads * d_head]
+    heads: int
+    kv_heads: int
+    # on the CPU: [d_mlp, d_model], or [2 d_mlp, d_model] (gate; in) for a gated MLP, and
+    # [d_model, d_mlp]; None elsewhere (the MLP's own weights, read in place)
+    mlp_in: Tensor | None
+    mlp_out: Tensor | None
+
+
+def block_supported(block) -> bool:
+    """Whether :func:`fast_decoding` can run this block's one-token step (pre-norm, causal
+    attention with plain scores, a dense or gated MLP with an elementwise activation)."""
+    cfg = block.cfg
+    return (
+        fused_attention_supported(block.attn)
+        and cfg.positional_embedding_type in ("standard", "rotary")
+        and not cfg.use_attn_in
+        and not cfg.use_split_qkv_input
+        and not cfg.use_hook_mlp_in
+        and not cfg.parallel_attn_mlp
+        and not cfg.use_normalization_before_and_after
+        and not cfg.ungroup_grouped_query_attention
+        and cfg.clip_qkv is None
+        and not getattr(cfg, "use_dynamic_ntk_rope", False)
+        and cfg.original_architecture not in _post_norm_architectures()
+        and (cfg.attn_only or (type(block.mlp) in (MLP, GatedMLP) and _elementwise(block.mlp)))
+        and all(_own_forward(getattr(block, name, None)) for name in ("attn", "ln1", "ln2", "mlp"))
+    )
+
+
+def _own_forward(module) -> bool:
+    """No forward of the user's own on the instance (ipgkit's in-place weight readers in
+    :mod:`ipgkit.models.hf` compute the same as TransformerLens's and are allowed)."""
+    if module is None:
+        return True
+    forward = vars(module).get("forward")
+    return forward is None or getattr(
+        getattr(forward, "__func__", forward), "same_as_transformer_lens", False
+    )
+
+
+def _post_norm_architectures() -> tuple[str, ...]:
+    from transformer_lens.components import transformer_block
+
+    return tuple(getattr(transformer_block, "POST_NORM_ARCHITECTURES", ()))
+
+
+def _elementwise(mlp) -> bool:
+    return not mlp.cfg.is_layer_norm_activation()
+
+
+def _block_weights(block) -> _BlockWeights:
+    attention, cfg = block.attn, block.cfg
+    grouped = hasattr(attention, "_W_K")
+    w_k = attention._W_K if grouped else attention.W_K
+    w_v = attention._W_V if grouped else attention.W_V
+    b_k = attention._b_K if grouped else attention.b_K
+    b_v = attention._b_V if grouped else attention.b_V
+    # [heads, d_model, d_head] -> [heads * d_head, d_model]
+    weights = [w.permute(0, 2, 1).reshape(-1, cfg.d_model) for w in (attention.W_Q, w_k, w_v)]
+    mlp_in = mlp_out = None
+    if not cfg.attn_only:
+        mlp = block.mlp
+        if mlp.W_in.device.type == "cpu":  # elsewhere the MLP reads its weights in place
+            mlp_in = mlp.W_in.T
+            if isinstance(mlp, GatedMLP):
+                mlp_in = torch.cat([mlp.W_gate.T, mlp.W_in.T])
+            mlp_in, mlp_out = mlp_in.contiguous(), mlp.W_out.T.contiguous()
+    return _BlockWeights(
+        qkv=torch.cat(weights).contiguous(),
+        qkv_bias=torch.cat([b.reshape(-1) for b in (attention.b_Q, b_k, b_v)]).contiguous(),
+        out=attention.W_O.reshape(-1, cfg.d_model).T.contiguous(),
+        heads=attention.W_Q.shape[0],
+        kv_heads=w_k.shape[0],
+        mlp_in=mlp_in,
+        mlp_out=mlp_out,
+    )
+
+
+def _hooked(point) -> bool:
+    """Whether calling ``point`` does anything: a hook point with hooks, or a spliced module."""
+    if not isinstance(point, HookPoint):
+        return True
+    return bool(point._forward_hooks or point._forward_pre_hooks)
+
+
+def _through(point, value: Tensor) -> Tensor:
+    return point(value) if _hooked(point) else value
+
+
+def _needs_reference(block) -> bool:
+    """A hook the fast step would skip: run TransformerLens's forward for this step."""
+    points = [getattr(block.attn, name, None) for name in _ATTENTION_POINTS]
+    for norm in (block.ln1, getattr(block, "ln2", None)):
+        points += [getattr(norm, name, None) for name in _NORM_POINTS]
+    return any(point is not None and _hooked(point) for point in points)
+
+
+def _attention_step(block, weights: _BlockWeights, x: Tensor, entry, attention_mask):
+    """Attention of one new token per row against the cache (appending its key and value)."""
+    attention, cfg = block.attn, block.cfg
+    batch, d_head = x.shape[0], cfg.d_head
+    qkv = F.linear(x, weights.qkv, weights.qkv_bias).view(batch, 1, -1, d_head)
+    heads, kv_heads = weights.heads, weights.kv_heads
+    q, k, v = qkv.split([heads, kv_heads, kv_heads], dim=2)
+    start = entry.past_keys.shape[1]
+    keys, values = entry.append(k, v)
+    end = keys.shape[1]
+    if cfg.positional_embedding_type == "rotary":
+        # TransformerLens's own rotary at the same offset and mask: queries and the new keys
+        # together, the new keys kept so that each key is rotated once
+        mask = None if attention_mask is None else attention_mask[:, :end]
+        rotate = type(
+            attention
+        ).apply_rotary  # the class's: rotate_new_keys_only patches the instance
+        rotated = rotate(attention, qkv[:, :, : heads + kv_heads], start, mask)
+        q = rotated[:, :, :heads]
+        entry._rotated[:, start:end] = rotated[:, :, heads:]
+        entry._rotated_length = end
+        keys = entry._rotated[:, :end]
+    allowed = None
+    if attention_mask is not None:
+        allowed = attention_mask[:, None, None, :end].to(torch.bool)
+    z = F.scaled_dot_product_attention(
+        q.transpose(1, 2),
+        keys.transpose(1, 2),
+        values.transpose(1, 2),
+        attn_mask=allowed,
+        scale=1.0 / attention.attn_scale,
+        enable_gqa=kv_heads != heads,
+    )  # [batch, heads, 1, d_head]
+    z = z.transpose(1, 2).reshape(batch, 1, heads * d_head)
+    return F.linear(z, weights.out, attention.b_O)
+
+
+def _mlp_step(mlp, weights: _BlockWeights, x: Tensor) -> Tensor:
+    """The block's MLP on the arranged weights (gate and input projections in one product)."""
+    arranged = weights.mlp_in is not None
+    if isinstance(mlp, GatedMLP):
+        if arranged:
+            gate, linear = F.linear(x, weights.mlp_in).chunk(2, dim=-1)
+        else:
+            gate, linear = F.linear(x, mlp.W_gate.T), F.linear(x, mlp.W_in.T)
+        pre = _through(mlp.hook_pre, gate)
+        pre_linear = _through(mlp.hook_pre_linear, linear)
+        post = _through(mlp.hook_post, mlp.act_fn(pre) * pre_linear + mlp.b_in)
+    else:
+        w_in = weights.mlp_in if arranged else mlp.W_in.T
+        pre = _through(mlp.hook_pre, F.linear(x, w_in, mlp.b_in))
+        post = _through(mlp.hook_post, mlp.act_fn(pre))
+    return F.linear(post, weights.mlp_out if arranged else mlp.W_out.T, mlp.b_out)
+
+
+def _block_step(
+    self,
+    resid_pre,
+    shortformer_pos_embed=None,
+    past_kv_cache_entry=None,
+    attention_mask=None,
+):
+    """A block's forward: the fast one-token step where it applies, TransformerLens's otherwise."""
+    if (
+        resid_pre.shape[1] != 1
+        or shortformer_pos_embed is not None
+        or not isinstance(past_kv_cache_entry, PreallocatedEntry)
+        or past_kv_cache_entry.frozen
+        or _needs_reference(self)
+    ):
+        return self._ipgkit_reference_forward(
+            resid_pre, shortformer_pos_embed, past_kv_cache_entry, attention_mask
+        )
+    x = _through(self.hook_resid_pre, resid_pre)
+    attention = _attention_step(
+        self, self._ipgkit_weights, self.ln1(x), past_kv_cache_entry, attention_mask
+    )
+    attention = _through(self.hook_attn_out, attention)
+    if self.cfg.attn_only:
+        return _through(self.hook_resid_post, x + attention)
+    mid = _through(self.hook_resid_mid, x + attention)
+    mlp_out = _mlp_step(self.mlp, self._ipgkit_weights, self.ln2(mid))
+    mlp_out = _through(self.hook_mlp_out, mlp_out)
+    return _through(self.hook_resid_post, mid + mlp_out)
+
+
+def final_logits(model, resid: Tensor) -> Tensor:
+    """Logits of the last position of ``resid`` [batch, pos, d_model]: ``ln_final`` then the
+    unembedding, on the weight :func:`fast_decoding` arranged (TransformerLens's ``Unembed``
+    copies ``W_U``, d_model x d_vocab, at every call) or through the module outside it."""
+    last = model.ln_final(resid[:, -1:])
+    unembed = model.unembed
+    arranged = getattr(model, "_ipgkit_unembed", None)
+    if arranged is None or not _own_forward(unembed):
+        return unembed(last)
+    return _through(
+        unembed.hook_out, F.linear(_through(unembed.hook_in, last), arranged, unembed.b_U)
+    )
+
+
+@contextlib.contextmanager
+def fast_decoding(model) -> Iterator[None]:
+    """Inside this block, every supported block of ``model`` runs its one-token steps fast and
+    :func:`final_logits` unembeds on an arranged weight (see the module docstring).
+
+    The weights are arranged on entry (a second copy of the model's matrices while the block
+    runs; none is kept after), so the model must not change inside.
+
+    Example:
+        >>> with torch.inference_mode(), fast_decoding(policy.model):
+        ...     ...  # TransformerLens forwards with a PreallocatedCache, one token per row
+    """
+    patched = []
+    with torch.no_grad():
+        model._ipgkit_unembed = _arranged(model.unembed, lambda: _unembedding(model.unembed))
+        for block in model.blocks:
+            if not block_supported(block) or "forward" in vars(block):
+                continue
+            block._ipgkit_weights = _arranged(block, lambda block=block: _block_weights(block))
+            block._ipgkit_reference_forward = block.forward
+            block.forward = types.MethodType(_block_step, block)
+            patched.append(block)
+    try:
+        yield
+    finally:
+        del model._ipgkit_unembed
+        for block in patched:
+            del block.forward, block._ipgkit_reference_forward, block._ipgkit_weights
+
+
+def _unembedding(unembed) -> Tensor:
+    """``W_U`` as [d_vocab, d_model]: contiguous on the CPU, a view on CUDA."""
+    weight = unembed.W_U.T
+    return weight.contiguous() if weight.device.type == "cpu" else weight
+
+
+def _arranged(module, arrange):
+    """``arrange()``, kept on ``module`` until one of its parameters changes (a training step,
+    ``load_state_dict``, ``.to()``): repeated sampling, as in GRPO or the experiments, arranges
+    once per version of the weights rather than once per call. The price is a second copy of
+    the arranged matrices while the model lives; on CUDA only the attention's are arranged."""
+    version = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in module.parameters())
+    kept = _ARRANGED.get(module)
+    if kept is not None and kept[0] == version:
+        return kept[1]
+    _ARRANGED.pop(module, None)  # free the old copy before making the new one
+    value = arrange()
+    _ARRANGED[module] = (version, value)
+    return value
+
+
+#: arranged weights per module, outside the module so that copying a model (Policy.clone) does
+#: not copy them, and dropped with the module
+_ARRANGED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
