@@ -2,8 +2,10 @@
 sharded by rank, per-prompt results gathered, and rank 0 writes.
 
 Attribution and evaluation are sums over prompts, so sharding prompts is exact: each rank handles
-a contiguous block of them and the blocks are put back together in order. gloo on CPU, NCCL on
-GPUs (one rank per GPU).
+a contiguous block of them and the blocks are put back together in order. Training (GRPO, SFT) is
+data-parallel the same way: each rank scores its share of a step's rows with the step's global
+normalisation, and the gradients are summed over ranks before the optimiser step. gloo on CPU,
+NCCL on GPUs (one rank per GPU).
 
 Example:
     torchrun --nproc_per_node 2 -m ipgkit.cli attribute --task arith-word --seeding problem
@@ -68,6 +70,30 @@ def gather(value: Any) -> list[Any]:
     return gathered
 
 
+def all_sum(values: torch.Tensor) -> torch.Tensor:
+    """The sum of ``values`` over ranks (``values`` itself outside torchrun), on every rank."""
+    if world()[1] == 1:
+        return values
+    values = values.clone()
+    dist.all_reduce(values)
+    return values
+
+
+def sum_gradients(parameters) -> None:
+    """Replace each parameter's ``.grad`` by its sum over ranks, as DistributedDataParallel does
+    before the optimiser step (a missing gradient counts as zeros); one flat all-reduce."""
+    if world()[1] == 1:
+        return
+    parameters = list(parameters)
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    offset = 0
+    for parameter, grad in zip(parameters, grads, strict=True):
+        parameter.grad = flat[offset : offset + grad.numel()].view_as(grad).clone()
+        offset += grad.numel()
+
+
 @contextlib.contextmanager
 def local() -> Iterator[None]:
     """Inside this block the library runs as a single process (each rank on its own shard)."""
@@ -79,4 +105,13 @@ def local() -> Iterator[None]:
         _LOCAL = previous
 
 
-__all__ = ["gather", "init_from_environment", "is_main", "local", "shard", "world"]
+__all__ = [
+    "all_sum",
+    "gather",
+    "init_from_environment",
+    "is_main",
+    "local",
+    "shard",
+    "sum_gradients",
+    "world",
+]

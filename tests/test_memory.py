@@ -317,3 +317,51 @@ def test_the_mean_baseline_under_a_budget_equals_the_unbudgeted_one(deep_policy)
         deep_policy, "blocks.1.mlp.hook_post", prompts, completions, groups, memory_budget=budget
     )
     torch.testing.assert_close(budgeted, plain, atol=1e-6, rtol=1e-5)
+
+
+def test_grpo_and_sft_steps_under_a_budget_equal_the_unbudgeted_ones(deep_policy):
+    from dataclasses import replace
+
+    from ipgkit.training.grpo import GRPOConfig, grpo_step
+    from ipgkit.training.sft import sft_backward, sft_loss, text_example
+
+    problems = [Problem(f"p{i}", f"{i}*{i}", "", "") for i in range(3)]
+
+    def digits(prompts, completions, **_):
+        return [float(sum(ch.isdigit() for ch in text)) for text in completions]
+
+    rollouts = sample(
+        deep_policy, problems, n=4, temperature=1.0, max_new_tokens=12, reward=digits, seed=1
+    )
+    budget = 2 * MemoryBudget(1e6).row_bytes(deep_policy.model.cfg, 30) / 2**20
+    config = GRPOConfig(num_generations=4, per_device_train_batch_size=12, num_iterations=2)
+    examples = [
+        text_example(deep_policy, f"{i}*{i}", f"{i * i}\n#### {i * i}", eos=True) for i in range(6)
+    ]
+    after = []
+    for memory_budget_mib in (None, budget):
+        policy = deep_policy.clone()
+        parameters = list(policy.model.parameters())
+        for parameter in parameters:
+            parameter.requires_grad_(True)
+        # plain SGD: the update is linear in the gradient (Adam's first step is about
+        # lr * sign(g), which turns float rounding of a near-zero gradient into a full step)
+        optimizer = torch.optim.SGD(parameters, lr=1e-2)
+        metrics = grpo_step(
+            policy, optimizer, rollouts, replace(config, memory_budget_mib=memory_budget_mib)
+        )
+        with torch.no_grad():
+            expected = float(sft_loss(policy, examples))  # one unbudgeted pass
+        optimizer.zero_grad(set_to_none=True)
+        loss = sft_backward(policy, examples, memory_budget_mib)
+        assert loss == pytest.approx(expected, rel=1e-5)
+        gradients = [parameter.grad.clone() for parameter in parameters]
+        after.append((metrics, loss, policy.model.state_dict(), gradients))
+    (plain_metrics, plain_loss, plain, plain_gradients) = after[0]
+    (metrics, loss, budgeted, gradients) = after[1]
+    assert metrics["loss"] == pytest.approx(plain_metrics["loss"], abs=1e-6)
+    for name, tensor in plain.items():
+        torch.testing.assert_close(budgeted[name], tensor, atol=1e-6, rtol=1e-5)
+    assert loss == pytest.approx(plain_loss, rel=1e-5)
+    for budgeted_gradient, gradient in zip(gradients, plain_gradients, strict=True):
+        torch.testing.assert_close(budgeted_gradient, gradient, atol=1e-6, rtol=1e-4)

@@ -49,6 +49,7 @@ def register(commands) -> None:
 
 def train_grpo(args: argparse.Namespace) -> int:
     import ipgkit
+    from ipgkit import distributed
     from ipgkit.models.export import save_policy
     from ipgkit.training import GRPOConfig, grpo_train
 
@@ -61,6 +62,8 @@ def train_grpo(args: argparse.Namespace) -> int:
     policy = ipgkit.load_model(args.model)
     config = config_from_args(GRPOConfig, args)
     run = grpo_train(policy, task.problems, task.correctness, config, held_out, args.out)
+    if not distributed.is_main():  # under torchrun every rank holds the same model
+        return 0
     print_table(run.log)
     if len(run.evals):
         print(run.evals.pivot_table(index="step", columns="metric", values="value").round(3))

@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +24,7 @@ import pandas as pd
 from ipgkit.errors import IpgkitError
 from ipgkit.io import (
     atomic_write_text,
+    config_record,
 )
 from ipgkit.models.policy import Policy
 from ipgkit.tasks import load as load_task
@@ -180,7 +181,8 @@ def run_int_experiment(
 def _claim(out: Path, config: InTExperimentConfig) -> None:
     """Record the settings in ``out``, refusing a folder that holds another configuration."""
     out.mkdir(parents=True, exist_ok=True)
-    settings = json.loads(json.dumps(asdict(config), default=str))
+    added = {"memory_budget_mib": None, "seeding": "batch"}  # later fields, at their defaults
+    settings = json.loads(json.dumps(config_record(config, added), default=str))
     recorded = out / "config.json"
     if recorded.exists() and json.loads(recorded.read_text()) != settings:
         raise IpgkitError(f"{out} holds an InT experiment with other settings; use another folder")

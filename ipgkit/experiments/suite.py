@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import replace
 from functools import cached_property
 
 from ipgkit import tasks as task_registry
@@ -14,6 +14,7 @@ from ipgkit.attribution.ipg import IPGConfig, ipg
 from ipgkit.attribution.result import AttributionResult
 from ipgkit.components import ComponentSet, mlp_neurons, resid_neurons
 from ipgkit.errors import IpgkitError
+from ipgkit.io import config_record
 from ipgkit.models.policy import Policy
 from ipgkit.rollouts import Rollouts, sample
 from ipgkit.tasks.base import Task, mix_tasks
@@ -55,7 +56,7 @@ class Suite:
         self.config = config or ExperimentConfig()
         self.policy = policy if policy is not None else load_model("arith")
         self.policy_key = f"{self.policy.name}:{_weights_digest(self.policy)}"
-        settings = {"config": asdict(self.config), "policy": self.policy_key}
+        settings = {"config": config_record(self.config), "policy": self.policy_key}
         self.ws = Workspace(out_dir, settings, overwrite=overwrite)
         if sae is None and self.policy.name == "arith":
             sae = self.config.layer
@@ -215,7 +216,7 @@ class Suite:
         config = self.config
         settings = {
             "teacher": self.policy_key,
-            "distill": asdict(config.distill),
+            "distill": config_record(config.distill),
             "problems": config.distill_problems,
             "families": config.families,
         }

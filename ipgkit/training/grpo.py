@@ -23,20 +23,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from ipgkit import distributed
 from ipgkit.determinism import deterministic_algorithms
 from ipgkit.errors import IpgkitError
 from ipgkit.evaluation import evaluate
-from ipgkit.io import Checkpoint, atomic_write_text
+from ipgkit.io import Checkpoint, atomic_write_text, config_record
 from ipgkit.models.policy import Policy, require_policy
+from ipgkit.progress import tqdm
 from ipgkit.rollouts import (
     Rollouts,
     iter_scores,
@@ -72,22 +73,31 @@ def grpo_objective(
     ``r = pi / pi_old`` and the k3 estimator ``KL = exp(ref - logp) - (ref - logp) - 1``. Rows with
     zero advantage contribute zero gradient (beta = 0).
     """
-    rows = len(prompt_ids)
     lengths = torch.tensor([len(c) for c in completion_ids], dtype=torch.float64)
+    rows = len(prompt_ids)
+    # under torchrun each rank holds a share of the step's rows: normalise by the whole step's
+    all_rows, all_tokens = distributed.all_sum(torch.stack([torch.tensor(rows), lengths.sum()]))
+    all_rows, all_tokens = float(all_rows), float(all_tokens)
     if config.loss_type == "grpo":
-        row_weight = 1.0 / (lengths * rows)  # per-token weight of each row
+        row_weight = 1.0 / (lengths * all_rows)  # per-token weight of each row
     elif config.loss_type in ("bnpo", "dapo"):
-        row_weight = torch.full((rows,), 1.0 / float(lengths.sum()), dtype=torch.float64)
+        row_weight = torch.full((rows,), 1.0 / all_tokens, dtype=torch.float64)
     else:
         row_weight = torch.full(
-            (rows,), 1.0 / (rows * config.max_completion_length), dtype=torch.float64
+            (rows,), 1.0 / (all_rows * config.max_completion_length), dtype=torch.float64
         )
     low, high = (
         config.epsilon,
         config.epsilon if config.epsilon_high is None else config.epsilon_high,
     )
     totals = {"loss": 0.0, "entropy": 0.0, "clipped": 0.0, "kl": 0.0, "tokens": 0.0}
-    for chunk, scores in iter_scores(policy, prompt_ids, completion_ids, config.chunk_size):
+    for chunk, scores in iter_scores(
+        policy,
+        prompt_ids,
+        completion_ids,
+        config.chunk_size,
+        memory_budget=config.memory_budget_mib,
+    ):
         logprobs, mask = scores.logprobs, scores.mask.to(scores.logprobs.dtype)
         device = logprobs.device
         advantage = advantages[chunk].to(device, logprobs.dtype)[:, None]
@@ -110,6 +120,9 @@ def grpo_objective(
             ((ratio.detach() != clipped_ratio.detach()).to(mask.dtype) * mask).sum()
         )
         totals["tokens"] += float(mask.sum())
+    names = sorted(totals)
+    summed = distributed.all_sum(torch.tensor([totals[n] for n in names], dtype=torch.float64))
+    totals = dict(zip(names, summed.tolist(), strict=True))
     tokens = max(totals["tokens"], 1.0)
     metrics = {
         "loss": totals["loss"],
@@ -169,11 +182,17 @@ def grpo_train(
     config = config or GRPOConfig()
     if not problems:
         raise IpgkitError("GRPO needs at least one training problem")
+    if distributed.init_from_environment() and config.seeding != "problem":
+        raise IpgkitError(
+            "under torchrun GRPO needs seeding='problem' (each rank samples its share of a "
+            "step's prompts; per-problem seeds make that the same as one process)"
+        )
     model = policy.model
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(parameters, lr=config.learning_rate)
     identity = {
-        "config": asdict(config),
+        # seeding was added later: at its default it is left out, so older checkpoints resume
+        "config": config_record(config, {"memory_budget_mib": None, "seeding": "batch"}),
         "problems": [p.id for p in problems],
         "reward": reward_name(reward),
         "policy": policy.name,
@@ -182,6 +201,8 @@ def grpo_train(
     if output_dir is not None:
         store = Checkpoint(Path(output_dir) / "checkpoint.pt", identity, "GRPO checkpoint")
     saved = store.load() if store is not None else None
+    if not distributed.is_main():  # every rank holds the same model; rank 0 writes it
+        store, progress = None, False
     start, log, evals = 0, [], []
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -216,9 +237,10 @@ def grpo_train(
 def _train_step(policy, optimizer, problems, reward, config: GRPOConfig, reference, step) -> dict:
     """Sample step ``step``'s rollouts (seed and prompts are functions of the step) and update."""
     started = time.perf_counter()
+    chosen = _step_problems(problems, config, step)
     rollouts = sample(
         policy,
-        _step_problems(problems, config, step),
+        [chosen[i] for i in distributed.shard(len(chosen))],  # all of them outside torchrun
         n=config.num_generations,
         temperature=config.temperature,
         top_p=config.top_p,
@@ -227,6 +249,7 @@ def _train_step(policy, optimizer, problems, reward, config: GRPOConfig, referen
         batch_size=config.per_device_train_batch_size,
         reward=reward,
         progress=False,
+        seeding=config.seeding,
     )
     row = grpo_step(policy, optimizer, rollouts, config, reference)
     row.update(step=step + 1, seconds=time.perf_counter() - started)
@@ -280,6 +303,7 @@ def _evaluate_at(step: int, policy, eval_task, config: GRPOConfig, evals: list) 
         max_new_tokens=config.max_completion_length,
         seed=config.seed,
         progress=False,
+        seeding=config.seeding,
     )
     evals.append(table.assign(step=step))
 
@@ -309,30 +333,45 @@ def grpo_step(
     if rollouts.rewards is None:
         raise IpgkitError("GRPO needs rewarded rollouts (sample(..., reward=...))")
     prompts, completions = rollouts.row_prompt_ids(), rollouts.row_completion_ids()
-    advantages = step_advantages(rollouts, config.scale_rewards)
-    groups = rollouts.rewards_by_group()
+    # under torchrun: the whole step's groups (for "batch" scaling and the metrics) and this
+    # rank's share of the rows
+    shares = distributed.gather((rollouts.rewards_by_group(), rollouts.completion_lengths))
+    groups = torch.cat([share[0] for share in shares])
+    first = sum(len(share[0]) for share in shares[: distributed.world()[0]])
+    mine = slice(first, first + len(rollouts.problems))
+    advantages = scaled_advantages(groups, config.scale_rewards)[mine].flatten()
     old = None
     if config.num_iterations > 1:
-        old = token_logprobs(policy, prompts, completions, config.chunk_size).logprobs.float()
+        old = token_logprobs(
+            policy, prompts, completions, config.chunk_size, memory_budget=config.memory_budget_mib
+        ).logprobs.float()
     ref = None
     if reference is not None and config.beta > 0:
-        ref = token_logprobs(reference, prompts, completions, config.chunk_size).logprobs.float()
+        ref = token_logprobs(
+            reference,
+            prompts,
+            completions,
+            config.chunk_size,
+            memory_budget=config.memory_budget_mib,
+        ).logprobs.float()
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     metrics: dict[str, float] = {}
     for iteration in range(config.num_iterations):
         optimizer.zero_grad(set_to_none=True)
         result = grpo_objective(policy, prompts, completions, advantages, old, config, ref)
+        distributed.sum_gradients(parameters)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             parameters, config.max_grad_norm if config.max_grad_norm else float("inf")
         )
         optimizer.step()
         if iteration == 0:
             metrics = {**result, "grad_norm": float(grad_norm)}
+    lengths = torch.cat([share[1] for share in shares]).double()
     return {
-        "reward": float(rollouts.rewards.mean()),
+        "reward": float(groups.mean()),
         "reward_std": float(groups.std(-1).mean()),
         "frac_reward_zero_std": float(zero_std_groups(groups).double().mean()),
-        "completions/mean_length": float(rollouts.completion_lengths.double().mean()),
+        "completions/mean_length": float(lengths.mean()),
         **metrics,
     }
 

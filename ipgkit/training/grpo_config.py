@@ -39,7 +39,14 @@ class GRPOConfig:
         eval_ks: the k of pass@k.
         save_steps: steps between checkpoints (also at the end).
         chunk_size: completions per forward/backward (memory).
+        memory_budget_mib: bounds every teacher-forced pass of a step (the loss, and the old and
+            reference log-probabilities; see :func:`ipgkit.rollouts.iter_scores`); None: passes
+            of ``chunk_size`` rows. A resource setting: not part of the checkpoint's identity.
         seed: sampling and prompt order.
+        seeding: ``"batch"`` draws a step's samples from one generator; ``"problem"`` seeds each
+            prompt's samples by (seed, problem id, index), so a step gives the same samples
+            however its prompts are batched or sharded (required under ``torchrun``, where each
+            rank samples and scores its share of every step and gradients are summed).
     """
 
     num_generations: int = 8
@@ -62,6 +69,8 @@ class GRPOConfig:
     save_steps: int = 5
     chunk_size: int = 32
     seed: int = 0
+    seeding: Literal["batch", "problem"] = "batch"
+    memory_budget_mib: float | None = None
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:
@@ -77,6 +86,8 @@ class GRPOConfig:
             raise IpgkitError(
                 f"unknown loss_type {self.loss_type!r}; choose grpo, bnpo, dr_grpo or dapo"
             )
+        if self.seeding not in ("batch", "problem"):
+            raise IpgkitError(f"seeding must be 'batch' or 'problem', got {self.seeding!r}")
         if self.scale_rewards not in ("group", "batch", "none"):
             raise IpgkitError(
                 f"scale_rewards must be 'group', 'batch' or 'none', got {self.scale_rewards!r}"

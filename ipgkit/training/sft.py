@@ -20,11 +20,13 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from ipgkit import distributed
 from ipgkit.determinism import deterministic_algorithms
 from ipgkit.errors import IpgkitError
+from ipgkit.memory import MemoryBudget
 from ipgkit.models.policy import Policy, require_policy
+from ipgkit.progress import tqdm
 from ipgkit.rollouts import iter_scores, token_logprobs
 from ipgkit.tasks.base import Problem
 
@@ -79,6 +81,10 @@ class SFTConfig:
         adam_beta2: Adam's second-moment decay (0.98 is what the embedded model was trained with).
         weight_decay: decoupled (AdamW) weight decay.
         seed: shuffles the examples each epoch.
+        memory_budget_mib: bounds each teacher-forced pass (see
+            :func:`ipgkit.rollouts.iter_scores`): a batch is split into passes that fit, each
+            backpropagated before the next, so a long chain of thought fits; None: one pass per
+            batch.
     """
 
     learning_rate: float = 3e-4
@@ -90,6 +96,7 @@ class SFTConfig:
     adam_beta2: float = 0.999
     weight_decay: float = 0.0
     seed: int = 0
+    memory_budget_mib: float | None = None
 
     def __post_init__(self) -> None:
         if self.num_train_epochs < 1 or self.per_device_train_batch_size < 1:
@@ -130,6 +137,35 @@ def sft_loss(policy: Policy, examples: Sequence[SFTExample]) -> Float[Tensor, ""
     return -scores.logprobs.sum() / scores.mask.sum()
 
 
+def sft_backward(
+    policy: Policy,
+    examples: Sequence[SFTExample],
+    memory_budget: MemoryBudget | float | None = None,
+) -> float:
+    """Backpropagate :func:`sft_loss` pass by pass (``memory_budget`` splits the batch into
+    passes that fit, each with its own backward); returns the loss's value.
+
+    Example:
+        >>> value = sft_backward(policy, examples[:16], memory_budget=512)  # doctest: +SKIP
+    """
+    prompts = [list(e.prompt_ids) for e in examples]
+    completions = [list(e.completion_ids) for e in examples]
+    # under torchrun ``examples`` are this rank's share: normalise by the whole batch's tokens
+    tokens = float(distributed.all_sum(torch.tensor(float(sum(len(c) for c in completions)))))
+    total = torch.zeros((), dtype=torch.float64)
+    passes = (
+        iter_scores(policy, prompts, completions, with_entropy=False, memory_budget=memory_budget)
+        if examples
+        else ()  # a rank with no share of a small last batch still joins the sums
+    )
+    for _, scores in passes:
+        loss = -scores.logprobs.sum() / tokens
+        with deterministic_algorithms(loss.device):
+            loss.backward()
+        total += float(loss.detach())
+    return float(distributed.all_sum(total))
+
+
 def train_sft(
     policy: Policy,
     examples: Sequence[SFTExample],
@@ -137,7 +173,9 @@ def train_sft(
     progress: bool = True,
 ) -> pd.DataFrame:
     """Fine-tune ``policy.model`` in place on ``examples``; returns the per-step log (step, epoch,
-    loss, tokens). Active hooks (steering) stay active, as in every ipgkit loop.
+    loss, tokens). Active hooks (steering) stay active, as in every ipgkit loop. Under ``torchrun``
+    each rank scores its share of every batch and the gradients are summed before the step
+    (the same update as one process, to float rounding).
 
     Example:
         >>> log = train_sft(policy, examples, SFTConfig(num_train_epochs=2))  # doctest: +SKIP
@@ -165,10 +203,10 @@ def train_sft(
             batch = [examples[i] for i in order[start : start + size]]
             for group in optimizer.param_groups:
                 group["lr"] = config.learning_rate_at(len(log), steps)
-            loss = sft_loss(policy, batch)
             optimizer.zero_grad(set_to_none=True)
-            with deterministic_algorithms(loss.device):
-                loss.backward()
+            mine = _my_share(batch)
+            loss = sft_backward(policy, mine, config.memory_budget_mib)
+            distributed.sum_gradients(parameters)
             if config.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
             optimizer.step()
@@ -176,15 +214,24 @@ def train_sft(
                 {
                     "step": len(log) + 1,
                     "epoch": epoch,
-                    "loss": float(loss.detach()),
+                    "loss": loss,
                     "learning_rate": optimizer.param_groups[0]["lr"],
                     "tokens": sum(len(e.completion_ids) for e in batch),
                 }
             )
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            bar.set_postfix(loss=f"{loss:.3f}")
     bar.close()
     return pd.DataFrame(log)
+
+
+def _my_share(batch: list[SFTExample]) -> list[SFTExample]:
+    """This rank's block of ``batch`` under torchrun (the whole batch outside it; rank 0 takes a
+    batch smaller than the number of processes)."""
+    rank, size = distributed.world()
+    if len(batch) < size:
+        return batch if rank == 0 else []
+    return [batch[i] for i in distributed.shard(len(batch))]
 
 
 __all__ = [
@@ -192,6 +239,7 @@ __all__ = [
     "SFTExample",
     "completion_nll",
     "reference_examples",
+    "sft_backward",
     "sft_loss",
     "text_example",
     "train_sft",
