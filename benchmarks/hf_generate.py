@@ -22,22 +22,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch
-from transformers import AutoModelForCausalLM
+from smollm2_pair import load_pair, questions
 
 import ipgkit
-from ipgkit.models.hf import bundled_gguf_path
 from ipgkit.rollouts import SamplingConfig, generate
-
-QUESTIONS = [
-    "A baker makes 24 muffins and sells 3 boxes of 4 muffins. How many muffins are left?",
-    "Tom has 5 apples and buys 7 more. How many apples does he have?",
-    "A train travels 60 miles per hour for 3 hours. How far does it go?",
-    "Sara reads 12 pages a day. How many pages does she read in a week?",
-    "A shirt costs $20 and is on sale for 25% off. What is the sale price?",
-    "There are 30 students and 4 teachers on a trip. How many people are there?",
-    "Ben saves $15 a week. How many weeks until he has $90?",
-    "A garden has 6 rows of 8 tulips. How many tulips are there?",
-]
 
 
 def main() -> None:
@@ -49,14 +37,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    policy = ipgkit.load_model("smollm2-135m-instruct")
-    path = bundled_gguf_path("smollm2-135m-instruct")
-    hf_model = AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch.float32
-    ).eval()
-    questions = (QUESTIONS * (args.batch // len(QUESTIONS) + 1))[: args.batch]
+    policy, hf_model = load_pair()
+    asked = questions(args.batch)
     statement = "\n" + ipgkit.tasks.BOXED_INSTRUCTION
-    prompt_ids = policy.encode([policy.prompt_format(q + statement) for q in questions])
+    prompt_ids = policy.encode([policy.prompt_format(q + statement) for q in asked])
     width = max(map(len, prompt_ids))
     pad, eos = policy.pad_token_id, policy.stop_token_ids[0]
     tokens = torch.tensor([[pad] * (width - len(r)) + r for r in prompt_ids])

@@ -29,19 +29,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch
-from transformers import AutoModelForCausalLM
+from smollm2_pair import load_pair, questions
 
 import ipgkit
 from ipgkit.attribution import path_gradients
 from ipgkit.attribution.ipg import frozen_parameters
-from ipgkit.models.hf import bundled_gguf_path
-
-QUESTIONS = [
-    "A baker makes 24 muffins and sells 3 boxes of 4 muffins. How many muffins are left?",
-    "Tom has 5 apples and buys 7 more. How many apples does he have?",
-    "A train travels 60 miles per hour for 3 hours. How far does it go?",
-    "Sara reads 12 pages a day. How many pages does she read in a week?",
-]
 
 
 def hugging_face_pass(model, rows, chunk: int, layer: int, pad: int) -> None:
@@ -87,16 +79,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    policy = ipgkit.load_model("smollm2-135m-instruct")
-    path = bundled_gguf_path("smollm2-135m-instruct")
-    hf_model = AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch.float32
-    ).eval()
+    policy, hf_model = load_pair()
     for parameter in hf_model.parameters():
         parameter.requires_grad_(False)
-    questions = (QUESTIONS * (args.rows // len(QUESTIONS) + 1))[: args.rows]
+    asked = questions(args.rows, distinct=4)
     rollouts = ipgkit.sample(
-        policy, questions, temperature=0.7, max_new_tokens=args.new_tokens, seed=0, progress=False
+        policy, asked, temperature=0.7, max_new_tokens=args.new_tokens, seed=0, progress=False
     )
     rows = list(zip(rollouts.row_prompt_ids(), rollouts.row_completion_ids(), strict=True))
     prompts, completions = [p for p, _ in rows], [c for _, c in rows]
