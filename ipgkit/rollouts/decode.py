@@ -6,7 +6,8 @@ projection's weights to contiguous memory at every call, repeats grouped-query k
 to every head, and materialises the [heads, 1, length] pattern. While :func:`fast_decoding` is
 active, each block's one-token step instead runs the same computation with
 
-- queries, keys and values from one ``F.linear`` on weights arranged once per generation,
+- queries, keys and values from one ``F.linear`` on weights arranged once per version of the
+  model (re-arranged after a training step or ``load_state_dict``),
 - TransformerLens's own rotary (``apply_rotary``, same positions under left padding), each new key
   rotated once and kept in the :class:`~ipgkit.rollouts.kv_cache.PreallocatedEntry`,
 - ``scaled_dot_product_attention`` with grouped-query attention and no repeat,
@@ -57,10 +58,10 @@ _NORM_POINTS = ("hook_scale", "hook_normalized")
 
 @dataclass
 class _BlockWeights:
-    """One block's projections as ``nn.Linear`` holds them ([out, in], contiguous), arranged once
-    per generation: BLAS streams that layout fastest at small batch (on 2 CPU cores, 1.1-1.4x
-    TransformerLens's [in, out] for SmolLM2's MLP shapes), and TransformerLens would otherwise
-    copy the MLP's weights at every call."""
+    """One block's projections as ``nn.Linear`` holds them ([out, in], contiguous), arranged
+    once per version of its weights: BLAS streams that layout fastest at small batch (on 2 CPU
+    cores, 1.1-1.4x TransformerLens's [in, out] for SmolLM2's MLP shapes), and TransformerLens
+    would otherwise copy the MLP's weights at every call."""
 
     qkv: Tensor  # [(heads + 2 kv_heads) * d_head, d_model]
     qkv_bias: Tensor  # [(heads + 2 kv_heads) * d_head]
@@ -267,8 +268,9 @@ def fast_decoding(model) -> Iterator[None]:
     """Inside this block, every supported block of ``model`` runs its one-token steps fast and
     :func:`final_logits` unembeds on an arranged weight (see the module docstring).
 
-    The weights are arranged on entry (a second copy of the model's matrices while the block
-    runs; none is kept after), so the model must not change inside.
+    The weights are arranged on entry, or taken from the last arrangement if no parameter has
+    changed since (see :func:`_arranged` for the memory this keeps), so the model must not
+    change inside.
 
     Example:
         >>> with torch.inference_mode(), fast_decoding(policy.model):
