@@ -70,6 +70,13 @@ def gather(value: Any) -> list[Any]:
     return gathered
 
 
+def barrier() -> None:
+    """Wait until every rank gets here (nothing outside torchrun): after rank 0 writes a file
+    the others may read, so all of them see it."""
+    if world()[1] > 1:
+        dist.barrier()
+
+
 def all_sum(values: torch.Tensor) -> torch.Tensor:
     """The sum of ``values`` over ranks (``values`` itself outside torchrun), on every rank."""
     if world()[1] == 1:
@@ -107,6 +114,7 @@ def local() -> Iterator[None]:
 
 __all__ = [
     "all_sum",
+    "barrier",
     "gather",
     "init_from_environment",
     "is_main",

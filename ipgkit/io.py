@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from ipgkit import distributed
 from ipgkit.errors import DataFormatError, IpgkitError
 
 
@@ -208,6 +209,9 @@ def cached(
     """``load(path)`` when the file exists, else ``compute()``, saved with ``save(value, path)``:
     the one compute-once idiom of workspaces and experiments (``save`` should write atomically).
 
+    Under torchrun every rank computes (the computation may be sharded) and rank 0 alone
+    saves; all ranks wait until it has, so the next look-up finds the file on every rank alike.
+
     Example:
         >>> frame = cached(root / "table.csv", compute, pd.read_csv,
         ...                lambda f, p: atomic_write_text(p, f.to_csv()))   # doctest: +SKIP
@@ -216,7 +220,9 @@ def cached(
     if path.exists():
         return load(path)
     value = compute()
-    save(value, path)
+    if distributed.is_main():
+        save(value, path)
+    distributed.barrier()
     return value
 
 

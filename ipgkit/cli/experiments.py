@@ -64,6 +64,7 @@ def register(commands) -> None:
 
 def run_experiments(args: argparse.Namespace) -> int:
     import ipgkit
+    from ipgkit import distributed
     from ipgkit.errors import IpgkitError
     from ipgkit.experiments import EXPERIMENTS, ExperimentConfig, Suite, small_config
     from ipgkit.experiments import run_experiments as run
@@ -73,8 +74,18 @@ def run_experiments(args: argparse.Namespace) -> int:
         raise IpgkitError(f"say --all or --only NAME ...; experiments: {', '.join(EXPERIMENTS)}")
     base = small_config() if args.small else ExperimentConfig()
     config = config_from_args(ExperimentConfig, args, base)
-    suite = Suite(args.out, config, policy=ipgkit.load_model(args.model), overwrite=args.overwrite)
+    # under torchrun evaluations and attributions are sharded by rank, and rank 0 writes
+    distributed.init_from_environment()
+    suite = Suite(
+        args.out,
+        config,
+        policy=ipgkit.load_model(args.model),
+        overwrite=args.overwrite,
+        progress=distributed.is_main(),
+    )
     tables = run(suite, None if args.all else args.only)
+    if not distributed.is_main():
+        return 0
     for name, table in tables.items():
         print(f"\n== {name} ({len(table)} rows): {args.out}/{name}.csv")
     if args.figures:
@@ -89,11 +100,17 @@ def run_experiments(args: argparse.Namespace) -> int:
 
 
 def run_real_model(args: argparse.Namespace) -> int:
+    from ipgkit import distributed
     from ipgkit.experiments.real_model import RealModelConfig, real_model_study, small_real_config
 
     base = small_real_config() if args.small else RealModelConfig()
     config = config_from_args(RealModelConfig, args, base)
-    tables = real_model_study(config, args.out, overwrite=args.overwrite)
+    distributed.init_from_environment()
+    tables = real_model_study(
+        config, args.out, progress=distributed.is_main(), overwrite=args.overwrite
+    )
+    if not distributed.is_main():
+        return 0
     for name, table in tables.items():
         print(f"\n== {name}: {args.out}/{name}.csv")
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

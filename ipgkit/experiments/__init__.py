@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 
 import pandas as pd
 
+from ipgkit import distributed
 from ipgkit.errors import IpgkitError
 from ipgkit.io import atomic_write_text
 from ipgkit.progress import tqdm
@@ -95,7 +96,8 @@ def run_experiments(
                     "evaluations_run": suite.ws.computed - before,
                 }
             )
-            atomic_write_text(timing_path, pd.DataFrame(timings).to_csv(index=False))
+            if distributed.is_main():
+                atomic_write_text(timing_path, pd.DataFrame(timings).to_csv(index=False))
     return tables
 
 

@@ -119,11 +119,14 @@ class Workspace:
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
             raise IpgkitError(f"workspace {self.root} is a file, not a folder")
-        if settings is not None:
-            self._claim(settings, overwrite)
-        self.root.mkdir(parents=True, exist_ok=True)
-        if settings is not None and not (self.root / "settings.json").exists():
-            atomic_write_text(self.root / "settings.json", _settings_text(settings))
+        main = distributed.is_main()  # under torchrun rank 0 claims and writes the folder
+        if settings is not None and (main or not overwrite):
+            self._claim(settings, overwrite)  # other ranks only check, and refuse alike
+        if main:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if settings is not None and not (self.root / "settings.json").exists():
+                atomic_write_text(self.root / "settings.json", _settings_text(settings))
+        distributed.barrier()
         self.evaluations_path = self.root / "evaluations.jsonl"
         self._evaluations: dict[str, dict] = {}
         if self.evaluations_path.exists():
@@ -254,7 +257,9 @@ class Workspace:
         path = self.root / "notes.json"
         notes = json.loads(path.read_text()) if path.exists() else {}
         notes[name] = values
-        atomic_write_text(path, json.dumps(notes, indent=1, default=str))
+        if distributed.is_main():
+            atomic_write_text(path, json.dumps(notes, indent=1, default=str))
+        distributed.barrier()
 
     def notes(self) -> dict:
         path = self.root / "notes.json"
@@ -273,6 +278,8 @@ class Workspace:
             raise IpgkitError(
                 f"experiment {name!r} returned {type(frame).__name__}, not a DataFrame"
             )
-        atomic_write_text(path, frame.to_csv(index=False))
-        atomic_write_text(stamp, digest(settings))
+        if distributed.is_main():
+            atomic_write_text(path, frame.to_csv(index=False))
+            atomic_write_text(stamp, digest(settings))
+        distributed.barrier()
         return frame
