@@ -96,16 +96,27 @@ def attribution_report(
             progress=options.progress,
         )
         sections.append("<h2>Feature pages</h2>" + pages.to_html())
-    elif policy is None:
-        sections.append(
-            '<p class="warn">Per-token views and feature pages need the policy: '
-            "<code>result.to_html(policy)</code> or <code>ipgkit report RESULT</code>.</p>"
-        )
+    else:
+        sections.append(f'<p class="warn">{_why_no_views(result, policy, rollouts)}</p>')
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>'
         f"{html.escape(title)}</title><style>{STYLE}</style></head><body>"
         f"<h1>{html.escape(title)}</h1>" + "".join(sections) + "</body></html>"
     )
+
+
+def _why_no_views(result, policy, rollouts) -> str:
+    if policy is None:
+        return (
+            "Per-token views and feature pages need the policy: "
+            "<code>result.to_html(policy)</code> or <code>ipgkit report RESULT</code>."
+        )
+    if rollouts is None:
+        return (
+            "Per-token views and feature pages need the rollouts the units are read on: "
+            "<code>result.to_html(policy, rollouts)</code> (paper-mode IPG results carry them)."
+        )
+    return "No unit ranks above another (every score is equal), so there are no top units to show."
 
 
 def write_report(result, path: str | os.PathLike, *args, **kwargs) -> Path:

@@ -57,6 +57,14 @@ def test_summary_and_completeness_state_the_results_own_numbers(attributed):
     assert "need the policy" in page and "<h2>Per-token views</h2>" not in page
 
 
+def test_the_page_says_why_views_are_missing(attributed):
+    policy, result = attributed
+    bare = ipgkit.AttributionResult(result.components, result.scores, method="activation")
+    assert "need the rollouts" in bare.to_html(policy)
+    flat = ipgkit.AttributionResult(result.components, torch.zeros(len(result)))
+    assert "No unit ranks above another" in flat.to_html(policy, result.rollouts)
+
+
 def test_heat_maps_cover_the_best_and_worst_rollouts_of_mixed_prompts(attributed):
     policy, result = attributed
     options = ReportOptions(top=2, pairs=2)
