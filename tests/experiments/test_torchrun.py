@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from ipgkit.experiments import Suite, run_experiments
 from tests.experiments.test_suite import FAST
@@ -30,7 +29,6 @@ run_experiments(suite, EXPERIMENTS, progress=False)
 """
 
 
-@pytest.mark.slow  # about 3 minutes on 2 cores: the suite twice, once per launch
 def test_two_processes_give_the_tables_of_one(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
