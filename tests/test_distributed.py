@@ -2,11 +2,6 @@
 single-process results (same seeds; IPG to 1e-6, rollouts exactly), and per-problem seeding makes
 rollouts independent of batching."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -18,6 +13,7 @@ from ipgkit.errors import IpgkitError
 from ipgkit.rollouts import Rollouts
 from ipgkit.tasks import length_reward
 from tests.conftest import tiny_policy
+from tests.torchrun import run_two_processes
 
 SETTINGS = dict(
     n_rollouts=3,
@@ -37,6 +33,7 @@ from ipgkit import distributed
 from ipgkit.components import mlp_neurons
 from ipgkit.tasks import length_reward
 from tests.conftest import tiny_policy
+from tests.torchrun import run_two_processes
 from tests.test_distributed import SETTINGS, problems
 
 assert distributed.init_from_environment()
@@ -69,22 +66,7 @@ def test_per_problem_seeding_gives_each_problem_the_same_rollouts_in_any_batch()
 
 def test_two_processes_under_torchrun_equal_one(tmp_path):
     out = tmp_path / "sharded.safetensors"
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(script),
-        str(out),
-    ]
-    done = subprocess.run(torchrun, env=env, cwd=root, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_two_processes(WORKER, tmp_path, out, timeout=180)
     sharded = AttributionResult.load(out)
     single = ipgkit.ipg(
         tiny_policy(seed=4, n_ctx=256),

@@ -2,15 +2,12 @@
 by rank, rank 0 writing the workspace, and the tables equal to one process's."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 
 from ipgkit.experiments import Suite, run_experiments
 from tests.experiments.test_suite import FAST
+from tests.torchrun import run_two_processes
 
 EXPERIMENTS = ("validation_grid", "control", "head_to_head")
 
@@ -20,6 +17,7 @@ import torch
 from ipgkit import distributed
 from ipgkit.experiments import Suite, run_experiments
 from tests.experiments.test_suite import FAST
+from tests.torchrun import run_two_processes
 from tests.experiments.test_torchrun import EXPERIMENTS
 
 assert distributed.init_from_environment()
@@ -30,15 +28,8 @@ run_experiments(suite, EXPERIMENTS, progress=False)
 
 
 def test_two_processes_give_the_tables_of_one(tmp_path):
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
     sharded_root = tmp_path / "sharded"
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc_per_node", "2", str(script), str(sharded_root)]
-    done = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_two_processes(WORKER, tmp_path, sharded_root, timeout=600)
 
     single = Suite(tmp_path / "single", FAST, sae=False, progress=False)
     tables = run_experiments(single, EXPERIMENTS, progress=False)

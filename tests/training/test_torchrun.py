@@ -2,11 +2,6 @@
 share of every step, the gradients are summed before the step, and the trained weights and the
 logs equal one process's to float tolerance."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -15,6 +10,7 @@ from ipgkit.errors import IpgkitError
 from ipgkit.training import GRPOConfig, SFTConfig, grpo_train, train_sft
 from ipgkit.training.sft import text_example
 from tests.conftest import tiny_policy
+from tests.torchrun import run_two_processes
 
 GRPO = dict(
     num_generations=4,
@@ -57,6 +53,7 @@ import sys
 import torch
 from ipgkit import distributed
 from tests.conftest import tiny_policy
+from tests.torchrun import run_two_processes
 from tests.training.test_torchrun import train_both
 
 assert distributed.init_from_environment()
@@ -76,15 +73,8 @@ if distributed.is_main():
 
 
 def test_two_processes_train_as_one(tmp_path):
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
     out = tmp_path / "trained.pt"
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc_per_node", "2", str(script), str(out)]
-    done = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_two_processes(WORKER, tmp_path, out)
     sharded = torch.load(out, weights_only=True)
 
     policy = tiny_policy(seed=6, n_ctx=256)
