@@ -96,3 +96,47 @@ def test_batch_seeding_is_refused_under_torchrun(monkeypatch):
     config = GRPOConfig(**{**GRPO, "seeding": "batch"})
     with pytest.raises(IpgkitError, match="seeding='problem'"):
         grpo_train(tiny_policy(), problems(), digits, config, progress=False)
+
+
+RESUMING_WORKER = """
+import sys
+from dataclasses import replace
+import torch
+from ipgkit import distributed
+from ipgkit.training import GRPOConfig, grpo_train
+from tests.conftest import tiny_policy
+from tests.training.test_torchrun import GRPO, digits, problems
+
+assert distributed.init_from_environment()
+torch.set_num_threads(1)
+calls = 0
+
+def digits_then_fail(completions, **kwargs):  # every rank fails in step 2, after a checkpoint
+    global calls
+    calls += 1
+    if sys.argv[2] == "fail" and calls > 1:
+        raise RuntimeError("killed in step 2")
+    return digits(completions, **kwargs)
+
+digits_then_fail.__name__ = "digits"  # the same reward name as the uninterrupted run's
+policy = tiny_policy(seed=6, n_ctx=256)
+config = GRPOConfig(**{**GRPO, "save_steps": 1})
+grpo_train(policy, problems(), digits_then_fail, config, output_dir=sys.argv[1], progress=False)
+if distributed.is_main():
+    state = {"weights": policy.model.state_dict(), "steps_sampled": calls}
+    torch.save(state, f"{sys.argv[1]}/out.pt")
+"""
+
+
+def test_an_interrupted_two_process_run_resumes_to_the_uninterrupted_weights(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(AssertionError):  # the workers raised in step 2
+        run_two_processes(RESUMING_WORKER, tmp_path, out, "fail")
+    assert (out / "checkpoint.pt").exists()  # rank 0 saved step 1
+    run_two_processes(RESUMING_WORKER, tmp_path, out, "finish")
+    resumed = torch.load(out / "out.pt", weights_only=True)
+    assert resumed["steps_sampled"] == 1  # the second launch ran step 2 only
+    policy = tiny_policy(seed=6, n_ctx=256)
+    grpo_train(policy, problems(), digits, GRPOConfig(**{**GRPO, "save_steps": 1}), progress=False)
+    for name, tensor in policy.model.state_dict().items():
+        torch.testing.assert_close(resumed["weights"][name], tensor, atol=1e-5, rtol=1e-4)
