@@ -98,7 +98,7 @@ def _register_report(commands) -> None:
     )
     report.add_argument("--top", type=int, default=5, help="units with heat maps and pages")
     report.add_argument("--pairs", type=int, default=2, help="prompts shown per unit")
-    report.set_defaults(run=write_report)
+    report.set_defaults(run=report_result)
 
 
 def _components(policy, args):
@@ -179,13 +179,12 @@ def rollouts_beside(result_path: Path) -> Path:
     return result_path.with_name(f"{result_path.stem}.rollouts.safetensors")
 
 
-def write_report(args: argparse.Namespace) -> int:
+def report_result(args: argparse.Namespace) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
     import ipgkit
-    from ipgkit.attribution.report import ReportOptions
-    from ipgkit.attribution.report import write_report as write_page
+    from ipgkit.attribution.report import ReportOptions, write_report
     from ipgkit.errors import IpgkitError
 
     result_path = Path(args.result)
@@ -209,7 +208,7 @@ def write_report(args: argparse.Namespace) -> int:
 
         policy = attach_saes(policy, [args.sae or int(hook.split(".")[1])])
     options = ReportOptions(top=args.top, pairs=args.pairs, progress=True)
-    out = write_page(result, args.out, policy, rollouts, options)
+    out = write_report(result, args.out, policy, rollouts, options)
     print(f"wrote {out} ({out.stat().st_size / 1e3:.0f} kB); open it in a browser")
     return 0
 
