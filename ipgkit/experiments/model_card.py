@@ -14,11 +14,11 @@ import pandas as pd
 
 from ipgkit.evaluation import evaluation_rollouts, evaluation_table
 from ipgkit.models.policy import Policy
-from ipgkit.rollouts import sample
 from ipgkit.stats import wilson_interval
 from ipgkit.tasks import arith, load
 from ipgkit.tasks.base import split_lines
-from ipgkit.tasks.verification import first_divergence, parse_intervention, verifier_prompt
+from ipgkit.tasks.verification import first_divergence, parse_intervention
+from ipgkit.training.interventions import FailedAttempt, SelfProposer
 
 
 def measure_splits(policy: Policy, n: int, n_samples: int, seed: int = 0):
@@ -60,32 +60,36 @@ def first_failures(task, rollouts) -> list[tuple]:
 
 
 def verifier_accuracy(
-    policy: Policy, attempts: list[tuple], max_new_tokens: int = 128, with_reference: bool = True
+    policy: Policy,
+    attempts: list[tuple],
+    max_new_tokens: int = 128,
+    with_reference: bool = True,
+    style: str | None = None,
 ) -> dict:
-    """Greedy interventions for (problem, attempt_steps) pairs, scored against the rule-based
-    first-divergence checker: parse rate, location accuracy, exact (location and content), each
-    with a 95% Wilson interval. Prompts that leave no room for the answer in the context are
-    skipped and counted; ``with_reference=False`` hides the reference solution."""
-    prompts, expected = [], []
-    for problem, steps in attempts:
-        reference = problem.reference if with_reference else None
-        prompts.append(verifier_prompt(problem.question, reference, steps))
-        expected.append(first_divergence(split_lines(problem.reference), steps))
-    fits = [len(row) + max_new_tokens <= policy.n_ctx for row in policy.encode(prompts)]
-    skipped = len(prompts) - sum(fits)
-    prompts = [p for p, ok in zip(prompts, fits, strict=True) if ok]
-    expected = [e for e, ok in zip(expected, fits, strict=True) if ok]
-    n = len(prompts)
-    completions = []
-    if n:
-        completions = sample(
-            policy,
-            prompts,
-            temperature=0.0,
-            max_new_tokens=max_new_tokens,
-            format_prompts=False,
-            progress=False,
-        ).texts
+    """Greedy interventions of :class:`~ipgkit.training.SelfProposer` (in ``style``, by default
+    the format the policy was trained on) for (problem, attempt_steps) pairs, scored against the
+    rule-based first-divergence checker: parse rate, location accuracy, exact (location and
+    content), each with a 95% Wilson interval. Attempts whose verification leaves no room for the
+    answer in the context are skipped and counted; ``with_reference=False`` hides the reference
+    solution."""
+    proposer = SelfProposer(
+        policy,
+        n=1,
+        temperature=0.0,
+        max_new_tokens=max_new_tokens,
+        style=style,
+        with_reference=with_reference,
+    )
+    answers = proposer([FailedAttempt(problem, "", tuple(steps)) for problem, steps in attempts])
+    fits = [bool(answer) for answer in answers]
+    skipped = len(attempts) - sum(fits)
+    completions = [answer[0] for answer in answers if answer]
+    expected = [
+        first_divergence(split_lines(problem.reference), steps)
+        for (problem, steps), ok in zip(attempts, fits, strict=True)
+        if ok
+    ]
+    n = len(completions)
     parsed = [parse_intervention(text) for text in completions]
     counts = {
         "parsed": sum(p is not None for p in parsed),
@@ -121,9 +125,11 @@ def model_card(policy: Policy, n: int = 200, n_samples: int = 8, seed: int = 0) 
         "accuracy": table.to_dict(orient="records"),
         "accuracy_by_steps": steps.to_dict(orient="records"),
         "verifier_on_own_failures": verifier_accuracy(policy, failures),
+        # a comparison needs the reference: without it the model answers in the block format
         "verifier_on_own_failures_no_reference": verifier_accuracy(
-            policy, failures, with_reference=False
+            policy, failures, with_reference=False, style="verifier"
         ),
+        "verifier_format": SelfProposer(policy).resolved_style,
         "verifier_on_synthetic_failures": verifier_accuracy(
             policy, synthetic_failed_attempts(n // 2, seed)
         ),

@@ -49,9 +49,17 @@ def arith_config(**overrides) -> HookedTransformerConfig:
     return HookedTransformerConfig(**settings)
 
 
-def build_policy(model: HookedTransformer, name: str = "arith") -> Policy:
+def build_policy(
+    model: HookedTransformer, name: str = "arith", verifier_format: str = "verifier"
+) -> Policy:
+    """The embedded model's policy; ``verifier_format`` is the InT verification format it was
+    trained on (what :class:`ipgkit.training.SelfProposer` uses by default)."""
     return Policy(
-        model=model, tokenizer=build_char_tokenizer(), name=name, prompt_format=arith_prompt
+        model=model,
+        tokenizer=build_char_tokenizer(),
+        name=name,
+        prompt_format=arith_prompt,
+        metadata={"verifier_format": verifier_format},
     )
 
 
@@ -67,7 +75,8 @@ def load_arith(weights_dir: str | Path = WEIGHTS_DIR, device: str = "cpu") -> Po
     model = HookedTransformer(arith_config(**config["architecture"], device=device))
     model.load_state_dict(load_file(weights_path, device=device))
     model.eval()
-    return build_policy(model, name=config.get("name", "arith"))
+    verifier_format = config.get("training", {}).get("verifier_format", "verifier")
+    return build_policy(model, name=config.get("name", "arith"), verifier_format=verifier_format)
 
 
 def save_arith(model: HookedTransformer, weights_dir: str | Path, extra: dict) -> None:

@@ -24,6 +24,8 @@ class Policy:
             model's ``"Q: ...\\nA:\\n"``.
         stop_token_ids: generation stops after any of these (EOS by default).
         prepend_bos: whether prompts start with the tokenizer's BOS token.
+        metadata: facts about how the model was trained that pipelines read, e.g. the embedded
+            model's ``"verifier_format"`` (which InT verification format it learned).
     """
 
     model: HookedTransformer = field(repr=False)
@@ -32,6 +34,7 @@ class Policy:
     prompt_format: Callable[[str], str] = field(repr=False)
     stop_token_ids: tuple[int, ...] = field(default=())
     prepend_bos: bool = True
+    metadata: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         require_hooked_model(self.model)

@@ -21,17 +21,27 @@ from transformer_lens import HookedTransformer
 
 from ipgkit.determinism import deterministic_algorithms
 from ipgkit.io import Checkpoint
-from ipgkit.models.arith import arith_config, arith_prompt, save_arith
+from ipgkit.models.arith import arith_config, arith_prompt, load_arith, save_arith
 from ipgkit.models.tokenizer import build_char_tokenizer
 from ipgkit.progress import tqdm
 from ipgkit.tasks import arith
 from ipgkit.tasks.base import split_lines
+from ipgkit.tasks.comparison import comparison_prompt, comparison_rows
 from ipgkit.tasks.verification import first_divergence, format_intervention, verifier_prompt
+
+
+def _mixed_failed_attempt(rng: random.Random, problem) -> list[str]:
+    make = arith.make_varied_failed_attempt if rng.random() < 0.5 else arith.make_failed_attempt
+    return make(rng, problem)
+
 
 FAILED_ATTEMPTS = {
     "one-slip": arith.make_failed_attempt,
     "varied": arith.make_varied_failed_attempt,
+    "mixed": _mixed_failed_attempt,
 }
+#: loss weight of a piece of a training example, by its role in the comparison format
+_ROLE_WEIGHTS = {None: 0.0, "answer": 1.0}
 
 
 @dataclass
@@ -46,12 +56,23 @@ class TrainingConfig:
         warmup_steps: linear warm-up steps.
         weight_decay: AdamW weight decay.
         verifier_fraction: share of examples in the InT verifier format.
+        verifier_format: ``"verifier"`` (the InT block prompt, the shipped model) or
+            ``"compare"`` (the comparison table of :mod:`ipgkit.tasks.comparison`, whose marks
+            and verdicts carry ``mark_weight``).
+        mark_weight: loss weight of the comparison format's marks and verdicts, relative to 1
+            for every other trained character: the dense signal that teaches where the first
+            difference is.
         failed_attempts: how the verifier examples' failed attempts are made: ``"one-slip"``
-            (``arith.make_failed_attempt``, the shipped model) or ``"varied"`` (a slip, a
-            skipped or a swapped step: ``arith.make_varied_failed_attempt``).
+            (``arith.make_failed_attempt``, the shipped model), ``"varied"`` (a slip, a
+            skipped or a swapped step: ``arith.make_varied_failed_attempt``) or ``"mixed"``
+            (either, half and half).
         no_reference_fraction: share of the verifier examples whose prompt has no reference
             solution, so that verification without the reference is measured on a format the
-            model knows rather than on an unseen one (0: none, and no random draw for it).
+            model knows rather than on an unseen one (0: none, and no random draw for it); these
+            are in the block format whatever ``verifier_format`` says (a comparison needs the
+            reference).
+        init_from: a weights folder (as ``load_arith`` reads) to start from instead of random
+            weights, e.g. to fine-tune the shipped model into a new format; None: from scratch.
         seed: seeds the weights and the data stream.
         pool_batches: batches drawn together and grouped by length (less padding).
         checkpoint_every: steps between resumable checkpoints.
@@ -65,8 +86,11 @@ class TrainingConfig:
     warmup_steps: int = 30
     weight_decay: float = 0.05
     verifier_fraction: float = 0.15
-    failed_attempts: Literal["one-slip", "varied"] = "one-slip"
+    verifier_format: Literal["verifier", "compare"] = "verifier"
+    mark_weight: float = 3.0
+    failed_attempts: Literal["one-slip", "varied", "mixed"] = "one-slip"
     no_reference_fraction: float = 0.0
+    init_from: str | None = None
     seed: int = 0
     pool_batches: int = 16
     checkpoint_every: int = 250
@@ -75,9 +99,10 @@ class TrainingConfig:
 
 def training_example(
     rng: random.Random, config: TrainingConfig, max_tokens: int
-) -> tuple[str, str]:
-    """One (prompt, completion) pair of the training mix, redrawn until BOS + prompt + completion
-    + EOS fits in ``max_tokens`` (one token per character)."""
+) -> list[tuple[str, float]]:
+    """One example of the training mix as (text, loss weight) pieces (0: given, not trained),
+    redrawn until BOS + text + EOS fits in ``max_tokens`` (one token per character)."""
+    weights = {**_ROLE_WEIGHTS, "mark": config.mark_weight, "verdict": config.mark_weight}
     while True:
         difficulty = arith.TRAINING[0] if rng.random() < 0.75 else arith.TRAINING[1]
         family = rng.choice(arith.FAMILIES)
@@ -85,44 +110,48 @@ def training_example(
         if rng.random() < config.verifier_fraction:
             make = FAILED_ATTEMPTS[config.failed_attempts]
             attempt = make(rng, problem)
-            fix = first_divergence(split_lines(problem.reference), attempt)
+            reference = split_lines(problem.reference)
+            block = format_intervention(first_divergence(reference, attempt))
             blind = config.no_reference_fraction and rng.random() < config.no_reference_fraction
-            reference = None if blind else problem.reference
-            prompt = verifier_prompt(problem.question, reference, attempt)
-            completion = format_intervention(fix)
+            if config.verifier_format == "compare" and not blind:
+                rows = comparison_rows(attempt, reference)
+                pieces = [(comparison_prompt(problem.question), 0.0)]
+                pieces += [(text, weights[role]) for text, role in rows] + [(block, 1.0)]
+            else:
+                shown = None if blind else problem.reference
+                pieces = [(verifier_prompt(problem.question, shown, attempt), 0.0), (block, 1.0)]
         else:
-            prompt, completion = arith_prompt(problem.question), problem.reference
-        if len(prompt) + len(completion) + 2 <= max_tokens:
-            return prompt, completion
+            pieces = [(arith_prompt(problem.question), 0.0), (problem.reference, 1.0)]
+        if sum(len(text) for text, _ in pieces) + 2 <= max_tokens:
+            return pieces
 
 
 def batch_for_step(
     step: int, config: TrainingConfig, tokenizer, max_tokens: int = 512
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokens [batch, pos] (right-padded) and loss mask of predicted positions [batch, pos-1]."""
+    """Tokens [batch, pos] (right-padded) and the loss weight of each predicted position
+    [batch, pos-1] (0 where nothing is trained: prompts, given table text, padding)."""
     block, offset = divmod(step, config.pool_batches)
     rng = random.Random(f"{config.seed}:block:{block}")
-    pairs = [
-        training_example(rng, config, max_tokens)
-        for _ in range(config.batch_size * config.pool_batches)
-    ]
-    prompts = tokenizer([p for p, _ in pairs], add_special_tokens=False)["input_ids"]
-    completions = tokenizer([c for _, c in pairs], add_special_tokens=False)["input_ids"]
-    rows = [
-        ([tokenizer.bos_token_id, *p], [*c, tokenizer.eos_token_id])
-        for p, c in zip(prompts, completions, strict=True)
-    ]
-    rows.sort(key=lambda r: len(r[0]) + len(r[1]))
+    rows = []
+    for _ in range(config.batch_size * config.pool_batches):
+        ids, weights = [tokenizer.bos_token_id], []
+        for text, weight in training_example(rng, config, max_tokens):
+            piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids += piece
+            weights += [weight] * len(piece)
+        rows.append(([*ids, tokenizer.eos_token_id], [*weights, 1.0]))
+    rows.sort(key=lambda row: len(row[0]))
     batches = [rows[i : i + config.batch_size] for i in range(0, len(rows), config.batch_size)]
     rng.shuffle(batches)
     chosen = batches[offset]
-    length = max(len(p) + len(c) for p, c in chosen)
+    length = max(len(ids) for ids, _ in chosen)
     tokens = torch.full((len(chosen), length), tokenizer.pad_token_id, dtype=torch.long)
-    loss_mask = torch.zeros((len(chosen), length - 1), dtype=torch.bool)
-    for i, (p, c) in enumerate(chosen):
-        tokens[i, : len(p) + len(c)] = torch.tensor(p + c)
-        loss_mask[i, len(p) - 1 : len(p) + len(c) - 1] = True
-    return tokens, loss_mask
+    loss_weights = torch.zeros((len(chosen), length - 1))
+    for i, (ids, weights) in enumerate(chosen):
+        tokens[i, : len(ids)] = torch.tensor(ids)
+        loss_weights[i, : len(weights)] = torch.tensor(weights)
+    return tokens, loss_weights
 
 
 def training_logits(model: HookedTransformer, tokens: torch.Tensor) -> torch.Tensor:
@@ -170,7 +199,10 @@ def train_model(config: TrainingConfig, out_dir: str | Path, progress: bool = Tr
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     tokenizer = build_char_tokenizer()
-    model = HookedTransformer(arith_config(seed=config.seed))
+    if config.init_from is None:
+        model = HookedTransformer(arith_config(seed=config.seed))
+    else:
+        model = load_arith(config.init_from).model
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay
     )
@@ -193,12 +225,12 @@ def train_model(config: TrainingConfig, out_dir: str | Path, progress: bool = Tr
     )
     running = None
     for step in bar:
-        tokens, loss_mask = batch_for_step(step, config, tokenizer, model.cfg.n_ctx)
+        tokens, loss_weights = batch_for_step(step, config, tokenizer, model.cfg.n_ctx)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
         logits = training_logits(model, tokens)[:, :-1]
         losses = F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
-        loss = losses[loss_mask].mean()
+        loss = (losses * loss_weights).sum() / loss_weights.sum()
         optimizer.zero_grad(set_to_none=True)
         with deterministic_algorithms(loss.device):
             loss.backward()

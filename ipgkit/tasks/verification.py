@@ -52,6 +52,29 @@ def verifier_prompt(question: str, reference: str | None, attempt_steps: Sequenc
     )
 
 
+#: InT's verification instruction for chat models (problem, reference, numbered attempt in; one
+#: replacement step out, in the attempt's voice, without the final answer)
+INT_INSTRUCTION = """You are checking a student's solution against a reference solution.
+
+Problem:
+{question}
+
+Reference solution:
+{reference}
+
+Student's attempt, one numbered step per line:
+{attempt}
+
+Find the first step of the attempt that contains a critical error. Write ONE replacement for that step, in the attempt's own style, so that the attempt can continue correctly from there. Do not reveal the final answer.
+Answer only with
+<intervention>{{"location": <number of the wrong step>, "content": "<the replacement step>"}}</intervention>"""  # noqa: E501 (the prompt's own lines)
+
+#: the same instruction without the reference solution (InT's "verification without reference")
+INT_INSTRUCTION_NO_REFERENCE = INT_INSTRUCTION.replace(
+    "against a reference solution", "for errors"
+).replace("Reference solution:\n{reference}\n\n", "")
+
+
 def format_intervention(intervention: Intervention) -> str:
     payload = json.dumps({"location": intervention.location, "content": intervention.content})
     return f"{OPEN}{payload}{CLOSE}"

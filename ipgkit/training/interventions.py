@@ -35,6 +35,8 @@ from ipgkit.models.policy import Policy
 from ipgkit.rollouts import sample
 from ipgkit.tasks.base import Task, split_lines
 from ipgkit.tasks.verification import (
+    INT_INSTRUCTION,
+    INT_INSTRUCTION_NO_REFERENCE,
     Intervention,
     first_divergence,
     format_intervention,
@@ -44,30 +46,9 @@ from ipgkit.tasks.verification import (
 )
 from ipgkit.training.sft import SFTExample, completion_nll, text_example
 
+from .comparison_verifier import propose_by_comparison
 from .continuations import continuation_table, continue_from, misplaced_table
 from .int_records import FailedAttempt, HardPool, InterventionSet
-
-#: InT's verification instruction for chat models (problem, reference, numbered attempt in; one
-#: replacement step out, in the attempt's voice, without the final answer)
-INT_INSTRUCTION = """You are checking a student's solution against a reference solution.
-
-Problem:
-{question}
-
-Reference solution:
-{reference}
-
-Student's attempt, one numbered step per line:
-{attempt}
-
-Find the first step of the attempt that contains a critical error. Write ONE replacement for that step, in the attempt's own style, so that the attempt can continue correctly from there. Do not reveal the final answer.
-Answer only with
-<intervention>{{"location": <number of the wrong step>, "content": "<the replacement step>"}}</intervention>"""  # noqa: E501 (the prompt's own lines)
-
-#: the same instruction without the reference solution (InT's "verification without reference")
-INT_INSTRUCTION_NO_REFERENCE = INT_INSTRUCTION.replace(
-    "against a reference solution", "for errors"
-).replace("Reference solution:\n{reference}\n\n", "")
 
 
 def hard_pool(
@@ -148,9 +129,12 @@ class SelfProposer:
         policy: the model that verifies (usually the one being trained).
         n: proposals per attempt.
         temperature, max_new_tokens, seed: sampling settings.
-        style: ``"verifier"`` (the embedded model's trained format, :func:`verifier_prompt`) or
-            ``"chat"`` (:data:`INT_INSTRUCTION` through the policy's prompt format, i.e. its chat
-            template). None picks ``"verifier"`` for the embedded model's prompt format.
+        style: ``"verifier"`` (the embedded model's block format, :func:`verifier_prompt`),
+            ``"compare"`` (the comparison table, :mod:`ipgkit.tasks.comparison`; needs the
+            reference) or ``"chat"`` (:data:`INT_INSTRUCTION` through the policy's prompt format,
+            i.e. its chat template). None: the format the policy was trained on
+            (``policy.metadata["verifier_format"]``), else ``"verifier"`` for the embedded
+            model's prompt format and ``"chat"`` for others.
         with_reference: show the reference solution (InT); False asks the model to find the
             first error on its own (the paper's "without reference" ablation).
         name: the proposer's name in the yields table.
@@ -161,12 +145,19 @@ class SelfProposer:
     temperature: float = 0.7
     max_new_tokens: int = 96
     seed: int = 0
-    style: Literal["verifier", "chat"] | None = None
+    style: Literal["verifier", "compare", "chat"] | None = None
     with_reference: bool = True
     name: str = "self"
 
+    @property
+    def resolved_style(self) -> str:
+        fallback = "verifier" if self.policy.prompt_format is arith_prompt else "chat"
+        return self.style or self.policy.metadata.get("verifier_format", fallback)
+
     def prompts(self, attempts: Sequence[FailedAttempt]) -> list[str]:
-        style = self.style or ("verifier" if self.policy.prompt_format is arith_prompt else "chat")
+        style = self.resolved_style
+        if style == "compare":
+            raise IpgkitError("the comparison format has no prompt of its own; call the proposer")
         if style == "verifier":
             return [
                 verifier_prompt(
@@ -191,6 +182,18 @@ class SelfProposer:
     def __call__(self, attempts: Sequence[FailedAttempt]) -> list[list[str]]:
         """``n`` answers per attempt; none for an attempt whose verification prompt leaves no room
         for ``max_new_tokens`` in the context (counted by :func:`propose_interventions`)."""
+        if self.resolved_style == "compare":
+            if not self.with_reference:
+                raise IpgkitError(
+                    "the comparison format compares with the reference; use "
+                    "style='verifier' to verify without it"
+                )
+            items = [
+                (a.problem.question, a.steps, split_lines(a.problem.reference)) for a in attempts
+            ]
+            return propose_by_comparison(
+                self.policy, items, self.n, self.temperature, self.max_new_tokens, self.seed
+            )
         prompts = self.prompts(attempts)
         lengths = [len(ids) for ids in self.policy.encode(prompts)]
         fits = [

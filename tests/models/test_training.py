@@ -25,12 +25,13 @@ def test_training_forward_equals_hooked_forward():
 
 def test_batches_are_deterministic_and_mask_exactly_the_completion():
     config, tokenizer = TrainingConfig(batch_size=8, pool_batches=2), build_char_tokenizer()
-    tokens, mask = batch_for_step(3, config, tokenizer)
+    tokens, weights = batch_for_step(3, config, tokenizer)
     again, _ = batch_for_step(3, config, tokenizer)
     assert torch.equal(tokens, again)
-    for row, row_mask in zip(tokens, mask, strict=True):
+    assert set(weights.unique().tolist()) == {0.0, 1.0}
+    for row, row_weights in zip(tokens, weights, strict=True):
         text = tokenizer.decode(row.tolist())
-        predicted = tokenizer.decode(row[1:][row_mask].tolist())
+        predicted = tokenizer.decode(row[1:][row_weights > 0].tolist())
         assert predicted.endswith("<eos>")
         prompt_end = (
             text.index("A:\n") + 3
@@ -40,10 +41,47 @@ def test_batches_are_deterministic_and_mask_exactly_the_completion():
         assert text[prompt_end:].replace("<pad>", "") == predicted
 
 
+def test_comparison_examples_train_marks_verdicts_and_block_only():
+    config = TrainingConfig(
+        batch_size=8,
+        pool_batches=1,
+        verifier_fraction=1.0,
+        verifier_format="compare",
+        mark_weight=2.5,
+    )
+    tokenizer = build_char_tokenizer()
+    tokens, weights = batch_for_step(0, config, tokenizer)
+    for row, row_weights in zip(tokens, weights, strict=True):
+        targets = tokenizer.convert_ids_to_tokens(row[1:].tolist())
+        text = "".join(t if len(t) == 1 else "\0" for t in targets)
+        # expected weights, read off the layout: "k | " + (attempt char, reference char, mark)*
+        # + " " + verdict per table line; 1 on the block and EOS; 0 elsewhere
+        expected = [0.0] * len(text)
+        start, block = text.index("reference:\n") + 11, text.index("<intervention>")
+        for line_start, line in _lines(text[start:block], start):
+            body_start = line_start + line.index(" | ") + 3
+            body = line[line.index(" | ") + 3 : -2]
+            for i in range(2, len(body), 3):
+                expected[body_start + i] = 2.5
+            expected[line_start + len(line) - 1] = 2.5
+        end = text.index("\0", block) + 1  # through EOS
+        expected[block:end] = [1.0] * (end - block)
+        assert row_weights.tolist() == expected
+        assert {text[i] for i, w in enumerate(expected) if w == 2.5} <= set(".^=!")
+
+
+def _lines(table: str, offset: int):
+    """(start index, line without its newline) of each line of ``table``."""
+    position = offset
+    for line in table.splitlines():
+        yield position, line
+        position += len(line) + 1
+
+
 def test_training_examples_fit_the_context():
     rng, config = random.Random(0), TrainingConfig(verifier_fraction=1.0)
     lengths = [
-        sum(map(len, training.training_example(rng, config, max_tokens=300))) + 2
+        sum(len(text) for text, _ in training.training_example(rng, config, max_tokens=300)) + 2
         for _ in range(300)
     ]
     assert max(lengths) <= 300

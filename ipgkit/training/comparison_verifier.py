@@ -1,0 +1,145 @@
+"""Self-verification in the comparison-table format (:mod:`ipgkit.tasks.comparison`): where the
+model flags the first error of an attempt, and the intervention it writes there."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ipgkit.errors import IpgkitError
+from ipgkit.models.policy import Policy
+from ipgkit.rollouts import sample
+from ipgkit.rollouts.scoring import right_padded
+from ipgkit.tasks.comparison import (
+    MARKS,
+    Slot,
+    comparison_prompt,
+    comparison_table,
+    flagged_prefix,
+)
+
+
+def _tables(policy: Policy, items) -> list[tuple[str, list[Slot], list[int]]]:
+    tables = []
+    for question, attempt_steps, reference_steps in items:
+        text, slots = comparison_table(question, attempt_steps, reference_steps)
+        ids = policy.encode([text])[0]
+        if len(ids) != len(text) + int(policy.prepend_bos):
+            raise IpgkitError(
+                f"the comparison format needs one token per character; {policy.name!r}'s "
+                "tokenizer merges characters (use SelfProposer(style='chat') for such models)"
+            )
+        tables.append((text, slots, ids))
+    return tables
+
+
+@torch.no_grad()
+def flag_logits(
+    policy: Policy, items: Sequence[tuple[str, Sequence[str], Sequence[str]]], chunk_size: int = 32
+) -> list[Float[Tensor, " slots"]]:
+    """For each (question, attempt steps, reference steps): per slot of its comparison table,
+    logit(flags an error) - logit(matches) from one teacher-forced pass with every slot set to
+    "matches" (active hooks apply). A table longer than the context is cut there: its margins
+    then cover only the slots inside (fewer than the table's slots).
+
+    Example:
+        >>> margins = flag_logits(policy, [(question, attempt, reference)])  # doctest: +SKIP
+        >>> first_flag = int((margins[0] > 0).nonzero()[0])                  # doctest: +SKIP
+    """
+    tables = _tables(policy, items)
+    margins: list[Tensor] = []
+    ids_of = {
+        kind: [policy.tokenizer.convert_tokens_to_ids(c) for c in marks]
+        for kind, marks in MARKS.items()
+    }
+    offset = int(policy.prepend_bos)
+    for start in range(0, len(tables), chunk_size):
+        chunk = tables[start : start + chunk_size]
+        rows = [ids[: policy.n_ctx] for _, _, ids in chunk]
+        tokens, _ = right_padded(rows, [[]] * len(rows), policy.pad_token_id)
+        logits = policy.model(tokens.to(policy.model.cfg.device)).float().cpu()
+        for row, (_, slots, _) in enumerate(chunk):
+            # text index p is token p + offset, predicted at position p + offset - 1
+            slots = [s for s in slots if s.position + offset < policy.n_ctx]
+            if not slots:
+                margins.append(torch.zeros(0))
+                continue
+            positions = torch.tensor([s.position + offset - 1 for s in slots])
+            match = torch.tensor([ids_of[s.kind][0] for s in slots])
+            flag = torch.tensor([ids_of[s.kind][1] for s in slots])
+            at = logits[row, positions]
+            margins.append(at.gather(-1, flag[:, None])[:, 0] - at.gather(-1, match[:, None])[:, 0])
+    return margins
+
+
+def first_error_prefixes(
+    policy: Policy,
+    items: Sequence[tuple[str, Sequence[str], Sequence[str]]],
+    n: int = 1,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> list[list[str | None]]:
+    """``n`` draws per item of where the model flags the first error: the table text up to the
+    flagged row (closed, ready for the intervention block), or None when it flags no row; an
+    empty list where the table does not fit the context and no flag falls inside it. Greedy
+    (``temperature=0``) takes each slot's more likely mark, exactly as greedy decoding restricted
+    to the two marks would; otherwise each slot flags with probability sigmoid(margin /
+    temperature), the same restriction at that temperature.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    draws: list[list[str | None]] = []
+    margins = flag_logits(policy, items)
+    for (question, attempt, reference), margin in zip(items, margins, strict=True):
+        text, slots = comparison_table(question, attempt, reference)
+        if temperature == 0:
+            flags = (margin > 0)[None].expand(n, -1)
+        else:
+            chance = torch.sigmoid(margin / temperature)
+            flags = torch.rand((n, len(margin)), generator=generator) < chance
+        row_draws = []
+        for flagged in flags:
+            hits = flagged.nonzero()
+            row_draws.append(flagged_prefix(text, slots[int(hits[0])]) if len(hits) else None)
+        complete = len(margin) == len(slots)
+        draws.append(row_draws if complete else [d for d in row_draws if d is not None])
+    return draws
+
+
+def propose_by_comparison(
+    policy: Policy,
+    items: Sequence[tuple[str, Sequence[str], Sequence[str]]],
+    n: int = 1,
+    temperature: float = 0.0,
+    max_new_tokens: int = 96,
+    seed: int = 0,
+) -> list[list[str]]:
+    """``n`` verifier answers per item: the rows up to the flagged one and the intervention block
+    the model writes after it; an empty list for an item whose table does not fit the context,
+    and an answer without a block where the model flags no row."""
+    draws = first_error_prefixes(policy, items, n, temperature, seed)
+    prompts = [p for row in draws for p in row if p is not None]
+    fits = [len(ids) + max_new_tokens <= policy.n_ctx for ids in policy.encode(prompts)]
+    texts = iter(
+        sample(
+            policy,
+            [p for p, ok in zip(prompts, fits, strict=True) if ok],
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            format_prompts=False,
+            progress=False,
+        ).texts
+        if any(fits)
+        else []
+    )
+    fit_of = iter(fits)
+    answers = []
+    for (question, _, _), row in zip(items, draws, strict=True):
+        head = len(comparison_prompt(question))
+        answers.append(
+            ["" if p is None else p[head:] + (next(texts) if next(fit_of) else "") for p in row]
+        )
+    return answers

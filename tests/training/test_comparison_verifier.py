@@ -1,0 +1,95 @@
+"""Self-verification in the comparison format: one teacher-forced pass finds the slot that greedy
+decoding (restricted to the two marks) would flag first; sampling flags at the model's odds."""
+
+import random
+
+import pytest
+import torch
+from scipy.stats import binomtest
+
+from ipgkit.errors import IpgkitError
+from ipgkit.tasks import arith, load
+from ipgkit.tasks.base import split_lines
+from ipgkit.tasks.comparison import comparison_table, flagged_prefix
+from ipgkit.training.comparison_verifier import first_error_prefixes, flag_logits
+from ipgkit.training.interventions import FailedAttempt, SelfProposer
+from tests.conftest import tiny_policy
+
+
+@pytest.fixture(scope="module")
+def flagging_policy():
+    """A random model (this seed flags on different rows and sometimes on none), with room for
+    whole tables."""
+    return tiny_policy(seed=4, n_ctx=512)
+
+
+@pytest.fixture(scope="module")
+def items():
+    rng = random.Random(0)
+    problems = load("arith-word", split="test", n=12, seed=1).problems
+    return [
+        (p.question, arith.make_varied_failed_attempt(rng, p), split_lines(p.reference))
+        for p in problems
+    ]
+
+
+def decoded_first_flag(policy, question, attempt, reference):
+    """The reference: decode the table character by character with the raw model, writing each
+    given character and choosing each mark greedily between its two options; the text up to the
+    first flag."""
+    vocab = policy.tokenizer.get_vocab()
+    text = f"Verify.\nQ: {question}\nCompare attempt|reference:\n"
+
+    def prefers(bad: str, good: str) -> bool:
+        ids = [vocab["<bos>"]] + [vocab[c] for c in text]
+        with torch.no_grad():
+            logits = policy.model(torch.tensor([ids]))[0, -1]
+        return bool(logits[vocab[bad]] > logits[vocab[good]])
+
+    for row in range(1, max(len(attempt), len(reference)) + 1):
+        a = attempt[row - 1] if row <= len(attempt) else ""
+        r = reference[row - 1] if row <= len(reference) else ""
+        text += f"{row} | "
+        for x, y in zip(a.ljust(len(r), "_"), r.ljust(len(a), "_"), strict=True):
+            text += x + y
+            if prefers("^", "."):
+                return text + "^ !\n"
+            text += "."
+        text += " "
+        if prefers("!", "="):
+            return text + "!\n"
+        text += "=\n"
+    return None
+
+
+def test_one_pass_flags_where_greedy_decoding_would(flagging_policy, items):
+    found = [draws[0] for draws in first_error_prefixes(flagging_policy, items)]
+    expected = [decoded_first_flag(flagging_policy, *item) for item in items]
+    assert found == expected
+    rows = {None if text is None else text.count("\n") for text in expected}
+    assert len(rows) >= 3  # flags on different rows and none: the check is not trivial
+
+
+def test_sampled_flags_follow_the_models_odds(flagging_policy, items):
+    margin = flag_logits(flagging_policy, items[:1])[0][0]
+    draws = first_error_prefixes(flagging_policy, items[:1], n=2000, temperature=0.7, seed=3)[0]
+    text, slots = comparison_table(*items[0])
+    at_first_slot = sum(draw == flagged_prefix(text, slots[0]) for draw in draws)
+    odds = torch.sigmoid(margin / 0.7).item()
+    assert 0.05 < odds < 0.95
+    assert binomtest(at_first_slot, len(draws), odds).pvalue > 1e-3
+
+
+def test_the_self_proposer_answers_in_the_comparison_format(flagging_policy, items):
+    attempts = [
+        FailedAttempt(problem, "", tuple(attempt))
+        for problem, (_, attempt, _) in zip(
+            load("arith-word", split="test", n=12, seed=1).problems, items, strict=True
+        )
+    ]
+    proposer = SelfProposer(flagging_policy, n=2, max_new_tokens=8, style="compare")
+    answers = proposer(attempts[:3])
+    assert [len(a) for a in answers] == [2, 2, 2]
+    assert all(a.startswith("1 | ") for row in answers for a in row if a)
+    with pytest.raises(IpgkitError, match="compares with the reference"):
+        SelfProposer(flagging_policy, style="compare", with_reference=False)(attempts[:1])
