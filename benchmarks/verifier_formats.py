@@ -6,7 +6,9 @@ on synthetic one-slip attempts at test and hard-test problems, how often the ans
 at the right step and gives the exact fix. Each run is independent (run several at once with
 ``--threads 1``) and writes its JSON to ``--out``. ``benchmarks/results/verifier_formats.json``
 holds the runs of 2026-12-02 (the failed attempts of the training mix were
-``make_varied_failed_attempt``'s, as ``--varied`` sets).
+``make_varied_failed_attempt``'s, as ``--varied`` sets). Every format here leaves location at
+chance; ``benchmarks/verifier_tables.py`` lays the comparison out row by row, and its interleaved
+layout is the one the model learns (``ipgkit.tasks.comparison``).
 
 Formats:
     plain:       the shipped one (reference unnumbered, attempt numbered, block out);

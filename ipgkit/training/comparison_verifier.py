@@ -118,28 +118,31 @@ def propose_by_comparison(
 ) -> list[list[str]]:
     """``n`` verifier answers per item: the rows up to the flagged one and the intervention block
     the model writes after it; an empty list for an item whose table does not fit the context,
-    and an answer without a block where the model flags no row."""
+    and an answer without a block where the model flags no row. A flagged row late in a long
+    table leaves less than ``max_new_tokens`` of context: the block is then written in the room
+    that is left (in steps of 8 tokens), which the block (about 75 characters) usually fits."""
     draws = first_error_prefixes(policy, items, n, temperature, seed)
     prompts = [p for row in draws for p in row if p is not None]
-    fits = [len(ids) + max_new_tokens <= policy.n_ctx for ids in policy.encode(prompts)]
-    texts = iter(
-        sample(
+    budgets = [
+        min(max_new_tokens, (policy.n_ctx - len(ids)) // 8 * 8) for ids in policy.encode(prompts)
+    ]
+    blocks = [""] * len(prompts)
+    for budget in sorted(b for b in set(budgets) if b > 0):
+        rows = [i for i, b in enumerate(budgets) if b == budget]
+        written = sample(
             policy,
-            [p for p, ok in zip(prompts, fits, strict=True) if ok],
+            [prompts[i] for i in rows],
             temperature=temperature,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=budget,
             seed=seed,
             format_prompts=False,
             progress=False,
         ).texts
-        if any(fits)
-        else []
-    )
-    fit_of = iter(fits)
+        for i, text in zip(rows, written, strict=True):
+            blocks[i] = text
+    block_of = iter(blocks)
     answers = []
     for (question, _, _), row in zip(items, draws, strict=True):
         head = len(comparison_prompt(question))
-        answers.append(
-            ["" if p is None else p[head:] + (next(texts) if next(fit_of) else "") for p in row]
-        )
+        answers.append(["" if p is None else p[head:] + next(block_of) for p in row])
     return answers

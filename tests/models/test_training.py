@@ -122,3 +122,25 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
         other = {"config": dataclasses.asdict(dataclasses.replace(config, lr=1.0))}
         Checkpoint(tmp_path / "resumed" / "checkpoint.pt", other).save({})
         train_model(config, tmp_path / "resumed", progress=False)
+
+
+def test_training_can_start_from_saved_weights(tmp_path):
+    first = TrainingConfig(steps=2, batch_size=4, pool_batches=1, warmup_steps=1)
+    train_model(first, tmp_path / "first", progress=False)
+    then = dataclasses.replace(
+        first,
+        seed=5,  # a fresh start would draw other weights
+        lr=1e-9,
+        init_from=str(tmp_path / "first"),
+        verifier_format="compare",
+        verifier_fraction=1.0,
+    )
+    train_model(then, tmp_path / "then", progress=False)
+    start, tuned = (ipgkit.load_model(str(tmp_path / name)) for name in ("first", "then"))
+    for (name, a), b in zip(
+        start.model.state_dict().items(), tuned.model.state_dict().values(), strict=True
+    ):
+        if a.is_floating_point() and a.isfinite().all():
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+    assert start.metadata == {"verifier_format": "verifier"}
+    assert tuned.metadata == {"verifier_format": "compare"}

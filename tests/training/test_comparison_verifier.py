@@ -91,5 +91,9 @@ def test_the_self_proposer_answers_in_the_comparison_format(flagging_policy, ite
     answers = proposer(attempts[:3])
     assert [len(a) for a in answers] == [2, 2, 2]
     assert all(a.startswith("1 | ") for row in answers for a in row if a)
+    # a budget larger than the context: each block is written in the room its prefix leaves
+    roomy = SelfProposer(flagging_policy, max_new_tokens=5000, style="compare")(attempts[:6])
+    flagged = [a for row in roomy for a in row if a.endswith("!\n") or "!\n" in a]
+    assert flagged and any(not a.endswith("!\n") for a in flagged)
     with pytest.raises(IpgkitError, match="compares with the reference"):
         SelfProposer(flagging_policy, style="compare", with_reference=False)(attempts[:1])
