@@ -40,8 +40,6 @@ FAILED_ATTEMPTS = {
     "varied": arith.make_varied_failed_attempt,
     "mixed": _mixed_failed_attempt,
 }
-#: loss weight of a piece of a training example, by its role in the comparison format
-_ROLE_WEIGHTS = {None: 0.0, "answer": 1.0}
 
 
 @dataclass
@@ -102,7 +100,8 @@ def training_example(
 ) -> list[tuple[str, float]]:
     """One example of the training mix as (text, loss weight) pieces (0: given, not trained),
     redrawn until BOS + text + EOS fits in ``max_tokens`` (one token per character)."""
-    weights = {**_ROLE_WEIGHTS, "mark": config.mark_weight, "verdict": config.mark_weight}
+    # loss weight by a comparison piece's role (None: the table's given characters)
+    weights = {None: 0.0, "mark": config.mark_weight, "verdict": config.mark_weight}
     while True:
         difficulty = arith.TRAINING[0] if rng.random() < 0.75 else arith.TRAINING[1]
         family = rng.choice(arith.FAMILIES)
