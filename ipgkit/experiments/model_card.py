@@ -125,9 +125,8 @@ def model_card(policy: Policy, n: int = 200, n_samples: int = 8, seed: int = 0) 
         "accuracy": table.to_dict(orient="records"),
         "accuracy_by_steps": steps.to_dict(orient="records"),
         "verifier_on_own_failures": verifier_accuracy(policy, failures),
-        # a comparison needs the reference: without it the model answers in the block format
         "verifier_on_own_failures_no_reference": verifier_accuracy(
-            policy, failures, with_reference=False, style="verifier"
+            policy, failures, with_reference=False
         ),
         "verifier_format": SelfProposer(policy).resolved_style,
         "verifier_on_synthetic_failures": verifier_accuracy(

@@ -6,12 +6,15 @@ find the first difference (its location accuracy stays at chance, see
 ``benchmarks/verifier_formats.py``): the characters it must compare are far apart. Here step k
 of the attempt and of the reference are interleaved in pairs, and after each pair the verifier
 writes a mark, ``.`` (same) or ``^`` (differs); a row ends with a verdict, ``=`` (the step
-matches) or ``!`` (the first wrong step); the table stops at the first ``^``, the block follows::
+matches) or ``!`` (the first wrong step). The table stops at the first ``^``; the rest of that
+row's pairs follow it unmarked, so that the whole reference step (the second character of every
+pair) is in the table and the corrected step is copied rather than recomputed. The block
+follows::
 
     Verify.
     Q: Gus has 39 marbles. He ends with 5 times as many. How many marbles now?
     Compare attempt|reference:
-    1 | 33.99.**.55.==.11.89^ !
+    1 | 33.99.**.55.==.11.89^55 !
     <intervention>{"location": 1, "content": "39*5=195"}</intervention>
 
 The pairs are the given input (no loss); the marks, verdicts and block are what the model writes.
@@ -68,18 +71,23 @@ def comparison_rows(
     Example:
         >>> "".join(text for text, _ in comparison_rows(["1+1=3"], ["1+1=2"]))
         '1 | 11.++.11.==.32^ !\\n'
+        >>> "".join(text for text, _ in comparison_rows(["12+1=23"], ["12+1=13"]))
+        '1 | 11.22.++.11.==.21^33 !\\n'
     """
     pieces: list[tuple[str, Role]] = []
     for row in range(1, max(len(attempt_steps), len(reference_steps)) + 1):
         attempt, reference = _step(attempt_steps, row), _step(reference_steps, row)
         width = max(len(attempt), len(reference))
+        padded = zip(attempt.ljust(width, PAD), reference.ljust(width, PAD), strict=True)
+        pairs = [a + r for a, r in padded]
         pieces.append((f"{row} | ", None))
         wrong_row = False
-        for a, r in zip(attempt.ljust(width, PAD), reference.ljust(width, PAD), strict=True):
-            wrong = truth and a != r
-            pieces += [(a + r, None), (MARKS["mark"][wrong], "mark")]
+        for index, pair in enumerate(pairs):
+            wrong = truth and pair[0] != pair[1]
+            pieces += [(pair, None), (MARKS["mark"][wrong], "mark")]
             if wrong:
                 wrong_row = True
+                pieces += [("".join(pairs[index + 1 :]), None)] if index + 1 < width else []
                 break
         pieces += [(" ", None), (MARKS["verdict"][wrong_row], "verdict"), ("\n", None)]
         if wrong_row:
@@ -102,9 +110,15 @@ def comparison_table(
 
 
 def flagged_prefix(text: str, slot: Slot) -> str:
-    """The table up to a flagged slot, the row closed as the format closes it (the verifier
-    then writes the intervention block)."""
-    return text[: slot.position] + ("!\n" if slot.kind == "verdict" else "^ !\n")
+    """The probe table ``text`` up to a flagged slot, the row closed as the format closes it
+    (a flagged mark: the row's remaining pairs unmarked, then the verdict); the verifier then
+    writes the intervention block."""
+    if slot.kind == "verdict":
+        return text[: slot.position] + "!\n"
+    # the probe row goes on as pair + mark triples up to " =" and the newline
+    rest = text[slot.position + 1 : text.index("\n", slot.position) - 2]
+    pairs = "".join(rest[i : i + 2] for i in range(0, len(rest), 3))
+    return text[: slot.position] + "^" + pairs + " !\n"
 
 
 __all__ = ["HEADER", "MARKS", "PAD", "Slot", "comparison_prompt", "comparison_rows"]

@@ -133,8 +133,9 @@ class SelfProposer:
             ``"compare"`` (the comparison table, :mod:`ipgkit.tasks.comparison`; needs the
             reference) or ``"chat"`` (:data:`INT_INSTRUCTION` through the policy's prompt format,
             i.e. its chat template). None: the format the policy was trained on
-            (``policy.metadata["verifier_format"]``), else ``"verifier"`` for the embedded
-            model's prompt format and ``"chat"`` for others.
+            (``policy.metadata["verifier_format"]``; without the reference a comparison-trained
+            model answers in the block format, which its no-reference examples use), else
+            ``"verifier"`` for the embedded model's prompt format and ``"chat"`` for others.
         with_reference: show the reference solution (InT); False asks the model to find the
             first error on its own (the paper's "without reference" ablation).
         name: the proposer's name in the yields table.
@@ -151,8 +152,11 @@ class SelfProposer:
 
     @property
     def resolved_style(self) -> str:
+        if self.style is not None:
+            return self.style
         fallback = "verifier" if self.policy.prompt_format is arith_prompt else "chat"
-        return self.style or self.policy.metadata.get("verifier_format", fallback)
+        trained = self.policy.metadata.get("verifier_format", fallback)
+        return "verifier" if trained == "compare" and not self.with_reference else trained
 
     def prompts(self, attempts: Sequence[FailedAttempt]) -> list[str]:
         style = self.resolved_style

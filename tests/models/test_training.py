@@ -55,7 +55,8 @@ def test_comparison_examples_train_marks_verdicts_and_block_only():
         targets = tokenizer.convert_ids_to_tokens(row[1:].tolist())
         text = "".join(t if len(t) == 1 else "\0" for t in targets)
         # expected weights, read off the layout: "k | " + (attempt char, reference char, mark)*
-        # + " " + verdict per table line; 1 on the block and EOS; 0 elsewhere
+        # + " " + verdict per table line, the flagged line's pairs after its "^" unmarked;
+        # 1 on the block and EOS; 0 elsewhere
         expected = [0.0] * len(text)
         start, block = text.index("reference:\n") + 11, text.index("<intervention>")
         for line_start, line in _lines(text[start:block], start):
@@ -63,6 +64,8 @@ def test_comparison_examples_train_marks_verdicts_and_block_only():
             body = line[line.index(" | ") + 3 : -2]
             for i in range(2, len(body), 3):
                 expected[body_start + i] = 2.5
+                if body[i] == "^":
+                    break
             expected[line_start + len(line) - 1] = 2.5
         end = text.index("\0", block) + 1  # through EOS
         expected[block:end] = [1.0] * (end - block)

@@ -2,6 +2,7 @@
 decoding (restricted to the two marks) would flag first; sampling flags at the model's odds."""
 
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -50,10 +51,12 @@ def decoded_first_flag(policy, question, attempt, reference):
         a = attempt[row - 1] if row <= len(attempt) else ""
         r = reference[row - 1] if row <= len(reference) else ""
         text += f"{row} | "
-        for x, y in zip(a.ljust(len(r), "_"), r.ljust(len(a), "_"), strict=True):
-            text += x + y
+        pairs = [x + y for x, y in zip(a.ljust(len(r), "_"), r.ljust(len(a), "_"), strict=True)]
+        for index, pair in enumerate(pairs):
+            text += pair
             if prefers("^", "."):
-                return text + "^ !\n"
+                # a flagged row goes on to its end, pairs only
+                return text + "^" + "".join(pairs[index + 1 :]) + " !\n"
             text += "."
         text += " "
         if prefers("!", "="):
@@ -97,3 +100,12 @@ def test_the_self_proposer_answers_in_the_comparison_format(flagging_policy, ite
     assert flagged and any(not a.endswith("!\n") for a in flagged)
     with pytest.raises(IpgkitError, match="compares with the reference"):
         SelfProposer(flagging_policy, style="compare", with_reference=False)(attempts[:1])
+
+
+def test_a_comparison_trained_model_verifies_without_the_reference_in_the_block_format(
+    flagging_policy,
+):
+    trained = replace(flagging_policy, metadata={"verifier_format": "compare"})
+    assert SelfProposer(trained).resolved_style == "compare"
+    assert SelfProposer(trained, with_reference=False).resolved_style == "verifier"
+    assert SelfProposer(flagging_policy).resolved_style == "verifier"  # no recorded format
