@@ -36,7 +36,6 @@ def _tables(policy: Policy, items) -> list[tuple[str, list[Slot], list[int]]]:
     return tables
 
 
-@torch.no_grad()
 def flag_logits(
     policy: Policy, items: Sequence[tuple[str, Sequence[str], Sequence[str]]], chunk_size: int = 32
 ) -> list[Float[Tensor, " slots"]]:
@@ -49,7 +48,11 @@ def flag_logits(
         >>> margins = flag_logits(policy, [(question, attempt, reference)])  # doctest: +SKIP
         >>> first_flag = int((margins[0] > 0).nonzero()[0])                  # doctest: +SKIP
     """
-    tables = _tables(policy, items)
+    return _margins(policy, _tables(policy, items), chunk_size)
+
+
+@torch.no_grad()
+def _margins(policy: Policy, tables, chunk_size: int = 32) -> list[Tensor]:
     margins: list[Tensor] = []
     ids_of = {
         kind: [policy.tokenizer.convert_tokens_to_ids(c) for c in marks]
@@ -91,9 +94,8 @@ def first_error_prefixes(
     """
     generator = torch.Generator().manual_seed(seed)
     draws: list[list[str | None]] = []
-    margins = flag_logits(policy, items)
-    for (question, attempt, reference), margin in zip(items, margins, strict=True):
-        text, slots = comparison_table(question, attempt, reference)
+    tables = _tables(policy, items)
+    for (text, slots, _), margin in zip(tables, _margins(policy, tables), strict=True):
         if temperature == 0:
             flags = (margin > 0)[None].expand(n, -1)
         else:
