@@ -7,6 +7,7 @@ batch at step s is a pure function of (seed, s), so a resumed run replays exactl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -188,6 +189,17 @@ def learning_rate(step: int, config: TrainingConfig) -> float:
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
 
+def lineage(weights_dir: str | Path) -> dict:
+    """What a fine-tuned model started from: the starting folder's own training record (nested
+    when it was itself fine-tuned) and the SHA-256 of its weights, so that the recipe of a model
+    built in stages can be read from its ``config.json`` even after the starting folder is gone."""
+    weights_dir = Path(weights_dir)
+    recorded = json.loads((weights_dir / "config.json").read_text())
+    digest = hashlib.sha256((weights_dir / "model.safetensors").read_bytes()).hexdigest()
+    keep = ("training", "training_seconds", "initialised_from")
+    return {"weights_sha256": digest, **{k: recorded[k] for k in keep if k in recorded}}
+
+
 def train_model(config: TrainingConfig, out_dir: str | Path, progress: bool = True) -> Path:
     """Train the embedded model; checkpoints in ``out_dir`` make an interrupted run resumable.
 
@@ -256,6 +268,9 @@ def train_model(config: TrainingConfig, out_dir: str | Path, progress: bool = Tr
             )
     model.eval()
     seconds = time.perf_counter() - started
-    save_arith(model, out_dir, {"training": asdict(config), "training_seconds": round(seconds, 1)})
+    record = {"training": asdict(config), "training_seconds": round(seconds, 1)}
+    if config.init_from is not None:
+        record["initialised_from"] = lineage(config.init_from)
+    save_arith(model, out_dir, record)
     store.path.unlink(missing_ok=True)
     return out_dir

@@ -1,4 +1,6 @@
 import dataclasses
+import hashlib
+import json
 import random
 
 import pytest
@@ -147,3 +149,13 @@ def test_training_can_start_from_saved_weights(tmp_path):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
     assert start.metadata == {"verifier_format": "verifier"}
     assert tuned.metadata == {"verifier_format": "compare"}
+    # the fine-tuned folder says what it started from, even once the starting folder is gone
+    started = json.loads((tmp_path / "first" / "config.json").read_text())
+    recorded = json.loads((tmp_path / "then" / "config.json").read_text())["initialised_from"]
+    weights = (tmp_path / "first" / "model.safetensors").read_bytes()
+    assert recorded == {
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
+        "training": started["training"],
+        "training_seconds": started["training_seconds"],
+    }
+    assert "initialised_from" not in started
