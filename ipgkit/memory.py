@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ipgkit.components import current_layout, hook_layer, sequence_layout
+from ipgkit.components import hook_layer
 from ipgkit.errors import IpgkitError
+from ipgkit.positions import current_layout, sequence_layout
 
 # Resident memory per token of one row in a fused, checkpointed pass, in elements, fitted to peak
 # RSS on CPU (glibc malloc, whose freed blocks stay resident: about 2.5x the live tensors) over

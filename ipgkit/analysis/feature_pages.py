@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
-from ipgkit.components import ComponentSet, Positions, position_mask
+from ipgkit.components import ComponentSet, Positions
 from ipgkit.errors import IpgkitError
 from ipgkit.models.policy import Policy
+from ipgkit.positions import position_mask
 from ipgkit.rollouts import Rollouts, TokenActivations, iter_activations, token_activations
 from ipgkit.rollouts.token_views import tokens_html
 from ipgkit.saes import decoder_directions

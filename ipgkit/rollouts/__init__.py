@@ -15,7 +15,7 @@ baselines and analysis read.
 """
 
 #: re-exported for code that imported it from here before the positions mask moved to components
-from ipgkit.components import position_mask
+from ipgkit.positions import position_mask
 
 from .activations import (
     ActivationChunk,

@@ -13,10 +13,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ipgkit.components import ComponentSet, Positions, position_mask, resolve_hook
+from ipgkit.components import ComponentSet, Positions, resolve_hook
 from ipgkit.errors import IpgkitError
 from ipgkit.memory import MemoryBudget
 from ipgkit.models.policy import Policy
+from ipgkit.positions import position_mask
 
 from .data import Rollouts
 from .scoring import iter_scores, right_padded

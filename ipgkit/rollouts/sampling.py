@@ -2,7 +2,7 @@
 
 :func:`sample` draws ``n`` completions per problem in inference mode; steering and IPG's scaled
 path apply to every token, prompt and generated, because the sampler sets the
-:class:`~ipgkit.components.SequenceLayout` the scaling hook reads.
+:class:`~ipgkit.positions.SequenceLayout` the scaling hook reads.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from ipgkit.components import SequenceLayout, sequence_layout, set_layout_offset
 from ipgkit.errors import IpgkitError
 from ipgkit.io import Checkpoint
 from ipgkit.models.policy import Policy, require_policy
+from ipgkit.positions import SequenceLayout, sequence_layout, set_layout_offset
 from ipgkit.progress import tqdm
 from ipgkit.tasks.base import Problem, RewardFunction
 

@@ -3,7 +3,7 @@
 Every consumer of log-probabilities goes through :func:`iter_scores`: IPG's engine and GRPO's loss
 (with gradient, chunk by chunk), SFT, and the no-grad callers through :func:`token_logprobs`
 (GRPO's old/reference log-probs, NLL metrics, IPG's end-point surrogate). Rows are right-padded;
-the pass sets a :class:`~ipgkit.components.SequenceLayout` so scaling hooks know which positions
+the pass sets a :class:`~ipgkit.positions.SequenceLayout` so scaling hooks know which positions
 are generated.
 """
 
@@ -17,10 +17,10 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from ipgkit.components import SequenceLayout, sequence_layout
 from ipgkit.errors import IpgkitError
 from ipgkit.memory import MemoryBudget, as_budget, bounded_passes, checkpoint_in_layout
 from ipgkit.models.policy import Policy, require_policy
+from ipgkit.positions import SequenceLayout, sequence_layout
 from ipgkit.progress import tqdm
 
 from .data import Rollouts, pad_right
