@@ -244,8 +244,9 @@ def scaling_hook(
     factor: float | Float[Tensor, " batch"],
     positions: Positions = "all",
     baseline: Float[Tensor, " n"] | float | None = None,
+    gains: Float[Tensor, " n"] | None = None,
 ):
-    """A TransformerLens forward hook: ``h[..., i] <- h'_i + factor * (h[..., i] - h'_i)``.
+    """A TransformerLens forward hook: ``h[..., i] <- h'_i + factor * g_i * (h[..., i] - h'_i)``.
 
     Args:
         components: which units to scale.
@@ -253,6 +254,9 @@ def scaling_hook(
         positions: ``"all"``, ``"prompt"`` or ``"generated"`` tokens (the last two need an active
             :func:`sequence_layout`, which ipgkit's sampler and scorer set).
         baseline: h', zero by default; a scalar or one value per selected unit.
+        gains: g, one factor per selected unit (1 when None), multiplying ``factor``; it may
+            require grad, so that per-unit gains can be learned through this hook. Positions
+            outside ``positions`` stay unscaled.
 
     Returns:
         ``hook(activation [batch, pos, width], hook) -> activation``.
@@ -267,12 +271,17 @@ def scaling_hook(
     factor_tensor = torch.as_tensor(factor, dtype=torch.float64)
     if not torch.isfinite(factor_tensor).all():
         raise IpgkitError(f"scaling factor must be finite, got {factor!r}")
+    if gains is not None and (gains.ndim != 1 or not torch.isfinite(gains.detach()).all()):
+        raise IpgkitError(
+            f"gains must be one finite value per unit, got shape {tuple(gains.shape)}"
+        )
 
     def hook(activation: torch.Tensor, hook) -> torch.Tensor:
         batch, length = activation.shape[:2]
         scale = factor_tensor.to(activation.device, activation.dtype)
         scale = scale.expand(batch)[:, None] if scale.ndim == 0 else _rows(scale, batch)[:, None]
         scale = scale.expand(batch, length)
+        selected = None
         if positions != "all":
             layout = current_layout()
             if layout is None:
@@ -283,6 +292,8 @@ def scaling_hook(
             selected = layout.selected(batch, length, positions, activation.device)
             scale = scale.masked_fill(~selected, 1.0)
         scale = scale[..., None]
+        if gains is not None:
+            scale = _with_gains(scale, gains, selected, activation, index, basis)
         if basis is not None:
             return _scaled_along(
                 activation, basis.to(activation.device, activation.dtype), scale, baseline
@@ -298,6 +309,16 @@ def scaling_hook(
         return activation.index_copy(-1, index_on_device, _scaled(selected, scale, baseline))
 
     return hook
+
+
+def _with_gains(scale, gains, selected, activation, index, basis) -> torch.Tensor:
+    """[batch, pos, n] factors: the row factor times each unit's gain, 1 off the positions."""
+    units = len(basis) if basis is not None else (len(index) if index is not None else None)
+    units = activation.shape[-1] if units is None else units
+    if gains.shape[0] != units:
+        raise IpgkitError(f"{gains.shape[0]} gains for {units} units")
+    scaled = scale * gains.to(activation.device, activation.dtype)
+    return scaled if selected is None else torch.where(selected[..., None], scaled, 1.0)
 
 
 def _rows(scale: torch.Tensor, batch: int) -> torch.Tensor:

@@ -157,3 +157,59 @@ def test_a_set_over_every_unit_has_a_length_once_it_meets_a_model():
         len(every)
     assert len(every.validate(policy.model)) == policy.model.cfg.d_mlp
     assert every == mlp_neurons(1)  # the recorded width is not part of equality
+
+
+@pytest.mark.parametrize("indices", [(7, 2, 9), (3, 4, 5), None])
+def test_per_unit_gains_multiply_the_row_factor(policy, indices):
+    name = "blocks.0.hook_resid_post"
+    _, cache = policy.model.run_with_cache(
+        tokens_for(policy, ["Q: 7*8", "Q: 9-1"]), names_filter=name
+    )
+    activation = cache[name]
+    columns = list(indices) if indices is not None else list(range(activation.shape[-1]))
+    gains = torch.linspace(0.0, 3.0, len(columns))
+    factors, baseline = torch.tensor([0.5, 2.0]), torch.linspace(-1, 1, len(columns))
+    hook = scaling_hook(ComponentSet(name, indices), factors, baseline=baseline, gains=gains)
+    expected = activation.clone()
+    for row, factor in enumerate(factors.tolist()):
+        units = activation[row][..., columns]
+        expected[row][..., columns] = baseline + factor * gains * (units - baseline)
+    torch.testing.assert_close(hook(activation, None), expected, rtol=0, atol=1e-6)
+
+
+def test_gains_on_directions_scale_each_coordinate():
+    basis = torch.linalg.qr(torch.randn(6, 2, generator=torch.Generator().manual_seed(0)))[0].T
+    components = ComponentSet("blocks.0.hook_resid_post", kind="direction", directions=basis)
+    activation = torch.randn(1, 3, 6, generator=torch.Generator().manual_seed(1))
+    scaled = scaling_hook(components, 1.0, gains=torch.tensor([0.0, 2.0]))(activation, None)
+    coordinates = activation @ basis.T
+    expected = activation - coordinates[..., :1] * basis[0] + coordinates[..., 1:] * basis[1]
+    torch.testing.assert_close(scaled, expected, rtol=0, atol=1e-6)
+
+
+def test_gains_leave_other_positions_alone_and_carry_gradient():
+    from ipgkit.positions import SequenceLayout, sequence_layout
+
+    activation = torch.randn(2, 5, 4, generator=torch.Generator().manual_seed(2))
+    gains = torch.tensor([0.5, 3.0], requires_grad=True)
+    hook = scaling_hook(
+        ComponentSet("blocks.0.hook_resid_post", (1, 3)), 2.0, "generated", None, gains
+    )
+    with sequence_layout(SequenceLayout(torch.tensor([2, 4]))):
+        scaled = hook(activation, None)
+    generated = torch.arange(5)[None, :] >= torch.tensor([[2], [4]])
+    untouched = ~generated[..., None] | torch.tensor([True, False, True, False])
+    assert torch.equal(scaled[untouched.expand_as(scaled)], activation[untouched.expand_as(scaled)])
+    weights = torch.randn(2, 5, 4, generator=torch.Generator().manual_seed(3))
+    (scaled * weights).sum().backward()
+    # d/dg_i sum_{b,t} w_bti * 2 g_i h_bti over generated positions
+    terms = (weights * activation * 2.0)[..., [1, 3]] * generated[..., None]
+    torch.testing.assert_close(gains.grad, terms.sum((0, 1)), rtol=1e-6, atol=1e-6)
+
+
+def test_gains_must_match_the_units():
+    hook = scaling_hook(ComponentSet("blocks.0.hook_resid_post", (1, 3)), 1.0, gains=torch.ones(3))
+    with pytest.raises(IpgkitError, match="3 gains for 2 units"):
+        hook(torch.zeros(1, 2, 4), None)
+    with pytest.raises(IpgkitError, match="one finite value per unit"):
+        scaling_hook(resid_neurons(0, [1]), 1.0, gains=torch.tensor([float("nan")]))
