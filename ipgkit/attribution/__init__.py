@@ -21,11 +21,13 @@ from ipgkit.attribution.ipg import (
     IPGConfig,
     PathGradients,
     PathRows,
+    amplification_ipg,
     integration_points,
     ipg,
     path_gradients,
     scaled_sequence_logprobs,
 )
+from ipgkit.attribution.quadrature import path_points
 from ipgkit.attribution.result import AttributionResult
 from ipgkit.attribution.tokens import TokenAttribution, token_attribution
 
@@ -37,12 +39,14 @@ __all__ = [
     "PathRows",
     "TokenAttribution",
     "activation_magnitude",
+    "amplification_ipg",
     "baselines",
     "control_vector",
     "integrated_gradients",
     "integration_points",
     "ipg",
     "path_gradients",
+    "path_points",
     "policy_gradient",
     "random_baseline",
     "random_baselines",

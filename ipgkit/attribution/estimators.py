@@ -26,7 +26,7 @@ from ipgkit.tasks.base import reward_name
 from .checkpoint import IPGCheckpoint, sampled
 from .config import IPGConfig
 from .path_rows import PathRows
-from .quadrature import integration_points
+from .quadrature import path_points
 
 
 def _reward_name(reward, rollouts: Rollouts | None = None) -> str:
@@ -89,7 +89,7 @@ def paper_mode(
     store: IPGCheckpoint | None,
 ) -> dict:
     """Sample once from the unmodified model, score those rollouts at every alpha point."""
-    alphas, quadrature = integration_points(config.method, config.n_steps)
+    alphas, quadrature = path_points(config.method, config.n_steps, config.path)
     sampling_started = time.perf_counter()
     if rollouts is None:
         rollouts = sampled(
@@ -109,7 +109,7 @@ def paper_mode(
     ids = rollouts.row_prompt_ids(), rollouts.row_completion_ids()
     for r in live:
         _add_row(rows, rollouts, ids, advantages, r, grid, config)
-    surrogate = {0.0: 0.0, 1.0: 0.0}  # with no live rows S is identically zero
+    surrogate = dict.fromkeys(config.path, 0.0)  # with no live rows S is identically zero
     scoring_started = time.perf_counter()
     per_prompt, grads = _score(
         rows, policy, components, problems, baseline, config, progress, store
@@ -117,7 +117,7 @@ def paper_mode(
     if grads is not None:
         # completeness of the surrogate S(alpha) = mean_prompts sum_rows A/N sum_s log pi_alpha
         live_weights = advantages[live].double() / config.n_rollouts
-        for end in (0.0, 1.0):
+        for end in config.path:
             values = rows.logprobs_at(
                 end,
                 alphas,
@@ -131,7 +131,8 @@ def paper_mode(
             )
             surrogate[end] = float((live_weights * values).sum() / len(problems))
     scoring_seconds = time.perf_counter() - scoring_started
-    change = surrogate[1.0] - surrogate[0.0]
+    start, end = config.path
+    change = surrogate[end] - surrogate[start]
     delta = float(per_prompt.sum(1).mean() - change)
     _warn_on_completeness_gap(delta, change, config, components.hook_name)
     return {
@@ -139,8 +140,9 @@ def paper_mode(
         "rollouts": rollouts,
         "reward_name": _reward_name(reward, rollouts),
         "delta": delta,
-        "delta_of": "surrogate S(1) - S(0), S = mean over prompts of sum_rows A/N log pi",
-        "surrogate": {"S(0)": surrogate[0.0], "S(1)": surrogate[1.0]},
+        "delta_of": f"surrogate S({end:g}) - S({start:g}), S = mean over prompts of sum_rows A/N "
+        "log pi",
+        "surrogate": {f"S({a:g})": surrogate[a] for a in config.path},
         "frac_reward_zero_std": rollouts.frac_reward_zero_std,
         "mean_reward": float(rollouts.rewards.mean()),
         "rows_scored": len(rows.groups),
@@ -191,9 +193,11 @@ def _warn_on_completeness_gap(delta: float, change: float, config, hook_name: st
         "; with a zero baseline on a normalised residual stream most of the change happens "
         "at alpha < 0.01"
     )
+    start, end = config.path
     warnings.warn(
         f"IPG completeness gap: the scores sum to {delta + change:+.4g} but the surrogate "
-        f"changes by {change:+.4g} from alpha = 0 to 1 (delta {delta:+.4g}). The integrand "
+        f"changes by {change:+.4g} from alpha = {start:g} to {end:g} (delta {delta:+.4g}). The "
+        "integrand "
         f"varies faster than {config.n_steps} {config.method} points resolve"
         + (residual_hint if "resid" in hook_name else "")
         + ". Rankings may still be useful; for completeness try baseline='mean' or more "
@@ -206,7 +210,7 @@ def on_path_mode(
     policy, problems, components, reward, config: IPGConfig, progress, store: IPGCheckpoint | None
 ) -> dict:
     """Sample afresh under every alpha point's scaled model and score those rollouts there."""
-    alphas, quadrature = integration_points(config.method, config.n_steps)
+    alphas, quadrature = path_points(config.method, config.n_steps, config.path)
     resolved = components.resolved(policy.model)
     sampling_started = time.perf_counter()
     points = [float(a) for a in alphas]
@@ -231,17 +235,21 @@ def on_path_mode(
 
     bar = tqdm(points, desc="ipg: on-path sampling", unit="alpha", disable=not progress)
     samples = [sample_at(alpha, config.seed + k) for k, alpha in enumerate(bar)]
-    # J(1) - J(0) from samples at the end points: on the grid, or drawn for that purpose
+    # J(end) - J(start) from samples at the end points: on the grid, the unmodified model's
+    # (alpha = 1, drawn for the mean baseline), or drawn for that purpose
+    start, end = config.path
     on_grid = {
-        end: next((s for a, s in zip(points, samples, strict=True) if math.isclose(a, end)), None)
-        for end in (0.0, 1.0)
+        a: next((s for p, s in zip(points, samples, strict=True) if math.isclose(p, a)), None)
+        for a in config.path
     }
-    at_start = on_grid[0.0]
+    if unmodified is not None:
+        on_grid = {a: unmodified if s is None and a == 1.0 else s for a, s in on_grid.items()}
+    at_start = on_grid[start]
     if at_start is None:
-        at_start = sample_at(0.0, config.seed + len(points) + 1)
-    at_end = on_grid[1.0] if on_grid[1.0] is not None else unmodified
+        at_start = sample_at(start, config.seed + len(points) + 1)
+    at_end = on_grid[end]
     if at_end is None:
-        at_end = sample_at(1.0, config.seed + len(points))
+        at_end = sample_at(end, config.seed + len(points))
     sampling_seconds = time.perf_counter() - sampling_started
     rows = PathRows()
     for k, rollouts in enumerate(samples):
@@ -257,14 +265,14 @@ def on_path_mode(
         "per_prompt": per_prompt,
         "reward_name": _reward_name(reward),
         "delta": float(per_prompt.sum(1).mean() - (j_end - j_start)),
-        "delta_of": "J(1) - J(0), J = mean reward of rollouts sampled at that alpha",
-        "J(0)": j_start,
-        "J(1)": j_end,
+        "delta_of": f"J({end:g}) - J({start:g}), J = mean reward of rollouts sampled at that alpha",
+        f"J({start:g})": j_start,
+        f"J({end:g})": j_end,
         "J_by_alpha": {
             f"{a:.6g}": float(s.rewards.mean()) for a, s in zip(points, samples, strict=True)
         },
         "frac_reward_zero_std": float(np.mean([s.frac_reward_zero_std for s in samples])),
-        "mean_reward": j_end,
+        "mean_reward": j_start if start == 1.0 else j_end,  # the unmodified model's, if sampled
         "rows_scored": len(rows.groups),
         "sampling_seconds": sampling_seconds,
         "scoring_seconds": scoring_seconds,

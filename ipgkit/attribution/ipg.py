@@ -69,7 +69,8 @@ def ipg(
         :class:`AttributionResult` with ``score`` (signed, averaged over prompts), ``stderr``
         across prompts, ``per_prompt`` values, the completeness ``delta`` and
         ``frac_reward_zero_std`` (on-path: averaged over the alpha points' samples). ``info``
-        holds the settings, J(0) and J(1) (on-path) or S(0) and S(1) (paper), rows scored and
+        holds the settings, J and S at the path's ends (``J(0)``, ``J(1)`` on-path, ``S(0)``,
+        ``S(1)`` in paper mode, for the default path), rows scored and
         timings.
 
     Example:
@@ -111,6 +112,34 @@ def ipg(
     return result
 
 
+def amplification_ipg(
+    policy: Policy,
+    problems: Sequence[Problem] | None,
+    components: ComponentSet,
+    reward: RewardFunction | None = None,
+    gamma_max: float = 2.0,
+    config: IPGConfig | None = None,
+    **settings,
+) -> AttributionResult:
+    """IPG along the path that amplifies the units, alpha from 1 to ``gamma_max``.
+
+    Plain IPG's path shrinks units towards the baseline, so a score says what a unit contributes
+    now; here each score estimates the unit's share of J(gamma_max) - J(1), what amplifying it
+    adds, which is the question enhancement asks. The settings, modes and result are
+    :func:`ipg`'s (``path=(1, gamma_max)``); on-path mode stays unbiased and its ``delta`` is
+    checked against J(gamma_max) - J(1) sampled there.
+
+    Example:
+        >>> result = amplification_ipg(policy, task.problems[:50], mlp_neurons(2),
+        ...                            task.correctness, gamma_max=2.0)  # doctest: +SKIP
+        >>> result.top(10)                                               # doctest: +SKIP
+    """
+    if not (isinstance(gamma_max, int | float) and gamma_max > 1):
+        raise IpgkitError(f"gamma_max must be a number > 1, got {gamma_max!r}")
+    settings["path"] = (1.0, float(gamma_max))
+    return ipg(policy, problems, components, reward, config, **settings)
+
+
 def _local_ipg(
     policy, problems, components, reward, config: IPGConfig, rollouts, progress, checkpoint
 ) -> AttributionResult:
@@ -143,10 +172,15 @@ def _local_ipg(
         **estimate,
     }
     result = AttributionResult.from_per_prompt(
-        components.resolved(policy.model), per_prompt, method="ipg", info=info
+        components.resolved(policy.model), per_prompt, method=_method(config), info=info
     )
     result.rollouts = support
     return result
+
+
+def _method(config: IPGConfig) -> str:
+    """``"ipg"``, or ``"ipg-amplify"`` for a path that starts at the real activations or above."""
+    return "ipg-amplify" if config.path[0] >= 1 else "ipg"
 
 
 def _sharded_ipg(
@@ -193,21 +227,22 @@ def _sharded_ipg(
             counts
         )
 
-    surrogate = {
-        end: weighted(lambda info, end=end: info["surrogate"][end]) for end in ("S(0)", "S(1)")
-    }
+    start, end = (f"S({a:g})" for a in config.path)
+    surrogate = {k: weighted(lambda info, k=k: info["surrogate"][k]) for k in (start, end)}
     info = {
         **part.info,
         "problem_ids": [p.id for p in problems],
         "surrogate": surrogate,
-        "delta": float(per_prompt.sum(1).mean() - (surrogate["S(1)"] - surrogate["S(0)"])),
+        "delta": float(per_prompt.sum(1).mean() - (surrogate[end] - surrogate[start])),
         "frac_reward_zero_std": weighted(lambda info: info["frac_reward_zero_std"]),
         "mean_reward": weighted(lambda info: info["mean_reward"]),
         "rows_scored": sum(piece["info"]["rows_scored"] for piece in pieces),
         "seconds": max(piece["info"]["seconds"] for piece in pieces),
         "processes": size,
     }
-    result = AttributionResult.from_per_prompt(part.components, per_prompt, "ipg", info=info)
+    result = AttributionResult.from_per_prompt(
+        part.components, per_prompt, _method(config), info=info
+    )
     result.rollouts = Rollouts.concat([piece["rollouts"] for piece in pieces], policy.pad_token_id)
     return result
 
@@ -217,6 +252,7 @@ __all__ = [
     "IPGConfig",
     "PathGradients",
     "PathRows",
+    "amplification_ipg",
     "frozen_parameters",
     "integration_points",
     "ipg",

@@ -53,3 +53,20 @@ def integration_points(
         nodes, weights = np.polynomial.legendre.leggauss(n_steps)
         return torch.from_numpy((nodes + 1) / 2), torch.from_numpy(weights / 2)
     raise IpgkitError(f"unknown integration method {method!r}; choose one of {INTEGRATION_RULES}")
+
+
+def path_points(
+    method: IntegrationRule, n_steps: int, path: tuple[float, float] = (0.0, 1.0)
+) -> tuple[Float[Tensor, " n_steps"], Float[Tensor, " n_steps"]]:
+    """:func:`integration_points` moved onto ``path = (start, end)``: nodes
+    ``start + (end - start) alpha_k`` and weights ``(end - start) w_k``, so the sum approximates
+    the integral from start to end (IPG's (0, 1); amplification's (1, gamma_max)).
+
+    Example:
+        >>> alphas, weights = path_points("riemann_right", 2, (1.0, 3.0))
+        >>> alphas.tolist(), weights.tolist()
+        ([2.0, 3.0], [1.0, 1.0])
+    """
+    start, end = path
+    alphas, weights = integration_points(method, n_steps)
+    return start + (end - start) * alphas, (end - start) * weights

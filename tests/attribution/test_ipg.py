@@ -19,7 +19,14 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerFast
 
-from ipgkit.attribution import integration_points, ipg, path_gradients, policy_gradient
+from ipgkit.attribution import (
+    amplification_ipg,
+    integration_points,
+    ipg,
+    path_gradients,
+    path_points,
+    policy_gradient,
+)
 from ipgkit.components import mlp_neurons, resid_neurons
 from ipgkit.errors import HookNameError, IpgkitError, RewardError, ZeroSignalWarning
 from ipgkit.models.arith import arith_config
@@ -753,3 +760,96 @@ def test_a_large_completeness_gap_is_flagged(policy):
     surrogate = result.info["surrogate"]
     assert abs(result.delta) > 0.1 * abs(surrogate["S(1)"] - surrogate["S(0)"])
     assert any("completeness gap" in str(w.message) for w in caught)
+
+
+# --- amplification: the path from the real activations upwards (issue 19) -------------------------
+
+
+def test_path_points_move_the_rule_onto_the_interval():
+    alphas, weights = path_points("riemann_right", 4, (1.0, 3.0))
+    assert alphas.tolist() == [1.5, 2.0, 2.5, 3.0]
+    assert weights.tolist() == [0.5] * 4
+    alphas, weights = path_points("gausslegendre", 5, (1.0, 2.5))
+    assert float((weights * alphas**3).sum()) == pytest.approx((2.5**4 - 1) / 4, rel=1e-12)
+
+
+@pytest.mark.parametrize("components", [resid_neurons(0, range(8)), mlp_neurons(0)])
+def test_amplification_scores_add_up_to_J_gamma_minus_J_one(world, components):
+    """On the amplification path the exact integrand (24 Gauss-Legendre points on [1, 2]) adds
+    up to J(2) - J(1), and the engine at the points ipgkit picks equals the reference."""
+    policy, completions, rewards = world
+    components = components.resolved(policy.model)
+    change = reference_J(policy, components, 2.0, completions, rewards) - reference_J(
+        policy, components, 1.0, completions, rewards
+    )
+    assert abs(change) > 1e-2  # amplifying moves J: the check is not vacuous
+    nodes, gauss_weights = np.polynomial.legendre.leggauss(24)
+    alphas, weights = (1.5 + nodes / 2).tolist(), (gauss_weights / 2).tolist()
+    reference = reference_ipg(policy, components, completions, rewards, alphas, weights)
+    assert float(reference.sum()) == pytest.approx(change, abs=1e-7)
+    points = [a.tolist() for a in path_points("riemann_right", 5, (1.0, 2.5))]
+    engine = engine_ipg(policy, components, completions, rewards, *points)
+    written = ([1.3, 1.6, 1.9, 2.2, 2.5], [0.3] * 5)
+    exact = reference_ipg(policy, components, completions, rewards, *written)
+    torch.testing.assert_close(engine, exact, rtol=1e-8, atol=1e-10)
+
+
+def test_on_path_amplification_converges_to_the_exact_integral(world):
+    policy, completions, rewards = world
+    components = resid_neurons(0, range(8)).resolved(policy.model)
+    written = ([1.5, 2.0, 2.5, 3.0], [0.5] * 4)
+    exact = reference_ipg(policy, components, completions, rewards, *written)
+    problems = [Problem(f"copy/{i}", PROMPT, "", "") for i in range(8)]
+    result = amplification_ipg(
+        policy,
+        problems,
+        components,
+        token_reward,
+        gamma_max=3.0,
+        mode="on_path",
+        n_rollouts=512,
+        n_steps=4,
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=HORIZON,
+        internal_batch_size=512,
+        sampling_batch_size=512,
+        progress=False,
+    )
+    assert result.method == "ipg-amplify"
+    assert result.info["config"]["path"] == [1.0, 3.0]
+    z = (result.scores - exact) / result.stderr
+    assert z.abs().max() < 4.5, z
+    assert set(result.info["J_by_alpha"]) == {"1.5", "2", "2.5", "3"}
+    info = result.info
+    assert info["delta"] == pytest.approx(
+        float(result.scores.sum()) - (info["J(3)"] - info["J(1)"])
+    )
+    samples = len(problems) * 512
+    for name, alpha in (("J(1)", 1.0), ("J(3)", 3.0)):
+        mean = reference_J(policy, components, alpha, completions, rewards)
+        second = reference_J(policy, components, alpha, completions, rewards**2)
+        assert abs(info[name] - mean) / math.sqrt((second - mean**2) / samples) < 4.5, name
+
+
+def test_paper_mode_amplification_checks_its_surrogate_on_the_path(policy):
+    task_problems = [Problem(f"copy/{i}", "Q: 12+7", "", "") for i in range(3)]
+    result = amplification_ipg(
+        policy,
+        task_problems,
+        mlp_neurons(1),
+        digit_count,
+        gamma_max=1.5,
+        n_rollouts=4,
+        n_steps=3,
+        max_new_tokens=6,
+        progress=False,
+    )
+    assert set(result.info["surrogate"]) == {"S(1)", "S(1.5)"}
+    change = result.info["surrogate"]["S(1.5)"] - result.info["surrogate"]["S(1)"]
+    assert result.delta == pytest.approx(float(result.scores.sum()) - change)
+    assert "S(1.5) - S(1)" in result.info["delta_of"]
+    with pytest.raises(IpgkitError, match="gamma_max must be a number > 1"):
+        amplification_ipg(policy, task_problems, mlp_neurons(1), digit_count, gamma_max=1.0)
+    with pytest.raises(IpgkitError, match="0 <= start < end"):
+        ipg(policy, task_problems, mlp_neurons(1), digit_count, path=(2.0, 1.0))
