@@ -21,7 +21,7 @@ from ipgkit.tasks.base import (
     split_lines,
 )
 from ipgkit.tasks.jsonl import BOXED_INSTRUCTION, load_gsm8k, load_math500
-from ipgkit.tasks.rewards import keyword_count, length_reward
+from ipgkit.tasks.rewards import keyword_count, length_reward, step_progress
 
 TASKS = (*FAMILIES, "gsm8k", "math500")
 
@@ -79,4 +79,5 @@ __all__ = [
     "mix_tasks",
     "reward_columns",
     "split_lines",
+    "step_progress",
 ]
