@@ -53,6 +53,9 @@ class ComponentSet:
         directions: for ``kind="direction"`` only, orthonormal rows [n_directions, width]; unit k is
             the coordinate of the activation along row k, and scaling it by gamma leaves the
             orthogonal complement untouched.
+        gains: one factor per unit (>= 0) that steering multiplies gamma by, so that unit i moves
+            by ``gamma * gains[i]``: learned per-unit gains
+            (:func:`ipgkit.training.gains.learn_gains`). None: every unit moves by gamma.
 
     Example:
         >>> ComponentSet("blocks.2.hook_resid_post", (3, 17), kind="resid")
@@ -65,6 +68,7 @@ class ComponentSet:
     directions: Float[Tensor, "n_directions width"] | None = field(
         default=None, compare=False, repr=False
     )
+    gains: tuple[float, ...] | None = field(default=None, repr=False)
     _known_width: int | None = field(default=None, compare=False, repr=False, init=False)
 
     def __post_init__(self) -> None:
@@ -91,6 +95,13 @@ class ComponentSet:
                     "directions must be orthonormal rows (unit norm, pairwise orthogonal)"
                 )
             object.__setattr__(self, "directions", directions)
+        if self.gains is not None:
+            gains = tuple(float(g) for g in self.gains)
+            if not all(g >= 0 and g < float("inf") for g in gains):
+                raise IpgkitError(f"gains must be finite and >= 0, got {gains}")
+            if self.indices is not None and len(gains) != len(self.indices):
+                raise IpgkitError(f"{len(gains)} gains for {len(self.indices)} units")
+            object.__setattr__(self, "gains", gains)
 
     def __len__(self) -> int:
         """The number of units (a set over every unit knows it once validated on a model)."""
@@ -131,7 +142,13 @@ class ComponentSet:
             )
         if self.indices is None:  # frozen, but the width (for len) is a cache outside equality
             object.__setattr__(self, "_known_width", width)
+            if self.gains is not None and len(self.gains) != width:
+                raise IpgkitError(f"{len(self.gains)} gains for {width} units at {self.hook_name}")
         return self
+
+    def gains_tensor(self) -> Float[Tensor, " n"] | None:
+        """The per-unit gains as a float64 tensor (None without gains)."""
+        return None if self.gains is None else torch.tensor(self.gains, dtype=torch.float64)
 
     def resolved(self, model) -> ComponentSet:
         """The same set with explicit indices (every unit when ``indices`` is None), validated."""

@@ -32,7 +32,8 @@ def steer(
 
     Args:
         policy: the policy whose model gets the hooks.
-        components: one ComponentSet or several (at different hooks).
+        components: one ComponentSet or several (at different hooks); a set with ``gains``
+            moves unit i by ``gamma * gains[i]``.
         gamma: the factor; must be finite and >= 0.
         positions: ``"all"``, ``"prompt"`` or ``"generated"`` tokens.
         baseline: h', the point scaling moves towards (zero by default): units become
@@ -57,7 +58,9 @@ def steer(
         hooks.append(
             (
                 component_set.hook_name,
-                scaling_hook(component_set, float(gamma), positions, baseline),
+                scaling_hook(
+                    component_set, float(gamma), positions, baseline, component_set.gains_tensor()
+                ),
             )
         )
     with policy.model.hooks(fwd_hooks=hooks):

@@ -213,3 +213,37 @@ def test_gains_must_match_the_units():
         hook(torch.zeros(1, 2, 4), None)
     with pytest.raises(IpgkitError, match="one finite value per unit"):
         scaling_hook(resid_neurons(0, [1]), 1.0, gains=torch.tensor([float("nan")]))
+
+
+def test_steering_a_set_with_gains_moves_each_unit_by_gamma_times_its_gain(policy):
+    from ipgkit.experiments.workspace import set_signature
+
+    tokens = tokens_for(policy, ["Q: 12+30"])
+    name = "blocks.1.hook_resid_post"
+
+    def raw(activation, hook):  # written here: columns 2 and 5 times 2 x 0.5 and 2 x 3
+        multiplier = torch.ones(activation.shape[-1])
+        multiplier[[2, 5]] = torch.tensor([1.0, 6.0])
+        return activation * multiplier
+
+    expected = policy.model.run_with_hooks(tokens, fwd_hooks=[(name, raw)])
+    gained = ComponentSet(name, (2, 5), gains=(0.5, 3.0))
+    with ipgkit.steer(policy, gained, gamma=2.0):
+        steered = policy.model(tokens)
+    torch.testing.assert_close(steered, expected, rtol=0, atol=1e-5)
+    with ipgkit.steer(policy, ComponentSet(name, (2, 5), gains=(1.0, 1.0)), gamma=1.0):
+        assert torch.equal(policy.model(tokens), policy.model.run_with_hooks(tokens))
+    plain = ComponentSet(name, (2, 5))
+    assert gained != plain and set_signature(gained) != set_signature(plain)
+    assert set_signature(plain) == set_signature(ComponentSet(name, (2, 5)))
+
+
+def test_gains_are_checked_against_the_units(policy):
+    with pytest.raises(IpgkitError, match="3 gains for 2 units"):
+        ComponentSet("blocks.0.hook_resid_post", (1, 2), gains=(1.0, 1.0, 1.0))
+    with pytest.raises(IpgkitError, match="finite and >= 0"):
+        ComponentSet("blocks.0.hook_resid_post", (1,), gains=(-1.0,))
+    with pytest.raises(IpgkitError, match="2 gains for 32 units"):
+        resid_neurons(0).__class__("blocks.0.hook_resid_post", None, gains=(1.0, 2.0)).validate(
+            policy.model
+        )

@@ -51,11 +51,15 @@ def _settings_text(settings: dict) -> str:
 
 
 def set_signature(components: ComponentSet | None) -> str:
-    """What identifies a steered set in a cache key: hook, kind and indices (or the direction)."""
+    """What identifies a steered set in a cache key: hook, kind and indices (or the direction),
+    and per-unit gains where the set has them (sets without keep their earlier keys)."""
     if components is None:
         return "none"
     basis = None if components.directions is None else components.directions.double().tolist()
-    return f"{components.hook_name}:{components.kind}:" + digest([components.indices, basis])
+    identity = [components.indices, basis]
+    if components.gains is not None:
+        identity.append(list(components.gains))
+    return f"{components.hook_name}:{components.kind}:" + digest(identity)
 
 
 @dataclass
