@@ -11,6 +11,11 @@ alternate so that machine noise affects them alike. Medians over ``--repeats``.
     backward to the input embeddings only (what Captum-style input attribution costs).
     Target <= 1.3.
 (c) all units / one unit of the layer. Target <= 1.1.
+(d) amplification IPG / IPG: the same rows scored along alpha in [1, 2] instead of [0, 1]
+    (issue 19); the one difference is the surrogate's end point alpha = 1, off the amplification
+    grid, so one more forward pass.
+(e) one learned-gain step / one IPG attribution, sampling included: a step samples its own
+    groups (8 prompts x 8 completions) with the gains in place and backpropagates to the gains.
 
 Finally, the wall time of one attribution of the paper's size (prompts x 5 rollouts x 10 steps),
 sampling included.
@@ -33,6 +38,8 @@ import torch
 import ipgkit
 from ipgkit.attribution.ipg import frozen_parameters, integration_points, packed_chunks
 from ipgkit.rollouts import iter_scores
+from ipgkit.training.gains import GainConfig, learn_gains
+from ipgkit.training.grpo_config import GRPOConfig
 
 
 def bare_passes(policy, rows, internal_batch_size: int, parameters: str) -> None:
@@ -122,6 +129,15 @@ def main() -> None:
         "floor: backward to parameters": floor("all"),
         "floor: backward to inputs": floor("inputs"),
         "one unit": attribute(ipgkit.resid_neurons(args.layer, [7])),
+        "amplification [1, 2]": attribute(alpha_range=(1.0, 2.0)),
+        "one learned-gain step": lambda: learn_gains(
+            policy,
+            task.problems,
+            layer,
+            task.correctness,
+            GainConfig(grpo=GRPOConfig(max_steps=1, max_completion_length=task.max_new_tokens)),
+            progress=False,
+        ),
     }
     runs["packed"]()  # warm-up (allocator, thread pools)
     timings: dict[str, list[float]] = {name: [] for name in runs}
@@ -146,6 +162,10 @@ def main() -> None:
         f"(c) all units / one unit           {median['packed'] / median['one unit']:5.2f}"
         "   target <= 1.1"
     )
+    amplification = median["amplification [1, 2]"] / median["packed"]
+    print(f"(d) amplification / IPG            {amplification:5.2f}")
+    whole = sampling_seconds + median["packed"]
+    print(f"(e) one learned-gain step / IPG    {median['one learned-gain step'] / whole:5.2f}")
     print(
         f"\none attribution of this size, sampling included: "
         f"{sampling_seconds + median['packed']:.1f} s (sampling {sampling_seconds:.1f} s, "

@@ -46,7 +46,7 @@ class IPGConfig:
         seeding: the sampler's seeding (see :class:`ipgkit.rollouts.SamplingConfig`);
             ``"problem"`` makes each prompt's rollouts independent of the others', which lets a
             torchrun launch shard prompts and still equal the single-process result.
-        path: (start, end) of alpha: the units move from ``h' + start (h - h')`` to
+        alpha_range: (start, end) of alpha: the units move from ``h' + start (h - h')`` to
             ``h' + end (h - h')`` and the scores add up to J(end) - J(start). (0, 1) is IPG, what
             each unit contributes now; (1, gamma_max) is amplification attribution, what
             amplifying each unit up to gamma_max adds (:func:`amplification_ipg`).
@@ -73,14 +73,16 @@ class IPGConfig:
     pack: bool = True
     seeding: Literal["batch", "problem"] = "batch"
     memory_budget_mib: float | None = None
-    path: tuple[float, float] = (0.0, 1.0)
+    alpha_range: tuple[float, float] = (0.0, 1.0)
 
     def __post_init__(self) -> None:
         integration_points(self.method, self.n_steps)  # validates both
-        start, end = (float(x) for x in self.path)
+        start, end = (float(x) for x in self.alpha_range)
         if not (math.isfinite(end) and 0 <= start < end):
-            raise IpgkitError(f"path must be (start, end) with 0 <= start < end, got {self.path}")
-        object.__setattr__(self, "path", (start, end))
+            raise IpgkitError(
+                f"alpha_range must be (start, end) with 0 <= start < end, got {self.alpha_range}"
+            )
+        object.__setattr__(self, "alpha_range", (start, end))
         as_budget(self.memory_budget_mib)  # validates it
         if self.mode not in ("paper", "on_path"):
             raise IpgkitError(f"mode must be 'paper' or 'on_path', got {self.mode!r}")
@@ -119,8 +121,8 @@ class IPGConfig:
             del settings["seeding"]
         if self.memory_budget_mib is None:
             del settings["memory_budget_mib"]
-        if self.path == (0.0, 1.0):
-            del settings["path"]
+        if self.alpha_range == (0.0, 1.0):
+            del settings["alpha_range"]
         else:
-            settings["path"] = list(self.path)
+            settings["alpha_range"] = list(self.alpha_range)
         return settings

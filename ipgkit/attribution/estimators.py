@@ -89,7 +89,7 @@ def paper_mode(
     store: IPGCheckpoint | None,
 ) -> dict:
     """Sample once from the unmodified model, score those rollouts at every alpha point."""
-    alphas, quadrature = path_points(config.method, config.n_steps, config.path)
+    alphas, quadrature = path_points(config.method, config.n_steps, config.alpha_range)
     sampling_started = time.perf_counter()
     if rollouts is None:
         rollouts = sampled(
@@ -109,7 +109,7 @@ def paper_mode(
     ids = rollouts.row_prompt_ids(), rollouts.row_completion_ids()
     for r in live:
         _add_row(rows, rollouts, ids, advantages, r, grid, config)
-    surrogate = dict.fromkeys(config.path, 0.0)  # with no live rows S is identically zero
+    surrogate = dict.fromkeys(config.alpha_range, 0.0)  # with no live rows S is identically zero
     scoring_started = time.perf_counter()
     per_prompt, grads = _score(
         rows, policy, components, problems, baseline, config, progress, store
@@ -117,7 +117,7 @@ def paper_mode(
     if grads is not None:
         # completeness of the surrogate S(alpha) = mean_prompts sum_rows A/N sum_s log pi_alpha
         live_weights = advantages[live].double() / config.n_rollouts
-        for end in config.path:
+        for end in config.alpha_range:
             values = rows.logprobs_at(
                 end,
                 alphas,
@@ -131,7 +131,7 @@ def paper_mode(
             )
             surrogate[end] = float((live_weights * values).sum() / len(problems))
     scoring_seconds = time.perf_counter() - scoring_started
-    start, end = config.path
+    start, end = config.alpha_range
     change = surrogate[end] - surrogate[start]
     delta = float(per_prompt.sum(1).mean() - change)
     _warn_on_completeness_gap(delta, change, config, components.hook_name)
@@ -142,7 +142,7 @@ def paper_mode(
         "delta": delta,
         "delta_of": f"surrogate S({end:g}) - S({start:g}), S = mean over prompts of sum_rows A/N "
         "log pi",
-        "surrogate": {f"S({a:g})": surrogate[a] for a in config.path},
+        "surrogate": {f"S({a:g})": surrogate[a] for a in config.alpha_range},
         "frac_reward_zero_std": rollouts.frac_reward_zero_std,
         "mean_reward": float(rollouts.rewards.mean()),
         "rows_scored": len(rows.groups),
@@ -193,7 +193,7 @@ def _warn_on_completeness_gap(delta: float, change: float, config, hook_name: st
         "; with a zero baseline on a normalised residual stream most of the change happens "
         "at alpha < 0.01"
     )
-    start, end = config.path
+    start, end = config.alpha_range
     warnings.warn(
         f"IPG completeness gap: the scores sum to {delta + change:+.4g} but the surrogate "
         f"changes by {change:+.4g} from alpha = {start:g} to {end:g} (delta {delta:+.4g}). The "
@@ -210,7 +210,7 @@ def on_path_mode(
     policy, problems, components, reward, config: IPGConfig, progress, store: IPGCheckpoint | None
 ) -> dict:
     """Sample afresh under every alpha point's scaled model and score those rollouts there."""
-    alphas, quadrature = path_points(config.method, config.n_steps, config.path)
+    alphas, quadrature = path_points(config.method, config.n_steps, config.alpha_range)
     resolved = components.resolved(policy.model)
     sampling_started = time.perf_counter()
     points = [float(a) for a in alphas]
@@ -237,10 +237,10 @@ def on_path_mode(
     samples = [sample_at(alpha, config.seed + k) for k, alpha in enumerate(bar)]
     # J(end) - J(start) from samples at the end points: on the grid, the unmodified model's
     # (alpha = 1, drawn for the mean baseline), or drawn for that purpose
-    start, end = config.path
+    start, end = config.alpha_range
     on_grid = {
         a: next((s for p, s in zip(points, samples, strict=True) if math.isclose(p, a)), None)
-        for a in config.path
+        for a in config.alpha_range
     }
     if unmodified is not None:
         on_grid = {a: unmodified if s is None and a == 1.0 else s for a, s in on_grid.items()}

@@ -126,7 +126,7 @@ def amplification_ipg(
     Plain IPG's path shrinks units towards the baseline, so a score says what a unit contributes
     now; here each score estimates the unit's share of J(gamma_max) - J(1), what amplifying it
     adds, which is the question enhancement asks. The settings, modes and result are
-    :func:`ipg`'s (``path=(1, gamma_max)``); on-path mode stays unbiased and its ``delta`` is
+    :func:`ipg`'s (``alpha_range=(1, gamma_max)``); on-path mode stays unbiased and its ``delta`` is
     checked against J(gamma_max) - J(1) sampled there.
 
     Example:
@@ -136,7 +136,7 @@ def amplification_ipg(
     """
     if not (isinstance(gamma_max, int | float) and gamma_max > 1):
         raise IpgkitError(f"gamma_max must be a number > 1, got {gamma_max!r}")
-    settings["path"] = (1.0, float(gamma_max))
+    settings["alpha_range"] = (1.0, float(gamma_max))
     return ipg(policy, problems, components, reward, config, **settings)
 
 
@@ -180,7 +180,7 @@ def _local_ipg(
 
 def _method(config: IPGConfig) -> str:
     """``"ipg"``, or ``"ipg-amplify"`` for a path that starts at the real activations or above."""
-    return "ipg-amplify" if config.path[0] >= 1 else "ipg"
+    return "ipg-amplify" if config.alpha_range[0] >= 1 else "ipg"
 
 
 def _sharded_ipg(
@@ -227,7 +227,7 @@ def _sharded_ipg(
             counts
         )
 
-    start, end = (f"S({a:g})" for a in config.path)
+    start, end = (f"S({a:g})" for a in config.alpha_range)
     surrogate = {k: weighted(lambda info, k=k: info["surrogate"][k]) for k in (start, end)}
     info = {
         **part.info,

@@ -100,10 +100,10 @@ def _argument(hint, default, keep_base: bool) -> dict:
         return {"type": kind, "choices": choices, "default": default}
     if origin is tuple:
         args = typing.get_args(hint)
-        element = args[0] if len(args) == 2 and args[1] is Ellipsis else None
-        if element is None:
-            raise IpgkitError(f"no command-line form for a fixed-length tuple {hint!r}")
-        convert, metavar = _converter(element)
+        if len(args) != 2 or args[1] is not Ellipsis:  # fixed length: one word, ``a:b``
+            convert, metavar = _converter(hint)
+            return {"type": convert, "metavar": metavar.upper(), "default": default}
+        convert, metavar = _converter(args[0])
         return {"type": convert, "nargs": "+", "metavar": metavar.upper(), "default": default}
     convert, _ = _converter(hint)
     del optional

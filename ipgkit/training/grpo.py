@@ -237,7 +237,7 @@ def grpo_train(
 def _train_step(policy, optimizer, problems, reward, config: GRPOConfig, reference, step) -> dict:
     """Sample step ``step``'s rollouts (seed and prompts are functions of the step) and update."""
     started = time.perf_counter()
-    chosen = _step_problems(problems, config, step)
+    chosen = step_problems(problems, config, step)
     rollouts = sample(
         policy,
         [chosen[i] for i in distributed.shard(len(chosen))],  # all of them outside torchrun
@@ -308,7 +308,7 @@ def _evaluate_at(step: int, policy, eval_task, config: GRPOConfig, evals: list) 
     evals.append(table.assign(step=step))
 
 
-def _step_problems(problems: Sequence[Problem], config: GRPOConfig, step: int) -> list[Problem]:
+def step_problems(problems: Sequence[Problem], config: GRPOConfig, step: int) -> list[Problem]:
     """The prompts of ``step``: consecutive slices of one seeded permutation per pass."""
     count = config.prompts_per_step
     chosen = []
@@ -383,4 +383,5 @@ __all__ = [
     "grpo_step",
     "grpo_train",
     "step_advantages",
+    "step_problems",
 ]

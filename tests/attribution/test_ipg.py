@@ -817,7 +817,7 @@ def test_on_path_amplification_converges_to_the_exact_integral(world):
         progress=False,
     )
     assert result.method == "ipg-amplify"
-    assert result.info["config"]["path"] == [1.0, 3.0]
+    assert result.info["config"]["alpha_range"] == [1.0, 3.0]
     z = (result.scores - exact) / result.stderr
     assert z.abs().max() < 4.5, z
     assert set(result.info["J_by_alpha"]) == {"1.5", "2", "2.5", "3"}
@@ -852,4 +852,4 @@ def test_paper_mode_amplification_checks_its_surrogate_on_the_path(policy):
     with pytest.raises(IpgkitError, match="gamma_max must be a number > 1"):
         amplification_ipg(policy, task_problems, mlp_neurons(1), digit_count, gamma_max=1.0)
     with pytest.raises(IpgkitError, match="0 <= start < end"):
-        ipg(policy, task_problems, mlp_neurons(1), digit_count, path=(2.0, 1.0))
+        ipg(policy, task_problems, mlp_neurons(1), digit_count, alpha_range=(2.0, 1.0))

@@ -98,6 +98,10 @@ def test_flags_parse_every_kind_of_field():
     pack = argparse.ArgumentParser()
     add_config_flags(pack, IPGConfig)
     assert config_from_args(IPGConfig, pack.parse_args(["--no-pack"])).pack is False
+    amplify = config_from_args(IPGConfig, pack.parse_args(["--alpha-range", "1:2.5"]))
+    assert amplify.alpha_range == (1.0, 2.5)  # a fixed-length tuple is one word, a:b
+    with pytest.raises(SystemExit):
+        pack.parse_args(["--alpha-range", "1"])
 
 
 def test_help_text_is_the_docstring_of_each_field():
