@@ -6,6 +6,7 @@ Example:
 """
 
 from ipgkit.training.distill import DistillConfig, add_checks, check_rate, distill
+from ipgkit.training.gains import GainConfig, GainRun, learn_gains
 from ipgkit.training.grpo import GRPOConfig, GRPORun, grpo_step, grpo_train, step_advantages
 from ipgkit.training.int_records import FailedAttempt, HardPool, InterventionSet
 from ipgkit.training.interventions import (
@@ -33,6 +34,8 @@ __all__ = [
     "FailedAttempt",
     "GRPOConfig",
     "GRPORun",
+    "GainConfig",
+    "GainRun",
     "HardPool",
     "InterventionSet",
     "ReferenceChecker",
@@ -50,6 +53,7 @@ __all__ = [
     "int_examples",
     "intervention_logprob",
     "leaks_answer",
+    "learn_gains",
     "misplaced_table",
     "propose_interventions",
     "reference_examples",
