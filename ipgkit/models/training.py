@@ -27,7 +27,7 @@ from ipgkit.models.tokenizer import build_char_tokenizer
 from ipgkit.progress import tqdm
 from ipgkit.tasks import arith
 from ipgkit.tasks.base import split_lines
-from ipgkit.tasks.comparison import comparison_prompt, comparison_rows
+from ipgkit.tasks.comparison import comparison_prompt, comparison_rows, fix_prompt
 from ipgkit.tasks.verification import first_divergence, format_intervention, verifier_prompt
 
 
@@ -65,6 +65,10 @@ class TrainingConfig:
             (``arith.make_failed_attempt``, the shipped model), ``"varied"`` (a slip, a
             skipped or a swapped step: ``arith.make_varied_failed_attempt``) or ``"mixed"``
             (either, half and half).
+        fix_fraction: share of the comparison examples that teach the fix: the fix prompt
+            (the question and the flagged step of attempt and reference,
+            :func:`~ipgkit.tasks.comparison.fix_prompt`) followed by the intervention block; the
+            others are comparison tables, which end after the flagged row.
         no_reference_fraction: share of the verifier examples whose prompt has no reference
             solution, so that verification without the reference is measured on a format the
             model knows rather than on an unseen one (0: none, and no random draw for it); these
@@ -87,6 +91,7 @@ class TrainingConfig:
     verifier_fraction: float = 0.15
     verifier_format: Literal["verifier", "compare"] = "verifier"
     mark_weight: float = 3.0
+    fix_fraction: float = 0.5
     failed_attempts: Literal["one-slip", "varied", "mixed"] = "one-slip"
     no_reference_fraction: float = 0.0
     init_from: str | None = None
@@ -111,12 +116,17 @@ def training_example(
             make = FAILED_ATTEMPTS[config.failed_attempts]
             attempt = make(rng, problem)
             reference = split_lines(problem.reference)
-            block = format_intervention(first_divergence(reference, attempt))
+            error = first_divergence(reference, attempt)
+            block = format_intervention(error)
             blind = config.no_reference_fraction and rng.random() < config.no_reference_fraction
             if config.verifier_format == "compare" and not blind:
-                rows = comparison_rows(attempt, reference)
-                pieces = [(comparison_prompt(problem.question), 0.0)]
-                pieces += [(text, weights[role]) for text, role in rows] + [(block, 1.0)]
+                if rng.random() < config.fix_fraction:
+                    fix = fix_prompt(problem.question, error.location, attempt, reference)
+                    pieces = [(fix, 0.0), (block, 1.0)]
+                else:
+                    rows = comparison_rows(attempt, reference)
+                    pieces = [(comparison_prompt(problem.question), 0.0)]
+                    pieces += [(text, weights[role]) for text, role in rows]
             else:
                 shown = None if blind else problem.reference
                 pieces = [(verifier_prompt(problem.question, shown, attempt), 0.0), (block, 1.0)]

@@ -7,15 +7,25 @@ find the first difference (its location accuracy stays at chance, see
 of the attempt and of the reference are interleaved in pairs, and after each pair the verifier
 writes a mark, ``.`` (same) or ``^`` (differs); a row ends with a verdict, ``=`` (the step
 matches) or ``!`` (the first wrong step). The table stops at the first ``^``; the rest of that
-row's pairs follow it unmarked, so that the whole reference step (the second character of every
-pair) is in the table and the corrected step is copied rather than recomputed. The block
-follows::
+row's pairs follow it unmarked::
 
     Verify.
     Q: Gus has 39 marbles. He ends with 5 times as many. How many marbles now?
     Compare attempt|reference:
     1 | 33.99.**.55.==.11.89^55 !
+
+The intervention block is then written after a short fix prompt that shows the flagged step of the
+attempt and of the reference side by side (:func:`fix_prompt`)::
+
+    Fix.
+    Q: Gus has 39 marbles. He ends with 5 times as many. How many marbles now?
+    Step 1: 39*5=185|39*5=195
     <intervention>{"location": 1, "content": "39*5=195"}</intervention>
+
+Written after the table, the block's step had to be picked out of the interleaved pairs; the model
+recomputed it instead and, on its own failed attempts, repeated its own slip (41% exact fixes at
+94% right locations), and a late row left too little context for the block. In the fix prompt the
+corrected step is a contiguous copy and the context is short.
 
 The pairs are the given input (no loss); the marks, verdicts and block are what the model writes.
 A verifier reads its location from one teacher-forced pass over the whole table with ``.``/``=`` in
@@ -121,5 +131,24 @@ def flagged_prefix(text: str, slot: Slot) -> str:
     return text[: slot.position] + "^" + pairs + " !\n"
 
 
+def fix_prompt(
+    question: str, row: int, attempt_steps: Sequence[str], reference_steps: Sequence[str]
+) -> str:
+    """The prompt after which the verifier writes the intervention block for flagged step
+    ``row``: the question, then step ``row`` of the attempt and of the reference, whole.
+
+    Example:
+        >>> fix_prompt("Compute 1+1.", 1, ["1+1=3"], ["1+1=2"])
+        'Fix.\\nQ: Compute 1+1.\\nStep 1: 1+1=3|1+1=2\\n'
+    """
+    attempt, reference = _step(attempt_steps, row), _step(reference_steps, row)
+    return f"Fix.\nQ: {question}\nStep {row}: {attempt}|{reference}\n"
+
+
+def flagged_row(prefix: str) -> int:
+    """The step a flagged table (:func:`flagged_prefix`) flags: its number of rows."""
+    return prefix[prefix.index(HEADER) + len(HEADER) :].count("\n")
+
+
 __all__ = ["HEADER", "MARKS", "PAD", "Slot", "comparison_prompt", "comparison_rows"]
-__all__ += ["comparison_table", "flagged_prefix"]
+__all__ += ["comparison_table", "fix_prompt", "flagged_prefix", "flagged_row"]

@@ -18,7 +18,9 @@ from ipgkit.tasks.comparison import (
     Slot,
     comparison_prompt,
     comparison_table,
+    fix_prompt,
     flagged_prefix,
+    flagged_row,
 )
 
 
@@ -118,13 +120,19 @@ def propose_by_comparison(
     max_new_tokens: int = 96,
     seed: int = 0,
 ) -> list[list[str]]:
-    """``n`` verifier answers per item: the rows up to the flagged one and the intervention block
-    the model writes after it; an empty list for an item whose table does not fit the context,
-    and an answer without a block where the model flags no row. A flagged row late in a long
-    table leaves less than ``max_new_tokens`` of context: the block is then written in the room
-    that is left (in steps of 8 tokens), which the block (about 75 characters) usually fits."""
+    """``n`` verifier answers per item: the table's rows up to the flagged one, then the
+    intervention block the model writes after the fix prompt for that row
+    (:func:`~ipgkit.tasks.comparison.fix_prompt`); an empty list for an item whose table does
+    not fit the context, and an answer without a block where the model flags no row. A fix
+    prompt is short, but a long question with a large budget can still pass ``n_ctx``: the block
+    is then written in the room that is left (in steps of 8 tokens)."""
     draws = first_error_prefixes(policy, items, n, temperature, seed)
-    prompts = [p for row in draws for p in row if p is not None]
+    prompts = [
+        fix_prompt(question, flagged_row(prefix), attempt, reference)
+        for (question, attempt, reference), row in zip(items, draws, strict=True)
+        for prefix in row
+        if prefix is not None
+    ]
     budgets = [
         min(max_new_tokens, (policy.n_ctx - len(ids)) // 8 * 8) for ids in policy.encode(prompts)
     ]

@@ -45,7 +45,7 @@ def test_batches_are_deterministic_and_mask_exactly_the_completion():
 
 def test_comparison_examples_train_marks_verdicts_and_block_only():
     config = TrainingConfig(
-        batch_size=8,
+        batch_size=16,
         pool_batches=1,
         verifier_fraction=1.0,
         verifier_format="compare",
@@ -53,26 +53,39 @@ def test_comparison_examples_train_marks_verdicts_and_block_only():
     )
     tokenizer = build_char_tokenizer()
     tokens, weights = batch_for_step(0, config, tokenizer)
+    kinds = set()
     for row, row_weights in zip(tokens, weights, strict=True):
         targets = tokenizer.convert_ids_to_tokens(row[1:].tolist())
         text = "".join(t if len(t) == 1 else "\0" for t in targets)
-        # expected weights, read off the layout: "k | " + (attempt char, reference char, mark)*
-        # + " " + verdict per table line, the flagged line's pairs after its "^" unmarked;
-        # 1 on the block and EOS; 0 elsewhere
         expected = [0.0] * len(text)
-        start, block = text.index("reference:\n") + 11, text.index("<intervention>")
-        for line_start, line in _lines(text[start:block], start):
-            body_start = line_start + line.index(" | ") + 3
-            body = line[line.index(" | ") + 3 : -2]
-            for i in range(2, len(body), 3):
-                expected[body_start + i] = 2.5
-                if body[i] == "^":
-                    break
-            expected[line_start + len(line) - 1] = 2.5
-        end = text.index("\0", block) + 1  # through EOS
-        expected[block:end] = [1.0] * (end - block)
+        end = text.index("\0") + 1  # through EOS
+        if text.startswith("Fix.\n"):
+            # a fix example: the prompt given, 1 on the block and EOS
+            kinds.add("fix")
+            block = text.index("<intervention>")
+            expected[block:end] = [1.0] * (end - block)
+            step = text.split("\n")[2]  # "Step k: <attempt step>|<reference step>"
+            assert text[block:end].startswith(
+                f'<intervention>{{"location": {step[5:].split(":")[0]}'
+            )
+        else:
+            # a table: "k | " + (attempt char, reference char, mark)* + " " + verdict per line,
+            # the flagged line's pairs after its "^" unmarked; 1 on EOS; 0 elsewhere
+            kinds.add("table")
+            start = text.index("reference:\n") + 11
+            for line_start, line in _lines(text[start : end - 1], start):
+                body_start = line_start + line.index(" | ") + 3
+                body = line[line.index(" | ") + 3 : -2]
+                for i in range(2, len(body), 3):
+                    expected[body_start + i] = 2.5
+                    if body[i] == "^":
+                        break
+                expected[line_start + len(line) - 1] = 2.5
+            expected[end - 1] = 1.0
+            assert "<intervention>" not in text
+            assert {text[i] for i, w in enumerate(expected) if w == 2.5} <= set(".^=!")
         assert row_weights.tolist() == expected
-        assert {text[i] for i, w in enumerate(expected) if w == 2.5} <= set(".^=!")
+    assert kinds == {"fix", "table"}
 
 
 def _lines(table: str, offset: int):

@@ -109,3 +109,29 @@ def test_a_comparison_trained_model_verifies_without_the_reference_in_the_block_
     assert SelfProposer(trained).resolved_style == "compare"
     assert SelfProposer(trained, with_reference=False).resolved_style == "verifier"
     assert SelfProposer(flagging_policy).resolved_style == "verifier"  # no recorded format
+
+
+def test_the_block_is_written_after_the_fix_prompt_of_the_flagged_step(
+    flagging_policy, items, monkeypatch
+):
+    from ipgkit.training import comparison_verifier
+
+    seen = []
+    original = comparison_verifier.sample
+
+    def recording(policy, prompts, **settings):
+        seen.extend(prompts)
+        return original(policy, prompts, **settings)
+
+    monkeypatch.setattr(comparison_verifier, "sample", recording)
+    answers = comparison_verifier.propose_by_comparison(flagging_policy, items, max_new_tokens=8)
+    expected = []
+    for (question, attempt, reference), answer in zip(items, answers, strict=True):
+        flagged = decoded_first_flag(flagging_policy, question, attempt, reference)
+        if flagged is not None:  # the step is the number of rows up to the flag, written here
+            row = flagged.split("attempt|reference:\n", 1)[1].count("\n")
+            a = attempt[row - 1] if row <= len(attempt) else ""
+            r = reference[row - 1] if row <= len(reference) else ""
+            expected.append(f"Fix.\nQ: {question}\nStep {row}: {a}|{r}\n")
+            assert answer[0].startswith(flagged.split("attempt|reference:\n", 1)[1])
+    assert expected and sorted(seen) == sorted(expected)
