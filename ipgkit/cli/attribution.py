@@ -220,7 +220,8 @@ def train_saes(args: argparse.Namespace) -> int:
     policy = ipgkit.load_model(args.model)
     n_layers = policy.model.cfg.n_layers
     layers = range(n_layers) if args.layer == "all" else [int(args.layer)]
-    config = config_from_args(SAETrainingConfig, args)
+    # --layer is the command's own ("all" or one block); train_saes sets each config's layer
+    config = config_from_args(SAETrainingConfig, args, layer=layers[0])
     table = train_saes(policy, layers, args.out, config, overwrite=args.overwrite)
     print(metrics_markdown(table))
     print(f"wrote {', '.join(f'{args.out}/{policy.name}-L{layer}' for layer in layers)}")

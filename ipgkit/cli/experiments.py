@@ -133,8 +133,8 @@ def draw_all_figures(args: argparse.Namespace) -> int:
     experiment_tables = out / "data" / "experiments"
     written = draw_figures(experiment_tables, out) if experiment_tables.is_dir() else []
     int_dir = out / "data" / "int"
-    if (int_dir / "steps.csv").exists() and (int_dir / "final.csv").exists():
-        int_tables = {name: pd.read_csv(int_dir / f"{name}.csv") for name in ("steps", "final")}
+    if (int_dir / "steps.csv").exists() and (int_dir / "arms.csv").exists():
+        int_tables = {name: pd.read_csv(int_dir / f"{name}.csv") for name in ("steps", "arms")}
         plot_int_experiment(int_tables, out / "int_grpo.png")
         written.append(out / "int_grpo.png")
     for path in sorted((out / "data").glob("sae_features_L*.json")):

@@ -174,6 +174,24 @@ def test_figures_redraws_from_saved_tables_only(tmp_path, capsys):
     assert main(["figures", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "control_table1.png").stat().st_size > 10_000
     assert "control_table1.png" in capsys.readouterr().out
+    # the InT comparison's figure, from its saved steps and arms tables
+    int_data = tmp_path / "data" / "int"
+    int_data.mkdir()
+    steps = [
+        {"arm": arm, "seed": seed, "step": step, "frac_reward_zero_std": 0.5, "entropy": 0.1}
+        for arm in ("grpo", "int-self+grpo")
+        for seed in (0, 1)
+        for step in (1, 2)
+    ]
+    pd.DataFrame(steps).to_csv(int_data / "steps.csv", index=False)
+    arms = [
+        {"arm": arm, "metric": metric, "value": 0.3, "ci_low": 0.2, "ci_high": 0.4}
+        for arm in ("base", "grpo", "int-self+grpo")
+        for metric in ("accuracy@1", "pass@8")
+    ]
+    pd.DataFrame(arms).to_csv(int_data / "arms.csv", index=False)
+    assert main(["figures", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "int_grpo.png").stat().st_size > 10_000
 
 
 def test_attribute_says_when_no_unit_can_be_ranked(tmp_path, capsys):
@@ -205,3 +223,22 @@ def test_attribute_says_when_no_unit_can_be_ranked(tmp_path, capsys):
     assert "frac_reward_zero_std = 1" in printed
     assert "score" not in printed.splitlines()[1]  # no ranked table of zeros follows
     assert (pd.read_csv(out)["score"] == 0).all()  # the honest zeros are still written
+
+
+@pytest.mark.parametrize(("layer", "expected"), [("all", [0, 1, 2, 3]), ("2", [2])])
+def test_train_sae_takes_every_layer_or_one(layer, expected, monkeypatch, tmp_path, capsys):
+    import pandas as pd
+
+    import ipgkit.saes
+
+    calls = []
+
+    def record(policy, layers, out, config, overwrite):
+        calls.append((list(layers), config))
+        return pd.DataFrame()
+
+    monkeypatch.setattr(ipgkit.saes, "train_saes", record)
+    monkeypatch.setattr(ipgkit.saes, "metrics_markdown", lambda table: "")
+    assert main(["train-sae", "--layer", layer, "--k", "16", "--out", str(tmp_path)]) == 0
+    ((layers, config),) = calls
+    assert layers == expected and config.k == 16
