@@ -45,7 +45,12 @@ FAILED_ATTEMPTS = {
 
 @dataclass
 class TrainingConfig:
-    """Settings of ``ipgkit train-model`` (defaults reproduce the shipped model).
+    """Settings of ``ipgkit train-model``.
+
+    The defaults reproduce the first of the shipped model's three stages (reasoning, with 15% of
+    examples in the block verifier format); two fine-tuning stages from it (``init_from``) teach
+    the comparison verifier. The shipped ``config.json`` holds the last stage's settings and, under
+    ``initialised_from``, each earlier stage's, nested; the README gives the three commands.
 
     Attributes:
         steps: optimiser steps. At this compute the smallest model with the most steps wins.
@@ -55,20 +60,22 @@ class TrainingConfig:
         warmup_steps: linear warm-up steps.
         weight_decay: AdamW weight decay.
         verifier_fraction: share of examples in the InT verifier format.
-        verifier_format: ``"verifier"`` (the InT block prompt, the shipped model) or
+        verifier_format: ``"verifier"`` (the InT block prompt, the first stage) or
             ``"compare"`` (the comparison table of :mod:`ipgkit.tasks.comparison`, whose marks
             and verdicts carry ``mark_weight``).
         mark_weight: loss weight of the comparison format's marks and verdicts, relative to 1
             for every other trained character: the dense signal that teaches where the first
             difference is.
         failed_attempts: how the verifier examples' failed attempts are made: ``"one-slip"``
-            (``arith.make_failed_attempt``, the shipped model), ``"varied"`` (a slip, a
+            (``arith.make_failed_attempt``, the first stage), ``"varied"`` (a slip, a
             skipped or a swapped step: ``arith.make_varied_failed_attempt``) or ``"mixed"``
             (either, half and half).
         fix_fraction: share of the comparison examples that teach the fix: the fix prompt
             (the question and the flagged step of attempt and reference,
             :func:`~ipgkit.tasks.comparison.fix_prompt`) followed by the intervention block; the
-            others are comparison tables, which end after the flagged row.
+            others are comparison tables, which end after the flagged row. 0: no fix examples and
+            no random draw for them, the block following the table instead (the layout of the
+            shipped model's second stage).
         no_reference_fraction: share of the verifier examples whose prompt has no reference
             solution, so that verification without the reference is measured on a format the
             model knows rather than on an unseen one (0: none, and no random draw for it); these
@@ -120,13 +127,15 @@ def training_example(
             block = format_intervention(error)
             blind = config.no_reference_fraction and rng.random() < config.no_reference_fraction
             if config.verifier_format == "compare" and not blind:
-                if rng.random() < config.fix_fraction:
+                if config.fix_fraction and rng.random() < config.fix_fraction:
                     fix = fix_prompt(problem.question, error.location, attempt, reference)
                     pieces = [(fix, 0.0), (block, 1.0)]
                 else:
                     rows = comparison_rows(attempt, reference)
                     pieces = [(comparison_prompt(problem.question), 0.0)]
                     pieces += [(text, weights[role]) for text, role in rows]
+                    if not config.fix_fraction:  # the earlier layout: the block after the table
+                        pieces.append((block, 1.0))
             else:
                 shown = None if blind else problem.reference
                 pieces = [(verifier_prompt(problem.question, shown, attempt), 0.0), (block, 1.0)]

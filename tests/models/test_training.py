@@ -43,17 +43,19 @@ def test_batches_are_deterministic_and_mask_exactly_the_completion():
         assert text[prompt_end:].replace("<pad>", "") == predicted
 
 
-def test_comparison_examples_train_marks_verdicts_and_block_only():
+@pytest.mark.parametrize(("fix_fraction", "kinds"), [(0.5, {"fix", "table"}), (0.0, {"table"})])
+def test_comparison_examples_train_marks_verdicts_and_block_only(fix_fraction, kinds):
     config = TrainingConfig(
         batch_size=16,
         pool_batches=1,
         verifier_fraction=1.0,
         verifier_format="compare",
         mark_weight=2.5,
+        fix_fraction=fix_fraction,
     )
     tokenizer = build_char_tokenizer()
     tokens, weights = batch_for_step(0, config, tokenizer)
-    kinds = set()
+    seen = set()
     for row, row_weights in zip(tokens, weights, strict=True):
         targets = tokenizer.convert_ids_to_tokens(row[1:].tolist())
         text = "".join(t if len(t) == 1 else "\0" for t in targets)
@@ -61,7 +63,7 @@ def test_comparison_examples_train_marks_verdicts_and_block_only():
         end = text.index("\0") + 1  # through EOS
         if text.startswith("Fix.\n"):
             # a fix example: the prompt given, 1 on the block and EOS
-            kinds.add("fix")
+            seen.add("fix")
             block = text.index("<intervention>")
             expected[block:end] = [1.0] * (end - block)
             step = text.split("\n")[2]  # "Step k: <attempt step>|<reference step>"
@@ -70,10 +72,12 @@ def test_comparison_examples_train_marks_verdicts_and_block_only():
             )
         else:
             # a table: "k | " + (attempt char, reference char, mark)* + " " + verdict per line,
-            # the flagged line's pairs after its "^" unmarked; 1 on EOS; 0 elsewhere
-            kinds.add("table")
+            # the flagged line's pairs after its "^" unmarked; 1 on EOS (and on the block after
+            # the table, with fix_fraction 0); 0 elsewhere
+            seen.add("table")
             start = text.index("reference:\n") + 11
-            for line_start, line in _lines(text[start : end - 1], start):
+            table_end = text.index("<intervention>") if not fix_fraction else end - 1
+            for line_start, line in _lines(text[start:table_end], start):
                 body_start = line_start + line.index(" | ") + 3
                 body = line[line.index(" | ") + 3 : -2]
                 for i in range(2, len(body), 3):
@@ -81,11 +85,11 @@ def test_comparison_examples_train_marks_verdicts_and_block_only():
                     if body[i] == "^":
                         break
                 expected[line_start + len(line) - 1] = 2.5
-            expected[end - 1] = 1.0
-            assert "<intervention>" not in text
+            expected[table_end:end] = [1.0] * (end - table_end)
+            assert ("<intervention>" in text) == (not fix_fraction)
             assert {text[i] for i, w in enumerate(expected) if w == 2.5} <= set(".^=!")
         assert row_weights.tolist() == expected
-    assert kinds == {"fix", "table"}
+    assert seen == kinds
 
 
 def _lines(table: str, offset: int):
