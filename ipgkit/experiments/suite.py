@@ -158,7 +158,9 @@ class Suite:
 
     @property
     def spliced_key(self) -> str:
-        return f"{self.policy_key}+sae{self.config.layer}"
+        """Names the spliced model's weights, the SAE's included: results of another SAE at the
+        same layer (a retrained one) never share a cache entry."""
+        return f"{self.policy.name}+sae{self.config.layer}:{_weights_digest(self.spliced)}"
 
     def features(self) -> ComponentSet:
         from ipgkit.saes import sae_features
@@ -283,9 +285,13 @@ class Suite:
 
 
 def _weights_digest(policy: Policy) -> str:
-    """A cheap fingerprint of a model's weights (a few statistics per tensor)."""
+    """A cheap fingerprint of a model's weights (a few statistics per tensor), spliced SAEs'
+    included (sae-lens keeps them outside the model's ``state_dict``)."""
     stats = []
-    for name, tensor in policy.model.state_dict().items():
+    tensors = dict(policy.model.state_dict())
+    for site, sae in sorted(getattr(policy.model, "acts_to_saes", {}).items()):
+        tensors.update({f"{site}.sae.{name}": value for name, value in sae.state_dict().items()})
+    for name, tensor in tensors.items():
         if tensor.is_floating_point() and tensor.numel():
             flat = tensor.detach().double().flatten()
             stats.append([name, round(float(flat.sum()), 6), round(float(flat.abs().sum()), 6)])

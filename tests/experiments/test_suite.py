@@ -197,3 +197,16 @@ def test_figures_are_drawn_from_the_saved_tables_alone(finished, tmp_path):
 def test_every_figure_is_drawn(everything, tmp_path):
     suite, _ = everything
     assert sorted(p.name for p in draw_figures(suite.ws.root, tmp_path)) == sorted(FIGURES)
+
+
+def test_results_of_another_sae_at_the_same_layer_never_share_a_cache_key(tmp_path):
+    from tests.saes.test_splice import random_sae
+
+    keys = []
+    for seed in (0, 1, 0):
+        sae = random_sae(128, layer=FAST.layer, seed=seed, model_name="arith")
+        suite = Suite(tmp_path / f"s{seed}", FAST, sae=sae, progress=False)
+        keys.append((suite.policy_key, suite.spliced_key))
+    assert keys[0][0] == keys[1][0]  # the same model
+    assert keys[0][1] != keys[1][1]  # another SAE: another key for every SAE result
+    assert keys[0] == keys[2]
