@@ -55,6 +55,23 @@ def register(commands) -> None:
     add_config_flags(real, RealModelConfig, keep_base=True)
     real.set_defaults(run=run_real_model)
 
+    from ipgkit.experiments.planted import PlantedConfig
+
+    planted = commands.add_parser(
+        "planted",
+        help="planted headroom: which method finds weakened units and restores the lost accuracy",
+    )
+    planted.add_argument("--model", default="arith", help=MODEL_HELP)
+    planted.add_argument("--out", default="runs/planted", help="workspace (a rerun resumes)")
+    planted.add_argument(
+        "--small", action="store_true", help="a minutes-long version (the base configuration)"
+    )
+    planted.add_argument(
+        "--figures", default=None, help="also copy planted.csv to <dir>/data/experiments and draw"
+    )
+    add_config_flags(planted, PlantedConfig, keep_base=True)
+    planted.set_defaults(run=run_planted)
+
     figures = commands.add_parser(
         "figures", help="redraw every figure from the saved results under <out>/data"
     )
@@ -94,6 +111,29 @@ def run_experiments(args: argparse.Namespace) -> int:
         for name in [*tables, "timings"]:
             if suite.ws.table_path(name).exists():
                 shutil.copyfile(suite.ws.table_path(name), data / f"{name}.csv")
+        for path in draw_figures(data, args.figures):
+            print(f"wrote {path}")
+    return 0
+
+
+def run_planted(args: argparse.Namespace) -> int:
+    import ipgkit
+    from ipgkit.experiments.figures import draw_figures
+    from ipgkit.experiments.planted import PlantedConfig, planted_headroom, small_planted_config
+
+    base = small_planted_config() if args.small else PlantedConfig()
+    config = config_from_args(PlantedConfig, args, base)
+    table = planted_headroom(ipgkit.load_model(args.model), config, args.out)
+    shown = ["site", "rule", "drop", "method", "precision_at_size", "mean_rank", "k", "gamma"]
+    shown += ["accuracy", "fraction_of_oracle", "fraction_ci_low", "fraction_ci_high"]
+    print(
+        table[[c for c in shown if c in table]].to_string(index=False, float_format="{:.3f}".format)
+    )
+    print(f"wrote {args.out}/planted.csv")
+    if args.figures:
+        data = Path(args.figures) / "data" / "experiments"
+        data.mkdir(parents=True, exist_ok=True)
+        shutil.copy(Path(args.out) / "planted.csv", data / "planted.csv")
         for path in draw_figures(data, args.figures):
             print(f"wrote {path}")
     return 0

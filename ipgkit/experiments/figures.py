@@ -259,6 +259,33 @@ def plot_sites(table: pd.DataFrame):
     return figure
 
 
+def plot_planted(table: pd.DataFrame):
+    """Planted headroom: per planted set, each method's restored fraction of the oracle's gain
+    (95% bootstrap interval) and its precision at |S| (a dot, right axis)."""
+    import matplotlib.pyplot as plt
+
+    scored = table[table.method != "(no headroom)"]
+    plants = list(dict.fromkeys(zip(scored.site, scored.rule, strict=True)))
+    figure, axes = plt.subplots(1, max(len(plants), 1), figsize=(5 * max(len(plants), 1), 4))
+    axes = np.atleast_1d(axes)
+    for ax, (site, rule) in zip(axes, plants, strict=False):
+        rows = scored[(scored.site == site) & (scored.rule == rule)]
+        x = np.arange(len(rows))
+        low = (rows.fraction_of_oracle - rows.fraction_ci_low).clip(lower=0)
+        high = (rows.fraction_ci_high - rows.fraction_of_oracle).clip(lower=0)
+        ax.bar(x, rows.fraction_of_oracle, yerr=[low, high], capsize=3, color="tab:blue")
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.axhline(0.0, color="black", lw=0.6)
+        ax.set_xticks(x, rows.method, rotation=60, fontsize=7)
+        ax.set(ylabel="fraction of the oracle's gain (test)")
+        ax.set_title(f"{site}, S by {rule}: drop {rows.drop.iloc[0]:.2f}", fontsize=9)
+        twin = ax.twinx()
+        twin.plot(x, rows.precision_at_size, "o", color="tab:orange")
+        twin.set(ylim=(-0.05, 1.05), ylabel="precision at |S|")
+    figure.tight_layout()
+    return figure
+
+
 FIGURES = {
     "control_table1.png": (("control",), plot_control),
     "control_dose.png": (("dose",), plot_dose),
@@ -267,6 +294,7 @@ FIGURES = {
     "control_distilled.png": (("distilled",), plot_distilled),
     "control_strength.png": (("strength",), plot_strength),
     "control_sites.png": (("sites",), plot_sites),
+    "planted.png": (("planted",), plot_planted),
 }
 
 
@@ -303,6 +331,7 @@ __all__ = [
     "plot_control",
     "plot_distilled",
     "plot_dose",
+    "plot_planted",
     "plot_sites",
     "plot_strength",
     "plot_support",

@@ -55,7 +55,7 @@ class Suite:
 
         self.config = config or ExperimentConfig()
         self.policy = policy if policy is not None else load_model("arith")
-        self.policy_key = f"{self.policy.name}:{_weights_digest(self.policy)}"
+        self.policy_key = f"{self.policy.name}:{weights_digest(self.policy)}"
         settings = {"config": config_record(self.config), "policy": self.policy_key}
         self.ws = Workspace(out_dir, settings, overwrite=overwrite)
         if sae is None and self.policy.name == "arith":
@@ -160,7 +160,7 @@ class Suite:
     def spliced_key(self) -> str:
         """Names the spliced model's weights, the SAE's included: results of another SAE at the
         same layer (a retrained one) never share a cache entry."""
-        return f"{self.policy.name}+sae{self.config.layer}:{_weights_digest(self.spliced)}"
+        return f"{self.policy.name}+sae{self.config.layer}:{weights_digest(self.spliced)}"
 
     def features(self) -> ComponentSet:
         from ipgkit.saes import sae_features
@@ -284,7 +284,7 @@ class Suite:
         ]
 
 
-def _weights_digest(policy: Policy) -> str:
+def weights_digest(policy: Policy) -> str:
     """A cheap fingerprint of a model's weights (a few statistics per tensor), spliced SAEs'
     included (sae-lens keeps them outside the model's ``state_dict``)."""
     stats = []

@@ -62,7 +62,7 @@ def test_attribute_writes_a_table_a_result_and_a_plot(tmp_path, capsys):
             "--reward",
             "length",
             "--temperature",
-            "1.5",
+            "2.0",  # at 1.5 the embedded model writes chains of one length per problem
             "--top-p",
             "1.0",
             "--out",
@@ -104,7 +104,7 @@ def test_attribute_scores_sae_features(tmp_path, capsys):
             "--reward",
             "length",
             "--temperature",
-            "1.5",
+            "2.0",  # at 1.5 the embedded model writes chains of one length per problem
             "--top-p",
             "1.0",
             "--out",

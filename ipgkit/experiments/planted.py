@@ -1,0 +1,405 @@
+"""Planted headroom: a ground truth for outcome attribution (issue 19).
+
+A weakened copy of the model scales a known set S of units (the planted set) by ``factor < 1``
+at every position, through the one scaling hook. Accuracy drops; restoring S (the oracle: S
+scaled by ``1 / factor``) gives it back exactly. Each method then attributes the weakened model
+from its own rollouts and is scored twice:
+
+- recovery: does its top-|S| contain S (precision at |S|), and where do S's units rank;
+- restoration: its top-k amplified by gamma (k and gamma chosen on validation problems), as a
+  fraction of the oracle's gain on test problems, with a bootstrap interval and paired tests
+  against the weakened model and against Random.
+
+S is chosen by rules that favour no method: ``"random"`` (seeded), or ``"top-activation"`` (the
+largest mean |activation| on the unmodified model's support rollouts). Everything is cached in a
+:class:`~ipgkit.experiments.workspace.Workspace`, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ipgkit.attribution import (
+    AttributionResult,
+    IPGConfig,
+    activation_magnitude,
+    amplification_ipg,
+    integrated_gradients,
+    ipg,
+    policy_gradient,
+    random_baseline,
+)
+from ipgkit.components import ComponentSet, mlp_neurons, resid_neurons, scaling_hook
+from ipgkit.errors import IpgkitError
+from ipgkit.io import atomic_write_text, config_record
+from ipgkit.models.policy import Policy
+from ipgkit.progress import tqdm
+from ipgkit.rollouts import sample
+from ipgkit.stats import fraction_of_oracle_gain, paired_comparison
+from ipgkit.tasks import load, mix_tasks, step_progress
+from ipgkit.training.gains import GainConfig, learn_gains
+
+from .suite import weights_digest
+from .workspace import Outcome, Workspace, digest
+
+#: every method the benchmark can score; ``PlantedConfig.methods`` picks
+PLANTED_METHODS = (
+    "IPG",
+    "IPG on-path",
+    "IPG amplify",
+    "IPG process",
+    "Policy Gradient",
+    "Integrated Gradients",
+    "Activation",
+    "Random",
+    "Learned gains",
+)
+
+
+@dataclass(frozen=True)
+class PlantedConfig:
+    """Settings of :func:`planted_headroom` (``ipgkit planted``).
+
+    Attributes:
+        families: task families; attribution uses both (interleaved), results pool them.
+        sites: ``(kind, layer)`` where S is planted: ``"mlp"`` (MLP neurons) or ``"resid"``.
+        rules: how S is chosen: ``"random"`` or ``"top-activation"``.
+        size: |S|, the planted units.
+        factor: the weakening factor (< 1) applied to S at every position.
+        min_drop: the accuracy the weakening must cost (test, pooled) for a planted set to be
+            scored; a smaller drop leaves no headroom and the row says so.
+        support: train prompts per family the methods attribute on (rollouts of the weakened
+            model).
+        n_rollouts, n_steps: IPG's N rollouts per prompt and q alpha points.
+        validation, test: problems per family for choosing (k, gamma) and for reporting.
+        k_grid: set sizes tried on validation.
+        gamma_grid: amplification factors tried on validation (``1 / factor`` restores S).
+        methods: the methods scored (:data:`PLANTED_METHODS`).
+        gains: learned gains' settings (over every unit of the site).
+        seed: seeds S (rule ``"random"``), the rollouts and Random.
+    """
+
+    families: tuple[str, ...] = ("arith-word", "arith-chain")
+    sites: tuple[tuple[str, int], ...] = (("mlp", 0), ("resid", 2))
+    rules: tuple[str, ...] = ("random", "top-activation")
+    size: int = 10
+    factor: float = 0.25
+    min_drop: float = 0.10
+    support: int = 25
+    n_rollouts: int = 5
+    n_steps: int = 10
+    validation: int = 100
+    test: int = 200
+    k_grid: tuple[int, ...] = (10, 20)
+    gamma_grid: tuple[float, ...] = (1.5, 2.0, 4.0)
+    methods: tuple[str, ...] = PLANTED_METHODS
+    gains: GainConfig = field(default_factory=GainConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.factor < 1:
+            raise IpgkitError(f"factor must be in (0, 1) to weaken the units, got {self.factor}")
+        unknown = set(self.methods) - set(PLANTED_METHODS)
+        if unknown or not set(self.rules) <= {"random", "top-activation"}:
+            raise IpgkitError(
+                f"unknown methods {sorted(unknown)} or rules {self.rules}; methods are "
+                f"{PLANTED_METHODS}, rules 'random' and 'top-activation'"
+            )
+        if self.size < 1 or any(k < 1 for k in self.k_grid):
+            raise IpgkitError("size and every k must be >= 1")
+
+
+def site_units(kind: str, layer: int) -> ComponentSet:
+    if kind not in ("mlp", "resid"):
+        raise IpgkitError(f"a planted site is 'mlp' or 'resid', got {kind!r}")
+    return mlp_neurons(layer) if kind == "mlp" else resid_neurons(layer)
+
+
+def weakened(policy: Policy, planted: ComponentSet, factor: float) -> Policy:
+    """A copy of ``policy`` whose model scales ``planted`` by ``factor`` at every position, for
+    good (a permanent hook: steering and attribution hooks come and go on top of it), under a
+    name that keeps its cache entries apart from the unmodified model's.
+
+    Example:
+        >>> weak = weakened(policy, mlp_neurons(0, [3, 17]), 0.25)   # doctest: +SKIP
+    """
+    planted = planted.validate(policy.model)
+    copy = policy.clone()
+    copy.model.add_hook(planted.hook_name, scaling_hook(planted, factor), is_permanent=True)
+    tag = digest([planted.hook_name, list(planted.indices), factor])[:8]
+    return replace(copy, name=f"{policy.name}-planted-{tag}")
+
+
+def recovery(result: AttributionResult, planted: ComponentSet) -> dict:
+    """How well a ranking finds S: precision at |S| and the mean rank of S's units (1 = top)."""
+    order = [int(i) for i in result.top(len(result.components)).indices]
+    rank = {unit: position + 1 for position, unit in enumerate(order)}
+    found = set(order[: len(planted.indices)]) & set(planted.indices)
+    return {
+        "precision_at_size": len(found) / len(planted.indices),
+        "mean_rank": float(np.mean([rank[i] for i in planted.indices])),
+        "units": len(order),
+    }
+
+
+class PlantedBenchmark:
+    """The workspace, tasks and evaluations shared by every planted set."""
+
+    def __init__(self, policy: Policy, config: PlantedConfig, out_dir, progress: bool = True):
+        self.policy, self.config, self.progress = policy, config, progress
+        settings = {"config": config_record(config), "policy": self.key(policy)}
+        self.ws = Workspace(out_dir, settings)
+        self.validation = [
+            load(f, split="validation", n=config.validation) for f in config.families
+        ]
+        self.test = [load(f, split="test", n=config.test) for f in config.families]
+        per_family = [load(f, split="train", n=config.support) for f in config.families]
+        self.support = mix_tasks(per_family)
+
+    @staticmethod
+    def key(policy: Policy) -> str:
+        """Names a policy in cache keys: its name (a weakened copy's carries its planted set)
+        and a fingerprint of its weights."""
+        return f"{policy.name}:{weights_digest(policy)}"
+
+    def correct(self, policy: Policy, tasks, sets=None, gamma: float = 1.0) -> np.ndarray:
+        """Greedy per-problem correctness over ``tasks`` (pooled), steered, cached."""
+        key = self.key(policy)
+        outcomes: list[Outcome] = [
+            self.ws.evaluate(policy, key, task, sets, gamma, progress=False) for task in tasks
+        ]
+        return np.concatenate([o.correct for o in outcomes])
+
+    def rollouts(self, policy: Policy, reward: Callable | None = None, name: str = "correctness"):
+        config = self.config
+        settings = {"policy": self.key(policy), "n": config.n_rollouts, "reward": name}
+        settings["problems"] = digest([p.id for p in self.support.problems])
+        return self.ws.rollouts(
+            "support",
+            settings,
+            lambda: sample(
+                policy,
+                self.support.problems,
+                n=config.n_rollouts,
+                temperature=0.6,
+                top_p=0.8,
+                max_new_tokens=self.support.max_new_tokens,
+                seed=config.seed,
+                reward=reward or self.support.correctness,
+                progress=False,
+            ),
+        )
+
+    def planted_set(self, kind: str, layer: int, rule: str) -> ComponentSet:
+        units = site_units(kind, layer).resolved(self.policy.model)
+        if rule == "random":
+            generator = torch.Generator().manual_seed(self.config.seed)
+            chosen = torch.randperm(len(units), generator=generator)[: self.config.size]
+            return replace(units, indices=tuple(sorted(int(i) for i in chosen)))
+        magnitude = activation_magnitude(
+            self.policy, self.rollouts(self.policy), units, progress=False
+        )
+        return replace(units, indices=tuple(sorted(magnitude.top(self.config.size).indices)))
+
+
+def planted_headroom(
+    policy: Policy,
+    config: PlantedConfig | None = None,
+    out_dir: str | os.PathLike = "runs/planted",
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Run (or resume) the benchmark: one row per (site, rule, method), plus each planted set's
+    weakened, oracle and headroom numbers; written to ``<out_dir>/planted.csv``.
+
+    Example:
+        >>> table = planted_headroom(ipgkit.load_model("arith"), PlantedConfig())  # doctest: +SKIP
+        >>> table.query("method == 'IPG amplify'")[["site", "fraction_of_oracle"]]  # doctest: +SKIP
+    """
+    config = config or PlantedConfig()
+    bench = PlantedBenchmark(policy, config, out_dir, progress)
+    rows = []
+    plants = [(kind, layer, rule) for kind, layer in config.sites for rule in config.rules]
+    for kind, layer, rule in tqdm(plants, desc="planted", disable=not progress):
+        rows += _score_plant(bench, kind, layer, rule)
+    table = pd.DataFrame(rows)
+    atomic_write_text(Path(out_dir) / "planted.csv", table.to_csv(index=False))
+    return table
+
+
+def _score_plant(bench: PlantedBenchmark, kind: str, layer: int, rule: str) -> list[dict]:
+    config, policy = bench.config, bench.policy
+    planted = bench.planted_set(kind, layer, rule)
+    weak = weakened(policy, planted, config.factor)
+    head = {"site": f"{kind} {layer}", "rule": rule, "planted": " ".join(map(str, planted.indices))}
+    base, weak_test = bench.correct(policy, bench.test), bench.correct(weak, bench.test)
+    oracle = bench.correct(weak, bench.test, planted, 1 / config.factor)
+    head.update(
+        base_accuracy=base.mean(),
+        weakened_accuracy=weak_test.mean(),
+        oracle_accuracy=oracle.mean(),
+        drop=base.mean() - weak_test.mean(),
+    )
+    if head["drop"] < config.min_drop:
+        return [{**head, "method": "(no headroom)"}]
+    rankings = _rankings(bench, weak, planted, kind, layer)
+    random_test = None
+    rows = []
+    for method, ranking in rankings.items():
+        k, gamma, steered = _restore(bench, weak, ranking)
+        found = ranking[1] if method == "Learned gains" else recovery(ranking, planted)
+        test = bench.correct(weak, bench.test, steered, gamma)
+        if method == "Random":
+            random_test = test
+        fraction, low, high = fraction_of_oracle_gain(weak_test, test, oracle, config.seed)
+        versus_weak = paired_comparison(weak_test, test)
+        rows.append(
+            {
+                **head,
+                "method": method,
+                **found,
+                "k": k,
+                "gamma": gamma,
+                "accuracy": test.mean(),
+                "fraction_of_oracle": fraction,
+                "fraction_ci_low": low,
+                "fraction_ci_high": high,
+                "vs_weakened": versus_weak["difference"],
+                "vs_weakened_p": versus_weak["p_value"],
+                "_test": test,
+            }
+        )
+    for row in rows:  # paired against Random on the same problems
+        test = row.pop("_test")
+        if random_test is not None and row["method"] != "Random":
+            versus = paired_comparison(random_test, test)
+            row.update(vs_random=versus["difference"], vs_random_p=versus["p_value"])
+    return rows
+
+
+def _rankings(bench: PlantedBenchmark, weak: Policy, planted, kind, layer) -> dict:
+    """Each method's attribution of the weakened model at the planted site (cached)."""
+    config = bench.config
+    units = site_units(kind, layer)
+    rollouts = bench.rollouts(weak)
+    base = {"policy": bench.key(weak), "units": units.hook_name, "rollouts": digest(rollouts.texts)}
+    ipg_config = IPGConfig(n_rollouts=config.n_rollouts, n_steps=config.n_steps, seed=config.seed)
+    quiet = {"progress": False}
+    support = bench.support
+
+    def attribute(name: str, compute: Callable[[], AttributionResult]) -> AttributionResult:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="IPG completeness gap")
+            return bench.ws.attribution(name, base, compute)
+
+    on_path = replace(ipg_config, mode="on_path", max_new_tokens=support.max_new_tokens)
+    builders = {
+        "IPG": lambda: ipg(weak, None, units, config=ipg_config, rollouts=rollouts, **quiet),
+        "IPG on-path": lambda: ipg(
+            weak, support.problems, units, support.correctness, on_path, **quiet
+        ),
+        "IPG amplify": lambda: amplification_ipg(
+            weak, None, units, None, 1 / config.factor, ipg_config, rollouts=rollouts, **quiet
+        ),
+        "IPG process": lambda: ipg(
+            weak,
+            None,
+            units,
+            step_progress,
+            ipg_config,
+            rollouts=bench.rollouts(weak, step_progress, "step_progress"),
+            **quiet,
+        ),
+        "Policy Gradient": lambda: policy_gradient(weak, None, units, rollouts=rollouts, **quiet),
+        "Integrated Gradients": lambda: integrated_gradients(
+            weak, support.problems, units, n_steps=config.n_steps, **quiet
+        ),
+        "Activation": lambda: activation_magnitude(weak, rollouts, units, **quiet),
+        "Random": lambda: random_baseline(weak, units, config.seed),
+    }
+    rankings = {
+        name: attribute(name.lower().replace(" ", "_"), build)
+        for name, build in builders.items()
+        if name in config.methods
+    }
+    if "Learned gains" in config.methods:
+        rankings["Learned gains"] = _learned_gains(bench, weak, units, planted)
+    return rankings
+
+
+def _learned_gains(bench: PlantedBenchmark, weak: Policy, units, planted):
+    """Gains over every unit of the site, learned on the weakened model (train prompts,
+    validation early stopping; resumable in the workspace): the set with its gains, and how
+    well the largest gains find S."""
+    config = bench.config
+    validation = mix_tasks(bench.validation)
+    settings = {"policy": bench.key(weak), "units": units.hook_name}
+    settings["gains"] = config_record(config.gains)
+    path = bench.ws.root / "gains" / f"{digest(settings)}"
+    run = learn_gains(
+        weak,
+        bench.support.problems,
+        units,
+        bench.support.correctness,
+        config.gains,
+        validation,
+        path,
+        progress=bench.progress,
+    )
+    gains = torch.tensor(run.best.gains)
+    order = torch.argsort(gains, descending=True, stable=True).tolist()
+    found = set(order[: len(planted.indices)]) & set(planted.indices)
+    rank = {unit: position + 1 for position, unit in enumerate(order)}
+    return run.best, {  # recovery by gain size
+        "precision_at_size": len(found) / len(planted.indices),
+        "mean_rank": float(np.mean([rank[i] for i in planted.indices])),
+        "units": len(order),
+    }
+
+
+def _restore(bench: PlantedBenchmark, weak: Policy, ranking):
+    """(k, gamma, set) that restore best on validation: a method's top-k amplified by gamma;
+    learned gains apply as learned (k = every unit, gamma = 1)."""
+    if isinstance(ranking, tuple):  # learned gains: (the set with its gains, recovery)
+        return len(ranking[0]), 1.0, ranking[0]
+    best = None
+    for k in bench.config.k_grid:
+        chosen = ranking.top(k)
+        for gamma in bench.config.gamma_grid:
+            accuracy = bench.correct(weak, bench.validation, chosen, gamma).mean()
+            if best is None or accuracy > best[0]:
+                best = (accuracy, k, gamma, chosen)
+    return best[1], best[2], best[3]
+
+
+def small_planted_config(**overrides) -> PlantedConfig:
+    """A minutes-long version: one site and rule, few problems, cheap methods."""
+    base = PlantedConfig(
+        sites=(("mlp", 0),),
+        rules=("top-activation",),
+        support=4,
+        n_steps=4,
+        validation=12,
+        test=24,
+        k_grid=(10,),
+        gamma_grid=(4.0,),
+        methods=("IPG", "IPG amplify", "Activation", "Random"),
+    )
+    return replace(base, **overrides)
+
+
+__all__ = [
+    "PLANTED_METHODS",
+    "PlantedConfig",
+    "planted_headroom",
+    "recovery",
+    "small_planted_config",
+    "weakened",
+]
