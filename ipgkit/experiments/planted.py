@@ -10,9 +10,8 @@ from its own rollouts and is scored twice:
   fraction of the oracle's gain on test problems, with a bootstrap interval and paired tests
   against the weakened model and against Random.
 
-S is chosen by rules that favour no method: ``"random"`` (seeded), or ``"top-activation"`` (the
-largest mean |activation| on the unmodified model's support rollouts). Everything is cached in a
-:class:`~ipgkit.experiments.workspace.Workspace`, so an interrupted run resumes.
+S is chosen by rules that favour no method: ``"random"`` (seeded), or ``"top-activation"`` (on
+the unmodified model's support rollouts). Everything is cached, so a rerun resumes.
 """
 
 from __future__ import annotations
@@ -138,9 +137,12 @@ def weakened(policy: Policy, planted: ComponentSet, factor: float) -> Policy:
     return replace(copy, name=f"{policy.name}-planted-{tag}")
 
 
-def recovery(result: AttributionResult, planted: ComponentSet) -> dict:
-    """How well a ranking finds S: precision at |S| and the mean rank of S's units (1 = top)."""
-    order = [int(i) for i in result.top(len(result.components)).indices]
+def recovery(ranking: AttributionResult | list[int], planted: ComponentSet) -> dict:
+    """How well a ranking (a result, or units best first) finds S: precision at |S| and the
+    mean rank of S's units (1 = top)."""
+    order = ranking
+    if isinstance(ranking, AttributionResult):
+        order = [int(i) for i in ranking.top(len(ranking.components)).indices]
     rank = {unit: position + 1 for position, unit in enumerate(order)}
     found = set(order[: len(planted.indices)]) & set(planted.indices)
     return {
@@ -353,15 +355,8 @@ def _learned_gains(bench: PlantedBenchmark, weak: Policy, units, planted):
         path,
         progress=bench.progress,
     )
-    gains = torch.tensor(run.best.gains)
-    order = torch.argsort(gains, descending=True, stable=True).tolist()
-    found = set(order[: len(planted.indices)]) & set(planted.indices)
-    rank = {unit: position + 1 for position, unit in enumerate(order)}
-    return run.best, {  # recovery by gain size
-        "precision_at_size": len(found) / len(planted.indices),
-        "mean_rank": float(np.mean([rank[i] for i in planted.indices])),
-        "units": len(order),
-    }
+    order = torch.argsort(torch.tensor(run.best.gains), descending=True, stable=True)
+    return run.best, recovery(order.tolist(), planted)  # recovery by gain size
 
 
 def _restore(bench: PlantedBenchmark, weak: Policy, ranking):

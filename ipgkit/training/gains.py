@@ -27,10 +27,9 @@ from ipgkit.evaluation import evaluate
 from ipgkit.io import Checkpoint, atomic_write_text, config_record
 from ipgkit.models.policy import Policy, require_policy
 from ipgkit.progress import tqdm
-from ipgkit.rollouts import sample
 from ipgkit.tasks.base import Problem, RewardFunction, Task, reward_name
 
-from .grpo import grpo_objective, step_advantages, step_problems
+from .grpo import grpo_objective, step_advantages, step_problems, step_rollouts
 from .grpo_config import GRPOConfig
 
 
@@ -167,19 +166,7 @@ def _gain_step(policy, optimizer, gains, problems, reward, config: GainConfig, s
     """Sample step ``step``'s groups with the current gains, then one update of the gains."""
     started = time.perf_counter()
     grpo = config.grpo
-    rollouts = sample(
-        policy,
-        step_problems(problems, grpo, step),
-        n=grpo.num_generations,
-        temperature=grpo.temperature,
-        top_p=grpo.top_p,
-        max_new_tokens=grpo.max_completion_length,
-        seed=grpo.seed * 100_003 + step,
-        batch_size=grpo.per_device_train_batch_size,
-        reward=reward,
-        progress=False,
-        seeding=grpo.seeding,
-    )
+    rollouts = step_rollouts(policy, step_problems(problems, grpo, step), reward, grpo, step)
     optimizer.zero_grad(set_to_none=True)
     advantages = step_advantages(rollouts, grpo.scale_rewards)
     metrics = grpo_objective(

@@ -238,9 +238,21 @@ def _train_step(policy, optimizer, problems, reward, config: GRPOConfig, referen
     """Sample step ``step``'s rollouts (seed and prompts are functions of the step) and update."""
     started = time.perf_counter()
     chosen = step_problems(problems, config, step)
-    rollouts = sample(
+    mine = [chosen[i] for i in distributed.shard(len(chosen))]  # all of them outside torchrun
+    rollouts = step_rollouts(policy, mine, reward, config, step)
+    row = grpo_step(policy, optimizer, rollouts, config, reference)
+    row.update(step=step + 1, seconds=time.perf_counter() - started)
+    return row
+
+
+def step_rollouts(
+    policy: Policy, prompts: Sequence[Problem], reward, config: GRPOConfig, step: int
+) -> Rollouts:
+    """Step ``step``'s groups: ``num_generations`` completions per prompt with the step's seed
+    (a function of the step, so a resumed run samples what the uninterrupted one did)."""
+    return sample(
         policy,
-        [chosen[i] for i in distributed.shard(len(chosen))],  # all of them outside torchrun
+        prompts,
         n=config.num_generations,
         temperature=config.temperature,
         top_p=config.top_p,
@@ -251,9 +263,6 @@ def _train_step(policy, optimizer, problems, reward, config: GRPOConfig, referen
         progress=False,
         seeding=config.seeding,
     )
-    row = grpo_step(policy, optimizer, rollouts, config, reference)
-    row.update(step=step + 1, seconds=time.perf_counter() - started)
-    return row
 
 
 def _save(store: Checkpoint | None, step, model, optimizer, log, evals, own_reference) -> None:
@@ -384,4 +393,5 @@ __all__ = [
     "grpo_train",
     "step_advantages",
     "step_problems",
+    "step_rollouts",
 ]
