@@ -63,13 +63,16 @@ def cached_record(path: Path, compute):
 
 
 def cached_frame(path: Path, compute) -> pd.DataFrame:
-    """``compute()`` once, kept in ``path`` as CSV."""
-    return cached(
+    """``compute()`` once, kept in ``path`` as CSV. The frame returned is always the one read
+    back from the CSV, so a fresh run and a resumed one return the same dtypes (a column of
+    one-seed means written as text, ``"0.390"``, reads back as numbers)."""
+    cached(
         path,
         compute,
         pd.read_csv,
         lambda frame, file: atomic_write_text(file, frame.to_csv(index=False)),
     )
+    return pd.read_csv(path)
 
 
 def sft_policy(policy: Policy, name: str, examples, config, seed: int, out: Path) -> Policy:
