@@ -39,6 +39,11 @@ PROMPT = "\n "  # token ids 4, 5 after BOS (1): inside the 6-token vocabulary
 PROMPT_IDS = [1, 4, 5]
 RIGHT_RIEMANN_5 = ([0.2, 0.4, 0.6, 0.8, 1.0], [0.2] * 5)  # the paper's rule, q = 5
 RIGHT_RIEMANN_4 = ([0.25, 0.5, 0.75, 1.0], [0.25] * 4)
+#: on-path Monte Carlo that samples from pi itself (T = 1, no top-p cut) over the whole horizon,
+#: the distribution the exact reference sums over, at 4 right-Riemann points
+ON_PATH_FROM_PI = dict(
+    mode="on_path", n_steps=4, temperature=1.0, top_p=1.0, max_new_tokens=HORIZON, progress=False
+)
 
 
 def six_token_tokenizer() -> PreTrainedTokenizerFast:
@@ -299,15 +304,10 @@ def test_monte_carlo_on_path_converges_to_the_reference(world):
             problems,
             components,
             token_reward,
-            mode="on_path",
             n_rollouts=n,
-            n_steps=4,
-            temperature=1.0,
-            top_p=1.0,
-            max_new_tokens=HORIZON,
             internal_batch_size=512,
             sampling_batch_size=512,
-            progress=False,
+            **ON_PATH_FROM_PI,
         )
 
     small, large = estimate(16), estimate(512)
@@ -428,14 +428,9 @@ def test_on_path_completeness_delta_is_reported(world):
         problems,
         mlp_neurons(0),
         token_reward,
-        mode="on_path",
         n_rollouts=64,
-        n_steps=4,
-        temperature=1.0,
-        top_p=1.0,
-        max_new_tokens=HORIZON,
         sampling_batch_size=256,
-        progress=False,
+        **ON_PATH_FROM_PI,
     )
     info = result.info
     assert info["delta"] == pytest.approx(
@@ -806,15 +801,10 @@ def test_on_path_amplification_converges_to_the_exact_integral(world):
         components,
         token_reward,
         gamma_max=3.0,
-        mode="on_path",
         n_rollouts=512,
-        n_steps=4,
-        temperature=1.0,
-        top_p=1.0,
-        max_new_tokens=HORIZON,
         internal_batch_size=512,
         sampling_batch_size=512,
-        progress=False,
+        **ON_PATH_FROM_PI,
     )
     assert result.method == "ipg-amplify"
     assert result.info["config"]["alpha_range"] == [1.0, 3.0]
