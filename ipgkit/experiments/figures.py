@@ -278,7 +278,7 @@ def plot_planted(table: pd.DataFrame):
         ax.axhline(0.0, color="black", lw=0.6)
         ax.set_xticks(x, rows.method, rotation=60, fontsize=7)
         ax.set(ylabel="fraction of the oracle's gain (test)")
-        ax.set_title(f"{site}, S by {rule}: drop {rows.drop.iloc[0]:.2f}", fontsize=9)
+        ax.set_title(f"{site}, S by {rule}: drop {rows["drop"].iloc[0]:.2f}", fontsize=9)
         twin = ax.twinx()
         twin.plot(x, rows.precision_at_size, "o", color="tab:orange")
         twin.set(ylim=(-0.05, 1.05), ylabel="precision at |S|")

@@ -181,8 +181,9 @@ class Workspace:
         progress: bool = False,
     ) -> Outcome:
         """Greedy accuracy per problem of ``policy`` on ``task``, steered by ``gamma`` on
-        ``components`` (None, or gamma = 1, is the unsteered model: the scaling hook is the
-        identity there, bit for bit, so both share one cache entry).
+        ``components`` (None, or gamma = 1 on sets without per-unit gains, is the unsteered
+        model: the scaling hook is the identity there, bit for bit, so both share one cache
+        entry; a set with gains steers at gamma = 1, each unit by its gain).
 
         Args:
             policy_key: names the weights (e.g. ``"arith"``, ``"arith+sae2"``): part of the key.
@@ -192,7 +193,7 @@ class Workspace:
             if components is None
             else ([components] if isinstance(components, ComponentSet) else list(components))
         )
-        steered = bool(sets) and gamma != 1.0
+        steered = bool(sets) and (gamma != 1.0 or any(s.gains is not None for s in sets))
         key = "|".join(
             [
                 policy_key,

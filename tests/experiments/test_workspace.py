@@ -2,6 +2,7 @@
 kill mid-write loses only the evaluation that was running."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -60,6 +61,19 @@ def test_gamma_one_shares_the_unsteered_entry_and_keys_tell_conditions_apart(
     ws.evaluate(policy, "other-weights", task)
     assert ws.computed == 4
     assert set_signature(mlp_neurons(0, [1, 2])) != set_signature(mlp_neurons(0, [2, 1]))
+
+
+def test_a_set_with_gains_steers_at_gamma_one(policy, task, tmp_path):
+    # learned gains are applied at gamma = 1: the unsteered shortcut must not swallow them
+    gained = replace(mlp_neurons(0, [1, 5, 9]), gains=(0.0, 0.0, 0.0))
+    ws = Workspace(tmp_path)
+    outcome = ws.evaluate(policy, "tiny", task, gained, gamma=1.0)
+    with ipgkit.steer(policy, mlp_neurons(0, [1, 5, 9]), gamma=0.0):
+        greedy, _ = ipgkit.evaluation.evaluation_rollouts(policy, task)
+    assert outcome.texts == greedy.texts
+    assert ws.computed == 1
+    ws.evaluate(policy, "tiny", task)  # the unsteered model is another entry
+    assert ws.computed == 2
 
 
 def test_a_line_cut_short_by_a_kill_is_recomputed_not_fatal(policy, task, tmp_path):
