@@ -265,11 +265,17 @@ def plot_planted(table: pd.DataFrame):
     import matplotlib.pyplot as plt
 
     scored = table[table.method != "(no headroom)"]
-    plants = list(dict.fromkeys(zip(scored.site, scored.rule, strict=True)))
-    figure, axes = plt.subplots(1, max(len(plants), 1), figsize=(5 * max(len(plants), 1), 4))
-    axes = np.atleast_1d(axes)
-    for ax, (site, rule) in zip(axes, plants, strict=False):
-        rows = scored[(scored.site == site) & (scored.rule == rule)]
+    if "size" not in scored:  # tables written before planted sets had several sizes
+        scored = scored.assign(size=scored.planted.str.split().str.len())
+    plants = list(dict.fromkeys(zip(scored.site, scored.rule, scored["size"], strict=True)))
+    columns = min(max(len(plants), 1), 4)
+    lines = max(-(-len(plants) // columns), 1)
+    figure, axes = plt.subplots(lines, columns, figsize=(5 * columns, 4.2 * lines), squeeze=False)
+    axes = axes.ravel()
+    for ax in axes[len(plants) :]:
+        ax.set_visible(False)
+    for ax, (site, rule, size) in zip(axes, plants, strict=False):
+        rows = scored[(scored.site == site) & (scored.rule == rule) & (scored["size"] == size)]
         x = np.arange(len(rows))
         low = (rows.fraction_of_oracle - rows.fraction_ci_low).clip(lower=0)
         high = (rows.fraction_ci_high - rows.fraction_of_oracle).clip(lower=0)
@@ -278,7 +284,8 @@ def plot_planted(table: pd.DataFrame):
         ax.axhline(0.0, color="black", lw=0.6)
         ax.set_xticks(x, rows.method, rotation=60, fontsize=7)
         ax.set(ylabel="fraction of the oracle's gain (test)")
-        ax.set_title(f"{site}, S by {rule}: drop {rows["drop"].iloc[0]:.2f}", fontsize=9)
+        drop = rows["drop"].iloc[0]
+        ax.set_title(f"{site}, |S| = {size} by {rule}: drop {drop:.2f}", fontsize=9)
         twin = ax.twinx()
         twin.plot(x, rows.precision_at_size, "o", color="tab:orange")
         twin.set(ylim=(-0.05, 1.05), ylabel="precision at |S|")

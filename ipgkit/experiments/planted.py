@@ -63,6 +63,13 @@ PLANTED_METHODS = (
 )
 
 
+#: learned gains in the benchmark: a larger step and ceiling than :class:`GainConfig`'s, so
+#: that 60 steps can take a unit from 1 to the oracle's 1 / factor = 10
+PLANTED_GAINS = GainConfig(
+    grpo=replace(GainConfig().grpo, max_steps=60, learning_rate=0.2), max_gain=10.0
+)
+
+
 @dataclass(frozen=True)
 class PlantedConfig:
     """Settings of :func:`planted_headroom` (``ipgkit planted``).
@@ -70,9 +77,13 @@ class PlantedConfig:
     Attributes:
         families: task families; attribution uses both (interleaved), results pool them.
         sites: ``(kind, layer)`` where S is planted: ``"mlp"`` (MLP neurons) or ``"resid"``.
+            The defaults are where weakening ten units costs the shipped model accuracy at all:
+            its MLP neurons are redundant (ten of them at 0.1 cost at most 9 points, except in
+            block 0 by activation), the residual stream of blocks 1 and 2 is not.
         rules: how S is chosen: ``"random"`` or ``"top-activation"``.
-        size: |S|, the planted units.
-        factor: the weakening factor (< 1) applied to S at every position.
+        sizes: |S|, the planted units (one planted set per size, site and rule).
+        factor: the weakening factor (< 1) applied to S at every position; the oracle scales S
+            by ``1 / factor``, a gamma every method may also choose on validation.
         min_drop: the accuracy the weakening must cost (test, pooled) for a planted set to be
             scored; a smaller drop leaves no headroom and the row says so.
         support: train prompts per family the methods attribute on (rollouts of the weakened
@@ -80,27 +91,30 @@ class PlantedConfig:
         n_rollouts, n_steps: IPG's N rollouts per prompt and q alpha points.
         validation, test: problems per family for choosing (k, gamma) and for reporting.
         k_grid: set sizes tried on validation.
-        gamma_grid: amplification factors tried on validation (``1 / factor`` restores S).
+        gamma_grid: amplification factors tried on validation, besides ``1 / factor``.
+        amplify_to: gamma_max of amplification IPG's path (alpha from 1 to it); amplifying a
+            whole site by ``1 / factor`` at once leaves the model's working range.
         methods: the methods scored (:data:`PLANTED_METHODS`).
         gains: learned gains' settings (over every unit of the site).
         seed: seeds S (rule ``"random"``), the rollouts and Random.
     """
 
     families: tuple[str, ...] = ("arith-word", "arith-chain")
-    sites: tuple[tuple[str, int], ...] = (("mlp", 0), ("resid", 2))
+    sites: tuple[tuple[str, int], ...] = (("resid", 1), ("resid", 2), ("mlp", 0))
     rules: tuple[str, ...] = ("random", "top-activation")
-    size: int = 10
-    factor: float = 0.25
+    sizes: tuple[int, ...] = (10, 20)
+    factor: float = 0.1
     min_drop: float = 0.10
-    support: int = 25
+    support: int = 50
     n_rollouts: int = 5
     n_steps: int = 10
     validation: int = 100
     test: int = 200
     k_grid: tuple[int, ...] = (10, 20)
     gamma_grid: tuple[float, ...] = (1.5, 2.0, 4.0)
+    amplify_to: float = 2.0
     methods: tuple[str, ...] = PLANTED_METHODS
-    gains: GainConfig = field(default_factory=GainConfig)
+    gains: GainConfig = field(default_factory=lambda: PLANTED_GAINS)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -112,8 +126,14 @@ class PlantedConfig:
                 f"unknown methods {sorted(unknown)} or rules {self.rules}; methods are "
                 f"{PLANTED_METHODS}, rules 'random' and 'top-activation'"
             )
-        if self.size < 1 or any(k < 1 for k in self.k_grid):
-            raise IpgkitError("size and every k must be >= 1")
+        if not self.sizes or any(n < 1 for n in (*self.sizes, *self.k_grid)):
+            raise IpgkitError(f"sizes and k_grid must be >= 1, got {self.sizes}, {self.k_grid}")
+        if self.amplify_to <= 1:
+            raise IpgkitError(f"amplify_to must be > 1, got {self.amplify_to}")
+
+    @property
+    def oracle_gamma(self) -> float:
+        return 1 / self.factor
 
 
 def site_units(kind: str, layer: int) -> ComponentSet:
@@ -200,16 +220,18 @@ class PlantedBenchmark:
             ),
         )
 
-    def planted_set(self, kind: str, layer: int, rule: str) -> ComponentSet:
+    def planted_set(self, kind: str, layer: int, rule: str, size: int) -> ComponentSet:
+        """S: ``size`` units of the site by ``rule`` (a larger size's random S contains the
+        smaller's: one seeded permutation)."""
         units = site_units(kind, layer).resolved(self.policy.model)
         if rule == "random":
             generator = torch.Generator().manual_seed(self.config.seed)
-            chosen = torch.randperm(len(units), generator=generator)[: self.config.size]
+            chosen = torch.randperm(len(units), generator=generator)[:size]
             return replace(units, indices=tuple(sorted(int(i) for i in chosen)))
         magnitude = activation_magnitude(
             self.policy, self.rollouts(self.policy), units, progress=False
         )
-        return replace(units, indices=tuple(sorted(magnitude.top(self.config.size).indices)))
+        return replace(units, indices=tuple(sorted(magnitude.top(size).indices)))
 
 
 def planted_headroom(
@@ -228,21 +250,27 @@ def planted_headroom(
     config = config or PlantedConfig()
     bench = PlantedBenchmark(policy, config, out_dir, progress)
     rows = []
-    plants = [(kind, layer, rule) for kind, layer in config.sites for rule in config.rules]
-    for kind, layer, rule in tqdm(plants, desc="planted", disable=not progress):
-        rows += _score_plant(bench, kind, layer, rule)
+    plants = [
+        (kind, layer, rule, size)
+        for kind, layer in config.sites
+        for rule in config.rules
+        for size in config.sizes
+    ]
+    for plant in tqdm(plants, desc="planted", disable=not progress):
+        rows += _score_plant(bench, *plant)
     table = pd.DataFrame(rows)
     atomic_write_text(Path(out_dir) / "planted.csv", table.to_csv(index=False))
     return table
 
 
-def _score_plant(bench: PlantedBenchmark, kind: str, layer: int, rule: str) -> list[dict]:
+def _score_plant(bench: PlantedBenchmark, kind: str, layer: int, rule: str, size: int) -> list:
     config, policy = bench.config, bench.policy
-    planted = bench.planted_set(kind, layer, rule)
+    planted = bench.planted_set(kind, layer, rule, size)
     weak = weakened(policy, planted, config.factor)
-    head = {"site": f"{kind} {layer}", "rule": rule, "planted": " ".join(map(str, planted.indices))}
+    head = {"site": f"{kind} {layer}", "rule": rule, "size": size}
+    head["planted"] = " ".join(map(str, planted.indices))
     base, weak_test = bench.correct(policy, bench.test), bench.correct(weak, bench.test)
-    oracle = bench.correct(weak, bench.test, planted, 1 / config.factor)
+    oracle = bench.correct(weak, bench.test, planted, config.oracle_gamma)
     head.update(
         base_accuracy=base.mean(),
         weakened_accuracy=weak_test.mean(),
@@ -308,7 +336,7 @@ def _rankings(bench: PlantedBenchmark, weak: Policy, planted, kind, layer) -> di
             weak, support.problems, units, support.correctness, on_path, **quiet
         ),
         "IPG amplify": lambda: amplification_ipg(
-            weak, None, units, None, 1 / config.factor, ipg_config, rollouts=rollouts, **quiet
+            weak, None, units, None, config.amplify_to, ipg_config, rollouts=rollouts, **quiet
         ),
         "IPG process": lambda: ipg(
             weak,
@@ -360,14 +388,17 @@ def _learned_gains(bench: PlantedBenchmark, weak: Policy, units, planted):
 
 
 def _restore(bench: PlantedBenchmark, weak: Policy, ranking):
-    """(k, gamma, set) that restore best on validation: a method's top-k amplified by gamma;
-    learned gains apply as learned (k = every unit, gamma = 1)."""
+    """(k, gamma, set) that restore best on validation: a method's top-k amplified by gamma
+    (the grid and the oracle's 1 / factor); learned gains apply as learned (k = every unit,
+    gamma = 1)."""
     if isinstance(ranking, tuple):  # learned gains: (the set with its gains, recovery)
         return len(ranking[0]), 1.0, ranking[0]
+    config = bench.config
+    gammas = sorted({*config.gamma_grid, config.oracle_gamma})
     best = None
-    for k in bench.config.k_grid:
+    for k in config.k_grid:
         chosen = ranking.top(k)
-        for gamma in bench.config.gamma_grid:
+        for gamma in gammas:
             accuracy = bench.correct(weak, bench.validation, chosen, gamma).mean()
             if best is None or accuracy > best[0]:
                 best = (accuracy, k, gamma, chosen)
@@ -379,6 +410,8 @@ def small_planted_config(**overrides) -> PlantedConfig:
     base = PlantedConfig(
         sites=(("mlp", 0),),
         rules=("top-activation",),
+        sizes=(10,),
+        factor=0.25,
         support=4,
         n_steps=4,
         validation=12,

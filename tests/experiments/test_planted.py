@@ -10,6 +10,7 @@ from ipgkit.attribution import AttributionResult
 from ipgkit.components import mlp_neurons
 from ipgkit.errors import IpgkitError
 from ipgkit.experiments import planted as planted_module
+from ipgkit.experiments.figures import plot_planted
 from ipgkit.experiments.planted import (
     PlantedConfig,
     planted_headroom,
@@ -78,8 +79,9 @@ def test_an_oracle_level_ranking_is_scored_as_finding_S_and_restoring_everything
     policy = ipgkit.load_model("arith")
     table = planted_headroom(policy, config, tmp_path, progress=False).set_index("method")
     oracle = table.loc["Oracle"]
-    assert oracle.precision_at_size == 1.0 and oracle.mean_rank == (config.size + 1) / 2
-    assert (oracle.k, oracle.gamma) == (config.size, 4.0)  # 1 / factor, chosen on validation
+    (size,) = config.sizes
+    assert oracle.precision_at_size == 1.0 and oracle.mean_rank == (size + 1) / 2
+    assert (oracle.k, oracle.gamma) == (size, 4.0)  # 1 / factor, chosen on validation
     assert oracle.accuracy == oracle.oracle_accuracy
     assert oracle.oracle_accuracy == oracle.base_accuracy  # restoring S restores the model
     gain = oracle.oracle_accuracy - oracle.weakened_accuracy
@@ -92,10 +94,16 @@ def test_an_oracle_level_ranking_is_scored_as_finding_S_and_restoring_everything
     assert "vs_random" in table.columns and np.isnan(table.loc["Random", "vs_random"])
     rerun = planted_headroom(policy, config, tmp_path, progress=False)  # from the workspace
     assert rerun.set_index("method").loc["Oracle"].accuracy == oracle.accuracy
+    figure = plot_planted(rerun)  # one panel per scored planted set, titled with its drop
+    assert [ax.get_title() for ax in figure.axes if ax.get_title()] == [
+        f"mlp 0, |S| = {size} by top-activation: drop {oracle['drop']:.2f}"
+    ]
 
 
 def test_bad_settings_are_refused():
     with pytest.raises(IpgkitError, match=r"factor must be in \(0, 1\)"):
         PlantedConfig(factor=1.0)
+    with pytest.raises(IpgkitError, match="sizes and k_grid"):
+        PlantedConfig(sizes=())
     with pytest.raises(IpgkitError, match="unknown methods"):
         PlantedConfig(methods=("IPG", "Magic"))
