@@ -124,7 +124,17 @@ def run_planted(args: argparse.Namespace) -> int:
     base = small_planted_config() if args.small else PlantedConfig()
     config = config_from_args(PlantedConfig, args, base)
     table = planted_headroom(ipgkit.load_model(args.model), config, args.out)
-    shown = ["site", "rule", "size", "drop", "method", "precision_at_size", "mean_rank", "k", "gamma"]
+    shown = [
+        "site",
+        "rule",
+        "size",
+        "drop",
+        "method",
+        "precision_at_size",
+        "mean_rank",
+        "k",
+        "gamma",
+    ]
     shown += ["accuracy", "fraction_of_oracle", "fraction_ci_low", "fraction_ci_high"]
     print(
         table[[c for c in shown if c in table]].to_string(index=False, float_format="{:.3f}".format)

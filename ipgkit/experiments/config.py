@@ -8,6 +8,7 @@ from typing import Literal
 
 from ipgkit.errors import IpgkitError
 from ipgkit.training.distill import DistillConfig
+from ipgkit.training.gains import GainConfig
 
 Site = Literal["mlp", "resid"]
 #: Table 1's methods: neuron-level, then SAE-feature-level (these need an SAE)
@@ -19,6 +20,9 @@ NEURON_METHODS = (
     "Control Vector",
     "Policy Gradient",
     "Integrated Gradients",
+    "IPG amplify",
+    "IPG process",
+    "Learned gains",
 )
 FEATURE_METHODS = ("IPG-SAE", "Random-SAE", "ReasonScore-SAE")
 
@@ -56,6 +60,8 @@ class ExperimentConfig:
         strength_gammas: gammas of the reasoning-strength sweep (length reward).
         strength_p: components in the reasoning-strength set.
         sites: ``(kind, layer)`` pairs tried in the site search (what was tried before settling).
+        gains: how the "Learned gains" method learns its per-unit gains (over the whole site, on
+            the support prompts, early-stopped on the validation problems).
         methods: the methods of Table 1 to run (None: all of :data:`NEURON_METHODS` and, with an
             SAE, :data:`FEATURE_METHODS`); must include ``"IPG"``.
         seed: sampling seed of the support set.
@@ -100,6 +106,7 @@ class ExperimentConfig:
     )
     methods: tuple[str, ...] | None = None
     seed: int = 0
+    gains: GainConfig = field(default_factory=GainConfig)
 
     def __post_init__(self) -> None:
         if self.methods is not None:
@@ -124,7 +131,10 @@ class ExperimentConfig:
                 raise IpgkitError(f"datasets are 'family/split', got {dataset!r}")
 
     def settings(self) -> dict:
-        return asdict(self)
+        record = asdict(self)
+        if self.gains == GainConfig():  # added later: default gains keep earlier workspaces' key
+            del record["gains"]
+        return record
 
 
 def small_config(**overrides) -> ExperimentConfig:

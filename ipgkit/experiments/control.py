@@ -46,6 +46,9 @@ def capability_control(suite: Suite) -> pd.DataFrame:
         enhance = chosen(suite, name)
         conditions = {"enhance": enhance, "suppress": (config.suppress_p, 0.0)}
         for condition, (p, gamma) in conditions.items():
+            if not sets.picks(p):  # a row that says so, instead of steering units 0..p-1
+                rows.append(_unranked_row(sets, condition, p, gamma))
+                continue
             bases, steered = [], []
             for task in tasks:
                 base = suite.evaluate(None, task, policy=sets.policy, policy_key=sets.policy_key)
@@ -77,6 +80,19 @@ def capability_control(suite: Suite) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _unranked_row(sets: SelectedSets, condition: str, p: int, gamma: float) -> dict:
+    return {
+        "method": sets.method,
+        "level": sets.level,
+        "condition": condition,
+        "family": "pooled",
+        "p": p,
+        "gamma": gamma,
+        "accuracy": np.nan,
+        "note": f"no top {p}: every {sets.method} score is equal",
+    }
+
+
 def pool_outcomes(per_task: list[list[Outcome]]) -> list[Outcome]:
     """Outcomes of several tasks concatenated, seed by seed ([tasks][seeds] -> [seeds])."""
     seeds = len(per_task[0])
@@ -96,12 +112,20 @@ HEAD_TO_HEAD = (
     ("IPG", "Activation"),
     ("IPG-SAE", "Random-SAE"),
     ("IPG-SAE", "ReasonScore-SAE"),
+    # the methods built for enhancement, each against IPG and Random (issue 19)
+    ("IPG amplify", "IPG"),
+    ("IPG amplify", "Random"),
+    ("IPG process", "IPG"),
+    ("IPG process", "Random"),
+    ("Learned gains", "IPG"),
+    ("Learned gains", "Random"),
 )
 
 
 def head_to_head(suite: Suite, pairs=HEAD_TO_HEAD) -> pd.DataFrame:
-    """IPG against a baseline on the same test problems (pooled over families), per condition:
-    the paired difference IPG - baseline with its 95% CI and p-value. Enhancement uses each
+    """A method against a baseline (IPG against Random, ...) on the same test problems (pooled
+    over families), per condition: the paired difference method - baseline with its 95% CI and
+    p-value. Enhancement uses each
     method's own validation choice; suppression the common ``suppress_p``. Reuses Table 1's
     evaluations (run :func:`capability_control` first, or this runs them).
 
@@ -121,8 +145,12 @@ def head_to_head(suite: Suite, pairs=HEAD_TO_HEAD) -> pd.DataFrame:
                 p, gamma = (
                     chosen(suite, name) if condition == "enhance" else (config.suppress_p, 0.0)
                 )
+                if not sets.picks(p):
+                    break
                 outcomes = pool_outcomes([suite.evaluate(sets, task, p, gamma) for task in tasks])
                 per_method.append(np.mean([o.correct for o in outcomes], axis=0))
+            if len(per_method) < 2:  # a method without a ranking has no set to compare
+                continue
             comparison = paired_comparison(per_method[1], per_method[0])
             rows.append(
                 {

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import torch
 
 from ipgkit.attribution import (
     activation_magnitude,
@@ -16,7 +18,10 @@ from ipgkit.attribution import (
 )
 from ipgkit.attribution.result import AttributionResult
 from ipgkit.components import ComponentSet
+from ipgkit.io import config_record
 from ipgkit.models.policy import Policy
+from ipgkit.tasks import mix_tasks, step_progress
+from ipgkit.training.gains import learn_gains
 
 from .config import FEATURE_METHODS
 from .workspace import digest
@@ -41,9 +46,29 @@ class SelectedSets:
     policy_key: str
     results: list[AttributionResult]
     fixed_p: int | None = None
+    applies_gains: bool = False
+
+    def picks(self, p: int) -> bool:
+        """Whether every result can name its top p (False where all scores tie below the whole
+        set: learned gains that never beat gain 1 on validation, IPG with no signal)."""
+        p = self.fixed_p or p
+        return all(p >= len(result) or result.ranks_anything for result in self.results)
 
     def sets(self, p: int) -> list[ComponentSet]:
-        return [result.top(self.fixed_p or p) for result in self.results]
+        """The top-p units of each result; for learned gains (``applies_gains``: the scores
+        are gains) the units carry their gains, which steering multiplies gamma by."""
+        chosen = [result.top(self.fixed_p or p) for result in self.results]
+        if not self.applies_gains:
+            return chosen
+        return [
+            replace(units, gains=tuple(_scores_of(result, units.indices)))
+            for result, units in zip(self.results, chosen, strict=True)
+        ]
+
+
+def _scores_of(result: AttributionResult, indices) -> list[float]:
+    position = {unit: j for j, unit in enumerate(result.indices)}
+    return [float(result.scores[position[unit]]) for unit in indices]
 
 
 def table1_methods(suite) -> dict[str, SelectedSets]:
@@ -92,11 +117,39 @@ def table1_methods(suite) -> dict[str, SelectedSets]:
                 lambda: integrated_gradients(policy, problems, units, n_steps=q, **quiet),
             )
         ],
+        # what amplifying a unit adds: the path from 1 to the largest enhancement gamma
+        "IPG amplify": lambda: [
+            suite.ipg(
+                "ipg_amplify",
+                policy,
+                key,
+                units,
+                rollouts,
+                alpha_range=(1.0, max(suite.config.gamma_grid)),
+            )
+        ],
+        # a process reward: the fraction of steps right before the first error
+        "IPG process": lambda: [
+            suite.ipg("ipg_process", policy, key, units, rollouts.with_rewards(step_progress))
+        ],
+        "Learned gains": lambda: [
+            cached(
+                "learned_gains",
+                {**base, "gains": config_record(suite.config.gains)},
+                lambda: learned_gains(suite, policy, key, units),
+            )
+        ],
     }
     wanted = suite.config.methods or (*neuron_methods, *FEATURE_METHODS)
     selected = {
         name: SelectedSets(
-            name, "neuron", policy, key, build(), 1 if name == "Control Vector" else None
+            name,
+            "neuron",
+            policy,
+            key,
+            build(),
+            1 if name == "Control Vector" else None,
+            applies_gains=name == "Learned gains",
         )
         for name, build in neuron_methods.items()
         if name in wanted
@@ -115,3 +168,28 @@ def table1_methods(suite) -> dict[str, SelectedSets]:
             if name in wanted:
                 selected[name] = SelectedSets(name, "feature", spliced, skey, build())
     return selected
+
+
+def learned_gains(suite, policy: Policy, policy_key: str, units: ComponentSet) -> AttributionResult:
+    """Per-unit gains over the whole site (:func:`~ipgkit.training.learn_gains` with the suite's
+    ``gains`` settings), learned on the support prompts with the validation problems for early
+    stopping (the ones that choose every other method's p and gamma), as a result whose scores are
+    the gains: its top-p are the units with the largest gains, and Table 1 enhances with all of
+    them at gamma = 1. Resumable in ``<workspace>/gains``."""
+    problems = suite.support_task.problems[: suite.support_count]
+    validation = mix_tasks(suite.tasks("validation", suite.config.validation))
+    gain_config = suite.config.gains
+    settings = {"policy": policy_key, "units": units.hook_name, "gains": config_record(gain_config)}
+    settings["problems"] = digest([p.id for p in problems])
+    run = learn_gains(
+        policy,
+        problems,
+        units,
+        suite.support_task.correctness,
+        gain_config,
+        validation,
+        suite.ws.root / "gains" / digest(settings),
+        progress=suite.progress,
+    )
+    resolved = run.best
+    return AttributionResult(resolved, torch.tensor(resolved.gains), method="learned-gains")

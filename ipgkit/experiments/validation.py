@@ -32,8 +32,11 @@ def validation_grid(suite: Suite) -> pd.DataFrame:
             ]
         )
         ps = (sets.fixed_p,) if sets.fixed_p else config.p_grid
+        gammas = config.gamma_grid
+        if sets.applies_gains:  # learned gains enhance as learned: every unit, gamma = 1
+            ps, gammas = (len(sets.results[0]),), (1.0,)
         for p in ps:
-            for gamma in config.gamma_grid:
+            for gamma in gammas:
                 outcomes = [suite.evaluate(trial, task, p, gamma) for task in tasks]
                 accuracy = float(np.mean([o.accuracy for per_task in outcomes for o in per_task]))
                 rows.append(

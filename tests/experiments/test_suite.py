@@ -7,14 +7,21 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from ipgkit.attribution import AttributionResult
+from ipgkit.components import mlp_neurons
+from ipgkit.evaluation import evaluation_rollouts
 from ipgkit.experiments import ExperimentConfig, Suite, run_experiments
 from ipgkit.experiments import suite as suite_module
 from ipgkit.experiments import workspace as workspace_module
 from ipgkit.experiments.config import FEATURE_METHODS, NEURON_METHODS
 from ipgkit.experiments.figures import FIGURES, draw_figures
+from ipgkit.experiments.methods import SelectedSets
 from ipgkit.experiments.validation import chosen
 from ipgkit.training.distill import DistillConfig
+from ipgkit.training.gains import GainConfig
+from ipgkit.training.grpo_config import GRPOConfig
 from ipgkit.training.sft import SFTConfig
 
 MICRO = ExperimentConfig(
@@ -212,3 +219,69 @@ def test_results_of_another_sae_at_the_same_layer_never_share_a_cache_key(tmp_pa
     assert keys[0][0] == keys[1][0]  # the same model
     assert keys[0][1] != keys[1][1]  # another SAE: another key for every SAE result
     assert keys[0] == keys[2]
+
+
+#: the methods built for enhancement (issue 19), with gains that learn in two steps
+ENHANCEMENT = replace(
+    MICRO,
+    methods=("IPG", "Random", "IPG amplify", "IPG process", "Learned gains"),
+    gains=GainConfig(
+        grpo=GRPOConfig(
+            num_generations=4, per_device_train_batch_size=8, max_steps=2, learning_rate=0.5
+        ),
+        eval_every=1,
+        patience=0,
+    ),
+)
+
+
+def test_the_enhancement_methods_join_table1_and_the_head_to_head(tmp_path):
+    suite = Suite(tmp_path, ENHANCEMENT, sae=False, progress=False)
+    tables = run_experiments(suite, ("control", "head_to_head"), progress=False)
+    amplify = suite.methods["IPG amplify"].results[0]
+    assert amplify.info["config"]["alpha_range"] == [1.0, 3.0]  # up to the largest gamma
+    assert suite.methods["IPG process"].results[0].info["reward"] == "step_progress"
+    # learned gains enhance with every unit of the site at gamma = 1, each by its own gain
+    learned = suite.methods["Learned gains"].results[0]
+    width = suite.policy.model.cfg.d_mlp
+    assert chosen(suite, "Learned gains") == (width, 1.0)
+    (gained,) = suite.methods["Learned gains"].sets(width)
+    by_unit = dict(zip(learned.indices, learned.scores.tolist(), strict=True))
+    assert [by_unit[i] for i in gained.indices] == list(gained.gains)
+    suppressed = tables["control"].query("method == 'Learned gains' and condition == 'suppress'")
+    if not learned.ranks_anything:  # no step beat gain 1 on validation: nothing to suppress
+        assert (
+            suppressed.accuracy.isna().all()
+            and "every Learned gains score" in suppressed.note.iloc[0]
+        )
+    row = tables["control"].query("method == 'Learned gains' and condition == 'enhance'")
+    by_hand = []
+    for task in suite.tasks("test", ENHANCEMENT.test):
+        gains = torch.ones(width, dtype=torch.float64)
+        gains[list(learned.indices)] = learned.scores
+
+        def hook(activation, hook, gains=gains):  # written here: unit i times its gain
+            return activation * gains.to(activation.dtype)
+
+        with suite.policy.model.hooks(
+            fwd_hooks=[(f"blocks.{ENHANCEMENT.layer}.mlp.hook_post", hook)]
+        ):
+            greedy, _ = evaluation_rollouts(suite.policy, task)
+        by_hand.append(greedy.rewards.numpy())
+    pooled = row.set_index("family").loc["pooled", "accuracy"]
+    assert pooled == pytest.approx(np.concatenate(by_hand).astype(float).mean())
+    pairs = set(zip(tables["head_to_head"].method, tables["head_to_head"].baseline, strict=True))
+    for method in ("IPG amplify", "IPG process", "Learned gains"):
+        assert {(method, "IPG"), (method, "Random")} <= pairs
+
+
+def test_a_gains_result_steers_its_top_units_by_their_own_gains():
+    units = mlp_neurons(0, [4, 9, 7])
+    result = AttributionResult(units, torch.tensor([0.5, 2.0, 1.5]), method="learned-gains")
+    gained = SelectedSets("Learned gains", "neuron", None, "k", [result], applies_gains=True)
+    (top,) = gained.sets(2)
+    assert (top.indices, top.gains) == ((9, 7), (2.0, 1.5))
+    assert SelectedSets("IPG", "neuron", None, "k", [result]).sets(2)[0].gains is None
+    tied = AttributionResult(units, torch.ones(3), method="learned-gains")
+    unranked = SelectedSets("Learned gains", "neuron", None, "k", [tied], applies_gains=True)
+    assert unranked.picks(3) and not unranked.picks(2)
