@@ -46,6 +46,7 @@ from ipgkit.stats import fraction_of_oracle_gain, paired_comparison
 from ipgkit.tasks import load, mix_tasks, step_progress
 from ipgkit.training.gains import GainConfig, learn_gains
 
+from .methods import PROCESS_ADVANTAGE
 from .suite import weights_digest
 from .workspace import Outcome, Workspace, digest
 
@@ -342,9 +343,8 @@ def _rankings(bench: PlantedBenchmark, weak: Policy, planted, kind, layer) -> di
             weak,
             None,
             units,
-            step_progress,
-            ipg_config,
-            rollouts=bench.rollouts(weak, step_progress, "step_progress"),
+            config=replace(ipg_config, advantage=PROCESS_ADVANTAGE),
+            rollouts=rollouts.with_rewards(step_progress),
             **quiet,
         ),
         "Policy Gradient": lambda: policy_gradient(weak, None, units, rollouts=rollouts, **quiet),
@@ -354,8 +354,9 @@ def _rankings(bench: PlantedBenchmark, weak: Policy, planted, kind, layer) -> di
         "Activation": lambda: activation_magnitude(weak, rollouts, units, **quiet),
         "Random": lambda: random_baseline(weak, units, config.seed),
     }
+    cache_names = {"IPG process": f"ipg_process_{PROCESS_ADVANTAGE}"}
     rankings = {
-        name: attribute(name.lower().replace(" ", "_"), build)
+        name: attribute(cache_names.get(name, name.lower().replace(" ", "_")), build)
         for name, build in builders.items()
         if name in config.methods
     }

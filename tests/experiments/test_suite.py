@@ -240,7 +240,8 @@ def test_the_enhancement_methods_join_table1_and_the_head_to_head(tmp_path):
     tables = run_experiments(suite, ("control", "head_to_head"), progress=False)
     amplify = suite.methods["IPG amplify"].results[0]
     assert amplify.info["config"]["alpha_range"] == [1.0, 3.0]  # up to the largest gamma
-    assert suite.methods["IPG process"].results[0].info["reward"] == "step_progress"
+    process = suite.methods["IPG process"].results[0].info
+    assert (process["reward"], process["config"]["advantage"]) == ("step_progress", "mean")
     # learned gains enhance with every unit of the site at gamma = 1, each by its own gain
     learned = suite.methods["Learned gains"].results[0]
     width = suite.policy.model.cfg.d_mlp
