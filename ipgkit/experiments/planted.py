@@ -61,6 +61,7 @@ PLANTED_METHODS = (
     "Activation",
     "Random",
     "Learned gains",
+    "Unit sweep",
 )
 
 
@@ -97,6 +98,8 @@ class PlantedConfig:
             whole site by ``1 / factor`` at once leaves the model's working range.
         methods: the methods scored (:data:`PLANTED_METHODS`).
         gains: learned gains' settings (over every unit of the site).
+        (``"Unit sweep"`` amplifies each unit of the site alone by ``amplify_to``: one
+        evaluation per unit.)
         seed: seeds S (rule ``"random"``), the rollouts and Random.
     """
 
@@ -178,7 +181,12 @@ class PlantedBenchmark:
 
     def __init__(self, policy: Policy, config: PlantedConfig, out_dir, progress: bool = True):
         self.policy, self.config, self.progress = policy, config, progress
-        settings = {"config": config_record(config), "policy": self.key(policy)}
+        # what to run (methods, planted sets) is not part of the key: each result is cached
+        # under its own planted set and method, so a rerun with more of them reuses the rest
+        record = config_record(config)
+        for which in ("methods", "sites", "rules", "sizes"):
+            del record[which]
+        settings = {"config": record, "policy": self.key(policy)}
         self.ws = Workspace(out_dir, settings)
         self.validation = [
             load(f, split="validation", n=config.validation) for f in config.families
@@ -220,6 +228,23 @@ class PlantedBenchmark:
                 progress=False,
             ),
         )
+
+    def unit_sweep(self, policy: Policy, units: ComponentSet) -> AttributionResult:
+        """The causal baseline (Captum's feature ablation, upwards): each unit alone amplified
+        by ``amplify_to``, scored by the greedy accuracy it adds on the support prompts. One
+        evaluation per unit of the site, each cached, so a killed sweep resumes unit by unit.
+        It asks the question restoration asks, by brute force, at the cost of one evaluation
+        per unit instead of one attribution."""
+        units = units.resolved(policy.model)
+        support = [self.support]
+        base = self.correct(policy, support).mean()
+        gains = [
+            self.correct(policy, support, replace(units, indices=(i,)), self.config.amplify_to)
+            for i in tqdm(units.indices, desc="unit sweep", disable=not self.progress, leave=False)
+        ]
+        scores = torch.tensor([g.mean() - base for g in gains], dtype=torch.float64)
+        info = {"gamma": self.config.amplify_to, "problems": len(self.support), "base": float(base)}
+        return AttributionResult(units, scores, method="unit-sweep", info=info)
 
     def planted_set(self, kind: str, layer: int, rule: str, size: int) -> ComponentSet:
         """S: ``size`` units of the site by ``rule`` (a larger size's random S contains the
@@ -353,6 +378,7 @@ def _rankings(bench: PlantedBenchmark, weak: Policy, planted, kind, layer) -> di
         ),
         "Activation": lambda: activation_magnitude(weak, rollouts, units, **quiet),
         "Random": lambda: random_baseline(weak, units, config.seed),
+        "Unit sweep": lambda: bench.unit_sweep(weak, units),
     }
     cache_names = {"IPG process": f"ipg_process_{PROCESS_ADVANTAGE}"}
     rankings = {

@@ -7,7 +7,7 @@ import torch
 
 import ipgkit
 from ipgkit.attribution import AttributionResult
-from ipgkit.components import mlp_neurons
+from ipgkit.components import mlp_neurons, resid_neurons
 from ipgkit.errors import IpgkitError
 from ipgkit.experiments import planted as planted_module
 from ipgkit.experiments.figures import plot_planted
@@ -107,3 +107,28 @@ def test_bad_settings_are_refused():
         PlantedConfig(sizes=())
     with pytest.raises(IpgkitError, match="unknown methods"):
         PlantedConfig(methods=("IPG", "Magic"))
+
+
+def test_the_unit_sweep_scores_each_unit_by_the_accuracy_its_amplification_adds(tmp_path):
+    policy = ipgkit.load_model("arith")  # a model that solves some prompts, so scores move
+    config = small_planted_config(support=3, amplify_to=10.0)
+    bench = planted_module.PlantedBenchmark(policy, config, tmp_path, progress=False)
+    units = resid_neurons(1, [5, 13, 90])
+    result = bench.unit_sweep(policy, units)
+
+    def accuracy(hooks):  # written here: greedy correctness on the support prompts
+        with policy.model.hooks(fwd_hooks=hooks):
+            greedy, _ = ipgkit.evaluation.evaluation_rollouts(policy, bench.support)
+        return greedy.rewards.double().mean().item()
+
+    base = accuracy([])
+    for unit, score in zip(result.indices, result.scores.tolist(), strict=True):
+
+        def amplify(activation, hook, unit=unit):
+            activation = activation.clone()
+            activation[..., unit] *= 10.0
+            return activation
+
+        assert score == pytest.approx(accuracy([("blocks.1.hook_resid_post", amplify)]) - base)
+    assert result.info["gamma"] == 10.0
+    assert result.scores.abs().max() > 0  # the check above compared something
