@@ -124,6 +124,44 @@ def table1_methods(suite) -> dict[str, SelectedSets]:
                 lambda: integrated_gradients(policy, problems, units, n_steps=q, **quiet),
             )
         ],
+        **enhancement_methods(suite, base, rollouts),
+    }
+    wanted = suite.config.methods or (*neuron_methods, *FEATURE_METHODS)
+    selected = {
+        name: SelectedSets(
+            name,
+            "neuron",
+            policy,
+            key,
+            build(),
+            1 if name == "Control Vector" else None,
+            applies_gains=name == "Learned gains",
+        )
+        for name, build in neuron_methods.items()
+        if name in wanted
+    }
+    if suite.spliced is not None and any(name in wanted for name in FEATURE_METHODS):
+        features, spliced, skey = suite.features(), suite.spliced, suite.spliced_key
+        fbase = {**base, "policy": skey, "units": features.hook_name}
+        feature_methods = {
+            "IPG-SAE": lambda: [suite.ipg("ipg_sae", spliced, skey, features, rollouts)],
+            "Random-SAE": lambda: [random_baseline(spliced, features, s) for s in seeds],
+            "ReasonScore-SAE": lambda: [
+                cached("reason_score", fbase, lambda: reason_score(spliced, rollouts, features))
+            ],
+        }
+        for name, build in feature_methods.items():
+            if name in wanted:
+                selected[name] = SelectedSets(name, "feature", spliced, skey, build())
+    return selected
+
+
+def enhancement_methods(suite, base: dict, rollouts) -> dict:
+    """Builders of the methods built for enhancement (issue 19), each a list of results like
+    :func:`table1_methods`' others; ``base`` is the cache key of the support set's rollouts."""
+    units, key, policy = suite.neurons(), suite.policy_key, suite.policy
+    cached = suite.ws.attribution
+    return {
         # what amplifying a unit adds: the path from 1 to the largest enhancement gamma
         "IPG amplify": lambda: [
             suite.ipg(
@@ -154,34 +192,6 @@ def table1_methods(suite) -> dict[str, SelectedSets]:
             )
         ],
     }
-    wanted = suite.config.methods or (*neuron_methods, *FEATURE_METHODS)
-    selected = {
-        name: SelectedSets(
-            name,
-            "neuron",
-            policy,
-            key,
-            build(),
-            1 if name == "Control Vector" else None,
-            applies_gains=name == "Learned gains",
-        )
-        for name, build in neuron_methods.items()
-        if name in wanted
-    }
-    if suite.spliced is not None and any(name in wanted for name in FEATURE_METHODS):
-        features, spliced, skey = suite.features(), suite.spliced, suite.spliced_key
-        fbase = {**base, "policy": skey, "units": features.hook_name}
-        feature_methods = {
-            "IPG-SAE": lambda: [suite.ipg("ipg_sae", spliced, skey, features, rollouts)],
-            "Random-SAE": lambda: [random_baseline(spliced, features, s) for s in seeds],
-            "ReasonScore-SAE": lambda: [
-                cached("reason_score", fbase, lambda: reason_score(spliced, rollouts, features))
-            ],
-        }
-        for name, build in feature_methods.items():
-            if name in wanted:
-                selected[name] = SelectedSets(name, "feature", spliced, skey, build())
-    return selected
 
 
 def learned_gains(suite, policy: Policy, policy_key: str, units: ComponentSet) -> AttributionResult:

@@ -17,7 +17,6 @@ the unmodified model's support rollouts). Everything is cached, so a rerun resum
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,26 +26,20 @@ import pandas as pd
 import torch
 
 from ipgkit.attribution import (
-    AttributionResult,
-    IPGConfig,
     activation_magnitude,
-    amplification_ipg,
-    integrated_gradients,
-    ipg,
-    policy_gradient,
-    random_baseline,
 )
-from ipgkit.components import ComponentSet, mlp_neurons, resid_neurons, scaling_hook
+from ipgkit.components import ComponentSet, scaling_hook
 from ipgkit.errors import IpgkitError
 from ipgkit.io import atomic_write_text, config_record
 from ipgkit.models.policy import Policy
 from ipgkit.progress import tqdm
 from ipgkit.rollouts import sample
 from ipgkit.stats import fraction_of_oracle_gain, paired_comparison
-from ipgkit.tasks import load, mix_tasks, step_progress
-from ipgkit.training.gains import GainConfig, learn_gains
+from ipgkit.tasks import load, mix_tasks
+from ipgkit.training.gains import GainConfig
 
-from .methods import PROCESS_ADVANTAGE
+from .planted_methods import rankings as planted_rankings
+from .planted_methods import recovery, site_units
 from .suite import weights_digest
 from .workspace import Outcome, Workspace, digest
 
@@ -79,9 +72,9 @@ class PlantedConfig:
     Attributes:
         families: task families; attribution uses both (interleaved), results pool them.
         sites: ``(kind, layer)`` where S is planted: ``"mlp"`` (MLP neurons) or ``"resid"``.
-            The defaults are where weakening ten units costs the shipped model accuracy at all:
-            its MLP neurons are redundant (ten of them at 0.1 cost at most 9 points, except in
-            block 0 by activation), the residual stream of blocks 1 and 2 is not.
+            The defaults are where weakening costs the shipped model accuracy at all: its MLP
+            neurons are redundant (ten of them at 0.1 cost at most 9 points in any block, twenty
+            at most 15, in block 0), the residual stream of blocks 1 and 2 is not.
         rules: how S is chosen: ``"random"`` or ``"top-activation"``.
         sizes: |S|, the planted units (one planted set per size, site and rule).
         factor: the weakening factor (< 1) applied to S at every position; the oracle scales S
@@ -140,12 +133,6 @@ class PlantedConfig:
         return 1 / self.factor
 
 
-def site_units(kind: str, layer: int) -> ComponentSet:
-    if kind not in ("mlp", "resid"):
-        raise IpgkitError(f"a planted site is 'mlp' or 'resid', got {kind!r}")
-    return mlp_neurons(layer) if kind == "mlp" else resid_neurons(layer)
-
-
 def weakened(policy: Policy, planted: ComponentSet, factor: float) -> Policy:
     """A copy of ``policy`` whose model scales ``planted`` by ``factor`` at every position, for
     good (a permanent hook: steering and attribution hooks come and go on top of it), under a
@@ -159,21 +146,6 @@ def weakened(policy: Policy, planted: ComponentSet, factor: float) -> Policy:
     copy.model.add_hook(planted.hook_name, scaling_hook(planted, factor), is_permanent=True)
     tag = digest([planted.hook_name, list(planted.indices), factor])[:8]
     return replace(copy, name=f"{policy.name}-planted-{tag}")
-
-
-def recovery(ranking: AttributionResult | list[int], planted: ComponentSet) -> dict:
-    """How well a ranking (a result, or units best first) finds S: precision at |S| and the
-    mean rank of S's units (1 = top)."""
-    order = ranking
-    if isinstance(ranking, AttributionResult):
-        order = [int(i) for i in ranking.top(len(ranking.components)).indices]
-    rank = {unit: position + 1 for position, unit in enumerate(order)}
-    found = set(order[: len(planted.indices)]) & set(planted.indices)
-    return {
-        "precision_at_size": len(found) / len(planted.indices),
-        "mean_rank": float(np.mean([rank[i] for i in planted.indices])),
-        "units": len(order),
-    }
 
 
 class PlantedBenchmark:
@@ -228,23 +200,6 @@ class PlantedBenchmark:
                 progress=False,
             ),
         )
-
-    def unit_sweep(self, policy: Policy, units: ComponentSet) -> AttributionResult:
-        """The causal baseline (Captum's feature ablation, upwards): each unit alone amplified
-        by ``amplify_to``, scored by the greedy accuracy it adds on the support prompts. One
-        evaluation per unit of the site, each cached, so a killed sweep resumes unit by unit.
-        It asks the question restoration asks, by brute force, at the cost of one evaluation
-        per unit instead of one attribution."""
-        units = units.resolved(policy.model)
-        support = [self.support]
-        base = self.correct(policy, support).mean()
-        gains = [
-            self.correct(policy, support, replace(units, indices=(i,)), self.config.amplify_to)
-            for i in tqdm(units.indices, desc="unit sweep", disable=not self.progress, leave=False)
-        ]
-        scores = torch.tensor([g.mean() - base for g in gains], dtype=torch.float64)
-        info = {"gamma": self.config.amplify_to, "problems": len(self.support), "base": float(base)}
-        return AttributionResult(units, scores, method="unit-sweep", info=info)
 
     def planted_set(self, kind: str, layer: int, rule: str, size: int) -> ComponentSet:
         """S: ``size`` units of the site by ``rule`` (a larger size's random S contains the
@@ -305,7 +260,7 @@ def _score_plant(bench: PlantedBenchmark, kind: str, layer: int, rule: str, size
     )
     if head["drop"] < config.min_drop:
         return [{**head, "method": "(no headroom)"}]
-    rankings = _rankings(bench, weak, planted, kind, layer)
+    rankings = planted_rankings(bench, weak, planted, kind, layer)
     random_test = None
     rows = []
     for method, ranking in rankings.items():
@@ -338,80 +293,6 @@ def _score_plant(bench: PlantedBenchmark, kind: str, layer: int, rule: str, size
             versus = paired_comparison(random_test, test)
             row.update(vs_random=versus["difference"], vs_random_p=versus["p_value"])
     return rows
-
-
-def _rankings(bench: PlantedBenchmark, weak: Policy, planted, kind, layer) -> dict:
-    """Each method's attribution of the weakened model at the planted site (cached)."""
-    config = bench.config
-    units = site_units(kind, layer)
-    rollouts = bench.rollouts(weak)
-    base = {"policy": bench.key(weak), "units": units.hook_name, "rollouts": digest(rollouts.texts)}
-    ipg_config = IPGConfig(n_rollouts=config.n_rollouts, n_steps=config.n_steps, seed=config.seed)
-    quiet = {"progress": False}
-    support = bench.support
-
-    def attribute(name: str, compute: Callable[[], AttributionResult]) -> AttributionResult:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="IPG completeness gap")
-            return bench.ws.attribution(name, base, compute)
-
-    on_path = replace(ipg_config, mode="on_path", max_new_tokens=support.max_new_tokens)
-    builders = {
-        "IPG": lambda: ipg(weak, None, units, config=ipg_config, rollouts=rollouts, **quiet),
-        "IPG on-path": lambda: ipg(
-            weak, support.problems, units, support.correctness, on_path, **quiet
-        ),
-        "IPG amplify": lambda: amplification_ipg(
-            weak, None, units, None, config.amplify_to, ipg_config, rollouts=rollouts, **quiet
-        ),
-        "IPG process": lambda: ipg(
-            weak,
-            None,
-            units,
-            config=replace(ipg_config, advantage=PROCESS_ADVANTAGE),
-            rollouts=rollouts.with_rewards(step_progress),
-            **quiet,
-        ),
-        "Policy Gradient": lambda: policy_gradient(weak, None, units, rollouts=rollouts, **quiet),
-        "Integrated Gradients": lambda: integrated_gradients(
-            weak, support.problems, units, n_steps=config.n_steps, **quiet
-        ),
-        "Activation": lambda: activation_magnitude(weak, rollouts, units, **quiet),
-        "Random": lambda: random_baseline(weak, units, config.seed),
-        "Unit sweep": lambda: bench.unit_sweep(weak, units),
-    }
-    cache_names = {"IPG process": f"ipg_process_{PROCESS_ADVANTAGE}"}
-    rankings = {
-        name: attribute(cache_names.get(name, name.lower().replace(" ", "_")), build)
-        for name, build in builders.items()
-        if name in config.methods
-    }
-    if "Learned gains" in config.methods:
-        rankings["Learned gains"] = _learned_gains(bench, weak, units, planted)
-    return rankings
-
-
-def _learned_gains(bench: PlantedBenchmark, weak: Policy, units, planted):
-    """Gains over every unit of the site, learned on the weakened model (train prompts,
-    validation early stopping; resumable in the workspace): the set with its gains, and how
-    well the largest gains find S."""
-    config = bench.config
-    validation = mix_tasks(bench.validation)
-    settings = {"policy": bench.key(weak), "units": units.hook_name}
-    settings["gains"] = config_record(config.gains)
-    path = bench.ws.root / "gains" / f"{digest(settings)}"
-    run = learn_gains(
-        weak,
-        bench.support.problems,
-        units,
-        bench.support.correctness,
-        config.gains,
-        validation,
-        path,
-        progress=bench.progress,
-    )
-    order = torch.argsort(torch.tensor(run.best.gains), descending=True, stable=True)
-    return run.best, recovery(order.tolist(), planted)  # recovery by gain size
 
 
 def _restore(bench: PlantedBenchmark, weak: Policy, ranking):

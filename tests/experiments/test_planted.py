@@ -18,6 +18,7 @@ from ipgkit.experiments.planted import (
     small_planted_config,
     weakened,
 )
+from ipgkit.experiments.planted_methods import unit_sweep
 from ipgkit.stats import fraction_of_oracle_gain
 from tests.conftest import tiny_policy
 
@@ -65,7 +66,7 @@ def test_an_oracle_level_ranking_is_scored_as_finding_S_and_restoring_everything
     tmp_path, monkeypatch
 ):
     config = small_planted_config(methods=("Random",), min_drop=0.0, test=16, validation=8)
-    real_rankings = planted_module._rankings
+    real_rankings = planted_module.planted_rankings
 
     def with_an_oracle(bench, weak, planted, kind, layer):
         rankings = real_rankings(bench, weak, planted, kind, layer)
@@ -75,7 +76,7 @@ def test_an_oracle_level_ranking_is_scored_as_finding_S_and_restoring_everything
         rankings["Oracle"] = AttributionResult.from_per_prompt(units, scores, "oracle")
         return rankings
 
-    monkeypatch.setattr(planted_module, "_rankings", with_an_oracle)
+    monkeypatch.setattr(planted_module, "planted_rankings", with_an_oracle)
     policy = ipgkit.load_model("arith")
     table = planted_headroom(policy, config, tmp_path, progress=False).set_index("method")
     oracle = table.loc["Oracle"]
@@ -114,7 +115,7 @@ def test_the_unit_sweep_scores_each_unit_by_the_accuracy_its_amplification_adds(
     config = small_planted_config(support=3, amplify_to=10.0)
     bench = planted_module.PlantedBenchmark(policy, config, tmp_path, progress=False)
     units = resid_neurons(1, [5, 13, 90])
-    result = bench.unit_sweep(policy, units)
+    result = unit_sweep(bench, policy, units)
 
     def accuracy(hooks):  # written here: greedy correctness on the support prompts
         with policy.model.hooks(fwd_hooks=hooks):

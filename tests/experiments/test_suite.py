@@ -53,6 +53,14 @@ MICRO = ExperimentConfig(
     strength_gammas=(0.0, 1.0, 2.0),
     strength_p=2,
     sites=(("mlp", 0),),
+    # learned gains in two steps at a large rate
+    gains=GainConfig(
+        grpo=GRPOConfig(
+            num_generations=4, per_device_train_batch_size=8, max_steps=2, learning_rate=0.5
+        ),
+        eval_every=1,
+        patience=0,
+    ),
 )
 
 
@@ -221,17 +229,9 @@ def test_results_of_another_sae_at_the_same_layer_never_share_a_cache_key(tmp_pa
     assert keys[0] == keys[2]
 
 
-#: the methods built for enhancement (issue 19), with gains that learn in two steps
+#: the methods built for enhancement (issue 19)
 ENHANCEMENT = replace(
-    MICRO,
-    methods=("IPG", "Random", "IPG amplify", "IPG process", "Learned gains"),
-    gains=GainConfig(
-        grpo=GRPOConfig(
-            num_generations=4, per_device_train_batch_size=8, max_steps=2, learning_rate=0.5
-        ),
-        eval_every=1,
-        patience=0,
-    ),
+    MICRO, methods=("IPG", "Random", "IPG amplify", "IPG process", "Learned gains")
 )
 
 
