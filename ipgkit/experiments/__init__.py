@@ -61,6 +61,9 @@ EXPERIMENTS: dict[str, Callable[[Suite], pd.DataFrame]] = {
     "strength": reasoning_strength,
     "sites": site_search,
 }
+#: the experiments whose tables read Table 1's method sets (directly, or through the validation
+#: choice): their cache key includes the sets' fingerprint (:meth:`Suite.methods_digest`)
+FROM_METHODS = frozenset(EXPERIMENTS) - {"consistency", "sites"}
 
 
 def run_experiments(
@@ -70,7 +73,7 @@ def run_experiments(
 
     Each finished table is written to the workspace as ``<name>.csv`` together with the seconds it
     took (``timings.csv``); a finished table is read back, not recomputed, unless the settings
-    changed.
+    changed, or (for tables built on Table 1's sets) a method's results did.
     """
     names = list(EXPERIMENTS) if names is None else list(names)
     unknown = [n for n in names if n not in EXPERIMENTS]
@@ -84,9 +87,10 @@ def run_experiments(
     for name in bar:
         bar.set_postfix(now=name)
         started, before = time.perf_counter(), suite.ws.computed
-        tables[name] = suite.ws.table(
-            name, suite.config.settings(), lambda n=name: EXPERIMENTS[n](suite)
-        )
+        settings = suite.config.settings()
+        if name in FROM_METHODS:
+            settings = {**settings, "methods": suite.methods_digest()}
+        tables[name] = suite.ws.table(name, settings, lambda n=name: EXPERIMENTS[n](suite))
         if suite.ws.computed > before or not any(t["experiment"] == name for t in timings):
             timings = [t for t in timings if t["experiment"] != name]
             timings.append(

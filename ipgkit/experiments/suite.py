@@ -208,6 +208,20 @@ class Suite:
             warnings.filterwarnings("ignore", message="IPG completeness gap")
             return table1_methods(self)
 
+    def methods_digest(self) -> str:
+        """Fingerprints every method's results (their units and scores), so that a table built on
+        them is recomputed when a method changes (new code, a new reward), not only when the
+        config does."""
+        return digest(
+            {
+                name: [
+                    [result.components.hook_name, list(result.indices), result.scores.tolist()]
+                    for result in sets.results
+                ]
+                for name, sets in self.methods.items()
+            }
+        )
+
     @cached_property
     def student(self) -> tuple[Policy, str]:
         """The distilled student (:func:`ipgkit.training.distill.distill`, trained once per

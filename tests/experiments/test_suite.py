@@ -2,6 +2,7 @@
 the test split reports, every table has the statistics it promises, and a rerun computes nothing."""
 
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -200,6 +201,31 @@ def test_a_rerun_computes_nothing_and_rebuilds_a_lost_table_from_cached_evaluati
         tables["control"].reset_index(drop=True),
         check_dtype=False,
     )
+
+
+def test_a_table_is_recomputed_when_a_method_changes_not_only_the_config(
+    finished, tmp_path, monkeypatch
+):
+    suite, tables = finished
+    root = tmp_path / "copy"
+    shutil.copytree(suite.ws.root, root)
+    real = suite_module.table1_methods
+
+    def reversed_ipg(the_suite):  # as if IPG's code changed: the opposite ranking
+        methods = real(the_suite)
+        (result,) = methods["IPG"].results
+        methods["IPG"] = replace(methods["IPG"], results=[replace(result, scores=-result.scores)])
+        return methods
+
+    monkeypatch.setattr(suite_module, "table1_methods", reversed_ipg)
+    changed = Suite(root, FAST, sae=False, progress=False)
+    rerun = run_experiments(changed, ("validation_grid", "control"), progress=False)
+    assert changed.ws.computed > 0  # the reversed sets were evaluated, not read from the tables
+    stamp = ".control.settings"  # the table's key moved with the method's results
+    assert (root / stamp).read_text() != (suite.ws.root / stamp).read_text()
+    untouched = rerun["control"].query("method == 'Random'").reset_index(drop=True)
+    expected = tables["control"].query("method == 'Random'").reset_index(drop=True)
+    pd.testing.assert_frame_equal(untouched, expected, check_dtype=False)
 
 
 def test_figures_are_drawn_from_the_saved_tables_alone(finished, tmp_path):
