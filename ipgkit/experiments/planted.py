@@ -55,6 +55,7 @@ PLANTED_METHODS = (
     "Random",
     "Learned gains",
     "Unit sweep",
+    "Sweep + gains",
 )
 
 
@@ -92,7 +93,7 @@ class PlantedConfig:
         methods: the methods scored (:data:`PLANTED_METHODS`).
         gains: learned gains' settings (over every unit of the site).
         (``"Unit sweep"`` amplifies each unit of the site alone by ``amplify_to``: one
-        evaluation per unit.)
+        evaluation per unit; ``"Sweep + gains"`` learns gains over its top 10.)
         seed: seeds S (rule ``"random"``), the rollouts and Random.
     """
 

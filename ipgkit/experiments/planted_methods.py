@@ -6,7 +6,7 @@ ranking is scored on finding the planted set S. ``bench`` is a
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -32,6 +32,9 @@ from ipgkit.training.gains import learn_gains
 
 from .methods import PROCESS_ADVANTAGE
 from .workspace import digest
+
+#: the units "Sweep + gains" learns gains over: the unit sweep's top 10, the issue's set size
+SWEEP_GAIN_UNITS = 10
 
 
 def site_units(kind: str, layer: int) -> ComponentSet:
@@ -104,16 +107,26 @@ def rankings(bench, weak: Policy, planted: ComponentSet, kind: str, layer: int) 
     }
     if "Learned gains" in config.methods:
         rankings["Learned gains"] = learned_gains_ranking(bench, weak, units, planted)
+    if "Sweep + gains" in config.methods:  # gains over the unit sweep's top 10
+        sweep = attribute("unit_sweep", lambda: unit_sweep(bench, weak, units))
+        order = [int(i) for i in sweep.top(len(sweep)).indices]
+        top = sweep.top(SWEEP_GAIN_UNITS)
+        rankings["Sweep + gains"] = learned_gains_ranking(bench, weak, top, planted, order)
     return rankings
 
 
-def learned_gains_ranking(bench, weak: Policy, units: ComponentSet, planted: ComponentSet):
-    """Gains over every unit of the site, learned on the weakened model (train prompts,
-    validation early stopping; resumable in the workspace): the set with its gains, and how
-    well the largest gains find S."""
+def learned_gains_ranking(
+    bench, weak: Policy, units: ComponentSet, planted: ComponentSet, rest: Sequence[int] = ()
+):
+    """Gains over ``units`` (every unit of the site, or a method's top units), learned on the
+    weakened model (train prompts, validation early stopping; resumable in the workspace): the
+    set with its gains, and how well the ranking by gain (then ``rest``, the site's other units
+    in a method's order) finds S."""
     config = bench.config
     validation = mix_tasks(bench.validation)
     settings = {"policy": bench.key(weak), "units": units.hook_name}
+    if units.indices is not None:  # a subset (the whole site keeps its earlier key)
+        settings["indices"] = list(units.indices)
     settings["gains"] = config_record(config.gains)
     path = bench.ws.root / "gains" / f"{digest(settings)}"
     run = learn_gains(
@@ -126,8 +139,10 @@ def learned_gains_ranking(bench, weak: Policy, units: ComponentSet, planted: Com
         path,
         progress=bench.progress,
     )
-    order = torch.argsort(torch.tensor(run.best.gains), descending=True, stable=True)
-    return run.best, recovery(order.tolist(), planted)  # recovery by gain size
+    by_gain = torch.argsort(torch.tensor(run.best.gains), descending=True, stable=True)
+    order = [run.best.indices[j] for j in by_gain.tolist()]
+    order += [unit for unit in rest if unit not in set(order)]
+    return run.best, recovery(order, planted)
 
 
 def unit_sweep(bench, policy: Policy, units: ComponentSet) -> AttributionResult:

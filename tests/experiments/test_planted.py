@@ -1,7 +1,10 @@
 """Planted headroom: the weakened model is the raw scaling of S, the oracle restores it, and the
 benchmark scores an oracle-level ranking as recovering S and all of the oracle's gain."""
 
+from dataclasses import replace
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -10,6 +13,7 @@ from ipgkit.attribution import AttributionResult
 from ipgkit.components import mlp_neurons, resid_neurons
 from ipgkit.errors import IpgkitError
 from ipgkit.experiments import planted as planted_module
+from ipgkit.experiments import planted_methods
 from ipgkit.experiments.figures import plot_planted
 from ipgkit.experiments.planted import (
     PlantedConfig,
@@ -20,6 +24,7 @@ from ipgkit.experiments.planted import (
 )
 from ipgkit.experiments.planted_methods import unit_sweep
 from ipgkit.stats import fraction_of_oracle_gain
+from ipgkit.training.gains import GainRun
 from tests.conftest import tiny_policy
 
 
@@ -133,3 +138,23 @@ def test_the_unit_sweep_scores_each_unit_by_the_accuracy_its_amplification_adds(
         assert score == pytest.approx(accuracy([("blocks.1.hook_resid_post", amplify)]) - base)
     assert result.info["gamma"] == 10.0
     assert result.scores.abs().max() > 0  # the check above compared something
+
+
+def test_gains_over_a_subset_rank_units_by_their_ids_then_the_rest(tmp_path, monkeypatch):
+    policy = tiny_policy(seed=2, n_ctx=320)
+    bench = planted_module.PlantedBenchmark(
+        policy, small_planted_config(support=2, validation=2, test=2), tmp_path, progress=False
+    )
+    subset = mlp_neurons(0, [40, 7, 19])
+
+    def learned(policy, problems, units, reward, config, validation, path, progress):
+        best = replace(units, gains=(1.5, 3.0, 0.5))  # unit 7 first, then 40, then 19
+        return GainRun(best, best, pd.DataFrame())
+
+    monkeypatch.setattr(planted_methods, "learn_gains", learned)
+    best, found = planted_methods.learned_gains_ranking(
+        bench, policy, subset, mlp_neurons(0, [7, 19]), rest=[19, 3, 7, 40, 5]
+    )
+    assert best.gains == (1.5, 3.0, 0.5)
+    # order 7, 40, 19, 3, 5: S = {7, 19} has ranks 1 and 3, and one of the top two
+    assert found == {"precision_at_size": 0.5, "mean_rank": 2.0, "units": 5}
