@@ -266,7 +266,7 @@ def _score_plant(bench: PlantedBenchmark, kind: str, layer: int, rule: str, size
     rows = []
     for method, ranking in rankings.items():
         k, gamma, steered = _restore(bench, weak, ranking)
-        found = ranking[1] if method == "Learned gains" else recovery(ranking, planted)
+        found = ranking[1] if isinstance(ranking, tuple) else recovery(ranking, planted)
         test = bench.correct(weak, bench.test, steered, gamma)
         if method == "Random":
             random_test = test

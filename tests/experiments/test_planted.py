@@ -79,6 +79,9 @@ def test_an_oracle_level_ranking_is_scored_as_finding_S_and_restoring_everything
         scores = torch.zeros(1, len(units), dtype=torch.float64)
         scores[0, list(planted.indices)] = torch.arange(len(planted.indices), 0, -1).double()
         rankings["Oracle"] = AttributionResult.from_per_prompt(units, scores, "oracle")
+        # a method that returns a set with its gains (as learned gains do): S at 1 / factor
+        restoring = replace(planted, gains=tuple(4.0 for _ in planted.indices))
+        rankings["Gains on S"] = (restoring, recovery(list(planted.indices), planted))
         return rankings
 
     monkeypatch.setattr(planted_module, "planted_rankings", with_an_oracle)
@@ -93,6 +96,9 @@ def test_an_oracle_level_ranking_is_scored_as_finding_S_and_restoring_everything
     gain = oracle.oracle_accuracy - oracle.weakened_accuracy
     if gain > 0:
         assert oracle.fraction_of_oracle == pytest.approx(1.0)
+    gains = table.loc["Gains on S"]  # applied as they are: every unit of the set, gamma = 1
+    assert (gains.k, gains.gamma, gains.precision_at_size) == (size, 1.0, 1.0)
+    assert gains.accuracy == oracle.oracle_accuracy
     random = table.loc["Random"]
     assert random.precision_at_size < 1.0
     expected = (random.accuracy - random.weakened_accuracy) / gain if gain else np.nan
