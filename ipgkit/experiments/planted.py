@@ -17,7 +17,6 @@ the unmodified model's support rollouts). Everything is cached, so a rerun resum
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -182,9 +181,11 @@ class PlantedBenchmark:
         ]
         return np.concatenate([o.correct for o in outcomes])
 
-    def rollouts(self, policy: Policy, reward: Callable | None = None, name: str = "correctness"):
+    def rollouts(self, policy: Policy):
+        """The support prompts' rollouts of ``policy``, rewarded by correctness (cached); a
+        method with another reward rescores them (``Rollouts.with_rewards``)."""
         config = self.config
-        settings = {"policy": self.key(policy), "n": config.n_rollouts, "reward": name}
+        settings = {"policy": self.key(policy), "n": config.n_rollouts, "reward": "correctness"}
         settings["problems"] = digest([p.id for p in self.support.problems])
         return self.ws.rollouts(
             "support",
@@ -197,7 +198,7 @@ class PlantedBenchmark:
                 top_p=0.8,
                 max_new_tokens=self.support.max_new_tokens,
                 seed=config.seed,
-                reward=reward or self.support.correctness,
+                reward=self.support.correctness,
                 progress=False,
             ),
         )

@@ -141,7 +141,8 @@ def learned_gains_ranking(
     )
     by_gain = torch.argsort(torch.tensor(run.best.gains), descending=True, stable=True)
     order = [run.best.indices[j] for j in by_gain.tolist()]
-    order += [unit for unit in rest if unit not in set(order)]
+    ranked = set(order)
+    order += [unit for unit in rest if unit not in ranked]
     return run.best, recovery(order, planted)
 
 
