@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 from collections.abc import Iterator
@@ -36,7 +37,16 @@ def init_from_environment() -> bool:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend)
+        # A rank that exits with the group alive can abort in gloo's teardown ("terminate called
+        # without an active exception", seen once in CI) after its work is done; leaving the
+        # group first joins its threads. No barrier: a rank that failed must not wait for others.
+        atexit.register(_leave_process_group)
     return True
+
+
+def _leave_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def world() -> tuple[int, int]:
