@@ -1,25 +1,27 @@
-"""The decode step of sampling without TransformerLens's per-layer overhead, hooks still live.
+"""The forward passes of sampling without TransformerLens's per-layer overhead, hooks still live.
 
 TransformerLens 3.9 spends most of a one-token decode step outside the arithmetic: it projects
 queries, keys and values with einsums over per-head weights, copies the MLP's and the output
 projection's weights to contiguous memory at every call, repeats grouped-query keys and values
-to every head, and materialises the [heads, 1, length] pattern. While :func:`fast_decoding` is
-active, each block's one-token step instead runs the same computation with
+to every head, and materialises the [heads, query, length] pattern. While :func:`fast_decoding`
+is active, each block's cached pass (the prompt, then each one-token step) instead runs the same
+computation with
 
 - queries, keys and values from one ``F.linear`` on weights arranged once per version of the
   model (re-arranged after a training step or ``load_state_dict``),
 - TransformerLens's own rotary (``apply_rotary``, same positions under left padding), each new key
   rotated once and kept in the :class:`~ipgkit.rollouts.kv_cache.PreallocatedEntry`,
-- ``scaled_dot_product_attention`` with each key/value head's query heads as its queries (no
-  repeated keys or values),
+- ``scaled_dot_product_attention`` (for one token, with each key/value head's query heads as
+  its queries; for the prompt, with the causal and padding mask and grouped-query attention), no
+  repeated keys or values and no materialised pattern,
 - the MLP's weights used in place (``F.linear`` on their transposed views),
 
 and calls each hook point the block's own forward calls, in the same order and on tensors of the
 same shapes, skipping those with nothing attached. Modules spliced in at a hook point (sae-lens
 SAEs) are always called. So steering, IPG's scaled path and SAE splicing act on the fast step as
-on TransformerLens's. The prompt pass, and any step where a hook sits inside the attention or a
-LayerNorm (queries, keys, patterns, scales), run TransformerLens's own forward: it stays the
-reference the tests compare with.
+on TransformerLens's. Any pass where a hook sits inside the attention or a LayerNorm (queries,
+keys, patterns, scales), and any pass without ipgkit's preallocated cache (scoring), runs
+TransformerLens's own forward: it stays the reference the tests compare with.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ class _BlockWeights:
 
 
 def block_supported(block) -> bool:
-    """Whether :func:`fast_decoding` can run this block's one-token step (pre-norm, causal
+    """Whether :func:`fast_decoding` can run this block's cached passes (pre-norm, causal
     attention with plain scores, a dense or gated MLP with an elementwise activation)."""
     cfg = block.cfg
     return (
@@ -184,10 +186,11 @@ def _needs_reference(block) -> bool:
 
 
 def _attention_step(block, weights: _BlockWeights, x: Tensor, entry, attention_mask):
-    """Attention of one new token per row against the cache (appending its key and value)."""
+    """Attention of ``pos`` new tokens per row (the prompt, then one per decode step) against
+    the cache, appending their keys and values."""
     attention, cfg = block.attn, block.cfg
-    batch, d_head = x.shape[0], cfg.d_head
-    qkv = F.linear(x, weights.qkv, weights.qkv_bias).view(batch, 1, -1, d_head)
+    batch, pos, d_head = x.shape[0], x.shape[1], cfg.d_head
+    qkv = F.linear(x, weights.qkv, weights.qkv_bias).view(batch, pos, -1, d_head)
     heads, kv_heads = weights.heads, weights.kv_heads
     q, k, v = qkv.split([heads, kv_heads, kv_heads], dim=2)
     start = entry.past_keys.shape[1]
@@ -208,19 +211,36 @@ def _attention_step(block, weights: _BlockWeights, x: Tensor, entry, attention_m
     allowed = None
     if attention_mask is not None:
         allowed = attention_mask[:, None, None, :end].to(torch.bool)
-    # The query heads that share a key/value head (head h reads kv head h // group, as
-    # TransformerLens's repeat_interleave has it) go in as that head's query positions: one
-    # attention over [batch, kv_heads, group] queries, 1.3-2x faster on the CPU than SDPA's own
-    # grouped-query path at SmolLM2's shapes, and no key or value is repeated.
-    group = heads // kv_heads
+    scale = 1.0 / attention.attn_scale
+    if pos == 1:
+        # The query heads that share a key/value head (head h reads kv head h // group, as
+        # TransformerLens's repeat_interleave has it) go in as that head's query positions: one
+        # attention over [batch, kv_heads, group] queries, 1.3-2x faster on the CPU than SDPA's
+        # own grouped-query path at SmolLM2's shapes, and no key or value is repeated.
+        group = heads // kv_heads
+        z = F.scaled_dot_product_attention(
+            q.reshape(batch, kv_heads, group, d_head),
+            keys.transpose(1, 2),
+            values.transpose(1, 2),
+            attn_mask=allowed,
+            scale=scale,
+        )  # [batch, kv_heads, group, d_head]
+        return F.linear(z.reshape(batch, 1, heads * d_head), weights.out, weights.out_bias)
+    # query i sits at position start + i and sees the keys up to it (and no padding)
+    positions = torch.arange(end, device=x.device)
+    causal = positions[None, :] <= positions[start:, None]  # [pos, end]
+    allowed = causal if allowed is None else allowed & causal
     z = F.scaled_dot_product_attention(
-        q.reshape(batch, kv_heads, group, d_head),
+        q.transpose(1, 2),
         keys.transpose(1, 2),
         values.transpose(1, 2),
         attn_mask=allowed,
-        scale=1.0 / attention.attn_scale,
-    )  # [batch, kv_heads, group, d_head]
-    z = z.reshape(batch, 1, heads * d_head)
+        scale=scale,
+        enable_gqa=kv_heads != heads,
+    )  # [batch, heads, pos, d_head]
+    # a padding query sees no key: zeros, as TransformerLens's pattern (NaN -> 0) gives
+    z = z.masked_fill(~allowed.any(-1, keepdim=True), 0.0)
+    z = z.transpose(1, 2).reshape(batch, pos, heads * d_head)
     return F.linear(z, weights.out, weights.out_bias)
 
 
@@ -249,10 +269,9 @@ def _block_step(
     past_kv_cache_entry=None,
     attention_mask=None,
 ):
-    """A block's forward: the fast one-token step where it applies, TransformerLens's otherwise."""
+    """A block's forward: the fast cached pass where it applies, TransformerLens's otherwise."""
     if (
-        resid_pre.shape[1] != 1
-        or shortformer_pos_embed is not None
+        shortformer_pos_embed is not None
         or not isinstance(past_kv_cache_entry, PreallocatedEntry)
         or past_kv_cache_entry.frozen
         or _needs_reference(self)
@@ -289,7 +308,7 @@ def final_logits(model, resid: Tensor) -> Tensor:
 
 @contextlib.contextmanager
 def fast_decoding(model) -> Iterator[None]:
-    """Inside this block, every supported block of ``model`` runs its one-token steps fast and
+    """Inside this block, every supported block of ``model`` runs its cached passes fast and
     :func:`final_logits` unembeds on an arranged weight (see the module docstring).
 
     The weights are arranged on entry, or taken from the last arrangement if no parameter has
@@ -298,7 +317,7 @@ def fast_decoding(model) -> Iterator[None]:
 
     Example:
         >>> with torch.inference_mode(), fast_decoding(policy.model):
-        ...     ...  # TransformerLens forwards with a PreallocatedCache, one token per row
+        ...     ...  # TransformerLens forwards with a PreallocatedCache
     """
     patched = []
     with torch.no_grad():

@@ -96,6 +96,27 @@ def count_fast_steps(monkeypatch):
     return calls
 
 
+def test_every_hook_sees_the_same_prompt_pass_padding_included(policy, monkeypatch):
+    """The prompt pass runs fast too (causal and padding mask): each hook point the block calls
+    gets TransformerLens's tensor at every position, the left padding's included (where no key
+    is visible and TransformerLens's attention gives zeros)."""
+    calls = count_fast_steps(monkeypatch)
+    model, seen = policy.model, {}
+    points = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
+    names = [f"blocks.{layer}.{point}" for layer in range(model.cfg.n_layers) for point in points]
+
+    def keep(value, hook):
+        if value.shape[1] > 1:  # the prompt pass
+            seen.setdefault(hook.name, []).append(value.clone())
+
+    with model.hooks(fwd_hooks=[(name, keep) for name in names]):
+        both(policy)
+    assert len(calls) >= model.cfg.n_layers  # the fast path ran the prompt pass
+    for name in names:
+        reference, fast = seen[name]
+        torch.testing.assert_close(fast, reference, atol=1e-10, rtol=1e-10)
+
+
 def test_fast_steps_equal_transformer_lens(policy, monkeypatch):
     calls = count_fast_steps(monkeypatch)
     reference, fast = both(policy)
@@ -147,8 +168,8 @@ def test_a_hook_inside_attention_sends_the_step_to_transformer_lens(policy, monk
     with policy.model.hooks(fwd_hooks=[("blocks.0.attn.hook_q", doubled)]):
         reference, fast = both(policy)
     assert_same(reference, fast)
-    decode_steps = fast[0].shape[1] - 1  # the first token comes from the prompt pass
-    assert len(calls) == (policy.model.cfg.n_layers - 1) * decode_steps  # every block but 0
+    passes = fast[0].shape[1]  # the prompt pass, then a step for each token after the first
+    assert len(calls) == (policy.model.cfg.n_layers - 1) * passes  # every block but 0
 
 
 def test_a_spliced_sae_and_its_latents_act_on_the_fast_steps(policy):
@@ -185,5 +206,5 @@ def test_a_forward_of_the_users_own_keeps_transformer_lens_steps(policy, monkeyp
     finally:
         del mlp.forward
     assert_same(reference, fast)
-    decode_steps = fast[0].shape[1] - 1
-    assert len(calls) == (policy.model.cfg.n_layers - 1) * decode_steps
+    passes = fast[0].shape[1]
+    assert len(calls) == (policy.model.cfg.n_layers - 1) * passes
