@@ -38,6 +38,7 @@ from torch import Tensor
 from transformer_lens.components.mlps.gated_mlp import GatedMLP
 from transformer_lens.components.mlps.mlp import MLP
 from transformer_lens.hook_points import HookPoint
+from transformer_lens.utilities.tensors import get_offset_position_ids
 
 from ipgkit.memory import fused_attention_supported
 
@@ -197,13 +198,9 @@ def _attention_step(block, weights: _BlockWeights, x: Tensor, entry, attention_m
     keys, values = entry.append(k, v)
     end = keys.shape[1]
     if cfg.positional_embedding_type == "rotary":
-        # TransformerLens's own rotary at the same offset and mask: queries and the new keys
-        # together, the new keys kept so that each key is rotated once
-        mask = None if attention_mask is None else attention_mask[:, :end]
-        rotate = type(
-            attention
-        ).apply_rotary  # the class's: rotate_new_keys_only patches the instance
-        rotated = rotate(attention, qkv[:, :, : heads + kv_heads], start, mask)
+        # queries and the new keys rotated together, the new keys kept so that each key is
+        # rotated once
+        rotated = _rotary(block, qkv[:, :, : heads + kv_heads], start, end, attention_mask)
         q = rotated[:, :, :heads]
         entry._rotated[:, start:end] = rotated[:, :, heads:]
         entry._rotated_length = end
@@ -242,6 +239,61 @@ def _attention_step(block, weights: _BlockWeights, x: Tensor, entry, attention_m
     z = z.masked_fill(~allowed.any(-1, keepdim=True), 0.0)
     z = z.transpose(1, 2).reshape(batch, pos, heads * d_head)
     return F.linear(z, weights.out, weights.out_bias)
+
+
+def _rotary(block, x: Tensor, start: int, end: int, attention_mask) -> Tensor:
+    """TransformerLens's ``apply_rotary`` of ``x`` [batch, pos, heads, d_head] at positions
+    ``start:end`` (offset by the left padding, as TransformerLens has it), with the cos/sin rows
+    looked up once per pass for all the blocks whose rotary tables are equal (the per-layer
+    look-up, a cumulative sum over the mask and two gathers, cost about as much as the rotation)."""
+    attention = block.attn
+    memo, source = block._ipgkit_rotary
+    if end > min(source.rotary_cos.shape[0], attention.rotary_cos.shape[0]):
+        # TransformerLens extends its tables here; the class's method (rotate_new_keys_only
+        # patches the instance's)
+        mask = None if attention_mask is None else attention_mask[:, :end]
+        return type(attention).apply_rotary(attention, x, start, mask)
+    key = (start, end, None if attention_mask is None else attention_mask.data_ptr())
+    if memo.get("pass") != key:  # a new pass: the previous one's rows are not needed again
+        memo.clear()
+        memo["pass"] = key
+    rows = memo.get(id(source))
+    if rows is None:
+        if attention_mask is None:
+            rows = tuple(t[None, start:end, None] for t in (source.rotary_cos, source.rotary_sin))
+        else:
+            ids = get_offset_position_ids(start, attention_mask[:, :end])
+            rows = tuple(t[ids, None, :] for t in (source.rotary_cos, source.rotary_sin))
+        memo[id(source)] = rows
+    cos, sin = rows
+    rotary_dim = cos.shape[-1]
+    x_rot = x[..., :rotary_dim]
+    rotated = x_rot * cos + attention.rotate_every_two(x_rot) * sin
+    return rotated if rotary_dim == x.shape[-1] else torch.cat([rotated, x[..., rotary_dim:]], -1)
+
+
+def _rotary_sources(blocks) -> list:
+    """For each block, the first block's attention whose rotary tables equal its own (most
+    models have one table for all layers; Gemma's local and global layers have two)."""
+    sources: list = []
+    chosen = []
+    for block in blocks:
+        attention = block.attn
+        match = next(
+            (
+                s
+                for s in sources
+                if s.rotary_cos.shape == attention.rotary_cos.shape
+                and torch.equal(s.rotary_cos, attention.rotary_cos)
+                and torch.equal(s.rotary_sin, attention.rotary_sin)
+            ),
+            None,
+        )
+        if match is None:
+            sources.append(attention)
+            match = attention
+        chosen.append(match)
+    return chosen
 
 
 def _mlp_step(mlp, weights: _BlockWeights, x: Tensor) -> Tensor:
@@ -322,9 +374,12 @@ def fast_decoding(model) -> Iterator[None]:
     patched = []
     with torch.no_grad():
         model._ipgkit_unembed = _arranged(model.unembed, lambda: _unembedding(model.unembed))
-        for block in model.blocks:
-            if not block_supported(block) or "forward" in vars(block):
-                continue
+        blocks = [b for b in model.blocks if block_supported(b) and "forward" not in vars(b)]
+        rotary = model.cfg.positional_embedding_type == "rotary"
+        sources = _rotary_sources(blocks) if rotary else [None] * len(blocks)
+        memo: dict = {}  # the current pass's cos/sin rows, shared by the blocks
+        for block, source in zip(blocks, sources, strict=True):
+            block._ipgkit_rotary = (memo, source)
             block._ipgkit_weights = _arranged(block, lambda block=block: _block_weights(block))
             block._ipgkit_reference_forward = block.forward
             block.forward = types.MethodType(_block_step, block)
@@ -335,6 +390,7 @@ def fast_decoding(model) -> Iterator[None]:
         del model._ipgkit_unembed
         for block in patched:
             del block.forward, block._ipgkit_reference_forward, block._ipgkit_weights
+            del block._ipgkit_rotary
 
 
 def _unembedding(unembed) -> Tensor:

@@ -197,6 +197,21 @@ def test_changed_weights_are_arranged_again(policy):
     assert_same(both(policy)[1], before)
 
 
+def test_blocks_with_their_own_rotary_tables_rotate_with_them(policy):
+    """The cos/sin rows are looked up once per pass for blocks with equal tables; a block with
+    tables of its own (as Gemma's local layers have) uses its own."""
+    attention = policy.model.blocks[1].attn
+    cos, sin = attention.rotary_cos, attention.rotary_sin
+    before = both(policy)[1]
+    attention.rotary_cos, attention.rotary_sin = cos.roll(5, 0), sin.roll(5, 0)
+    try:
+        reference, fast = both(policy)
+    finally:
+        attention.rotary_cos, attention.rotary_sin = cos, sin
+    assert_same(reference, fast)
+    assert not torch.equal(fast[2], before[2])
+
+
 def test_a_forward_of_the_users_own_keeps_transformer_lens_steps(policy, monkeypatch):
     calls = count_fast_steps(monkeypatch)
     mlp = policy.model.blocks[0].mlp
