@@ -80,6 +80,14 @@ def gather(value: Any) -> list[Any]:
     return gathered
 
 
+def agreed(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (``value`` itself outside torchrun): for decisions all
+    ranks must take alike, such as whether a cached file exists. Each rank looking for itself
+    races with rank 0's writes: a rank that looks after rank 0 has written the file skips the
+    computation, and the barrier rank 0 waits at after writing, and the run deadlocks."""
+    return gather(value)[0]
+
+
 def barrier() -> None:
     """Wait until every rank gets here (nothing outside torchrun): after rank 0 writes a file
     the others may read, so all of them see it."""
@@ -123,6 +131,7 @@ def local() -> Iterator[None]:
 
 
 __all__ = [
+    "agreed",
     "all_sum",
     "barrier",
     "gather",

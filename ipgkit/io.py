@@ -210,14 +210,15 @@ def cached(
     the one compute-once idiom of workspaces and experiments (``save`` should write atomically).
 
     Under torchrun every rank computes (the computation may be sharded) and rank 0 alone
-    saves; all ranks wait until it has, so the next look-up finds the file on every rank alike.
+    saves; all ranks wait until it has. Whether the file exists is rank 0's answer on every
+    rank (:func:`ipgkit.distributed.agreed`), so no rank can skip the computation another runs.
 
     Example:
         >>> frame = cached(root / "table.csv", compute, pd.read_csv,
         ...                lambda f, p: atomic_write_text(p, f.to_csv()))   # doctest: +SKIP
     """
     path = Path(path)
-    if path.exists():
+    if distributed.agreed(path.exists()):
         return load(path)
     value = compute()
     if distributed.is_main():

@@ -2,6 +2,8 @@
 single-process results (same seeds; IPG to 1e-6, rollouts exactly), and per-problem seeding makes
 rollouts independent of batching."""
 
+import json
+
 import pytest
 import torch
 
@@ -105,3 +107,38 @@ def test_shards_are_contiguous_blocks_that_cover_every_prompt(monkeypatch):
     assert blocks == [[0, 1, 2], [3, 4, 5], [6, 7]]
     with pytest.raises(IpgkitError, match="2 prompts cannot be shared among 3"):
         distributed.shard(2)
+
+
+CACHE_RACE_WORKER = """
+import json
+import sys
+import time
+from pathlib import Path
+from ipgkit import distributed
+from ipgkit.io import atomic_write_text, cached
+
+assert distributed.init_from_environment()
+rank, folder = distributed.world()[0], Path(sys.argv[1])
+computed = []
+if rank == 1:
+    time.sleep(3)  # by now rank 0 has computed the value and written the file
+
+
+def compute():
+    computed.append(rank)
+    return "42"
+
+
+value = cached(folder / "value.txt", compute, Path.read_text, lambda v, p: atomic_write_text(p, v))
+everyone = distributed.gather([bool(computed), value])
+if distributed.is_main():
+    atomic_write_text(folder / "computed.json", json.dumps(everyone))
+"""
+
+
+def test_a_rank_that_looks_late_computes_what_rank_0_computed(tmp_path):
+    """Whether a cached file exists is rank 0's answer: a rank that looks after rank 0 wrote the
+    file still computes and meets rank 0 at the barrier (it used to read the file and skip the
+    barrier, and the run deadlocked: seen in the experiment suite's 2-process test)."""
+    run_two_processes(CACHE_RACE_WORKER, tmp_path, tmp_path, timeout=120)
+    assert json.loads((tmp_path / "computed.json").read_text()) == [[True, "42"], [True, "42"]]

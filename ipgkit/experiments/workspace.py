@@ -276,7 +276,8 @@ class Workspace:
     def table(self, name: str, settings, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
         """A finished experiment's table (CSV), recomputed only when its settings change."""
         path, stamp = self.table_path(name), self.root / f".{name}.settings"
-        if path.exists() and stamp.exists() and stamp.read_text() == digest(settings):
+        finished = path.exists() and stamp.exists() and stamp.read_text() == digest(settings)
+        if distributed.agreed(finished):  # rank 0's answer: see io.cached
             return pd.read_csv(path)
         frame = compute()
         if not isinstance(frame, pd.DataFrame):
