@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import types
-import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +40,7 @@ from transformer_lens.utilities.tensors import get_offset_position_ids
 
 from ipgkit.memory import fused_attention_supported
 
+from .arranged_weights import BlockWeights, arranged, block_weights, unembedding
 from .kv_cache import PreallocatedEntry
 
 #: hook points inside attention and LayerNorms that the fast step does not compute: a hook on any
@@ -58,36 +57,6 @@ _ATTENTION_POINTS = (
     "hook_result",
 )
 _NORM_POINTS = ("hook_scale", "hook_normalized")
-
-
-@dataclass
-class _BlockWeights:
-    """One block's projections, arranged once per version of its weights, each in the memory
-    layout that BLAS streams fastest on 2 CPU cores at SmolLM2's shapes (measured side by side,
-    batches of 8 and 32; ``hf_generate`` 1.08x -> 1.14x of HF at batch 32 for the attention's):
-
-    - the MLP's as ``nn.Linear`` holds them ([out, in], contiguous), which TransformerLens would
-      otherwise copy at every call. A gated MLP keeps its gate and input projections apart: one
-      [2 d_mlp, d_model] product ran at 0.69x the speed of the two at batch 8 (equal at 32);
-    - the attention's [in, out] (TransformerLens's own ``W_O``, a view), read as the transposed
-      view ``F.linear`` takes: 1.3-1.7x the [out, in] layout's speed for these shapes.
-
-    Biases that are all zero (TransformerLens creates them for models without biases) are None:
-    a bias-free product is a plain matrix product rather than ``addmm``."""
-
-    qkv: Tensor  # [(heads + 2 kv_heads) * d_head, d_model], a transposed contiguous [in, out]
-    qkv_bias: Tensor | None  # [(heads + 2 kv_heads) * d_head]
-    out: Tensor  # [d_model, heads * d_head], a view of W_O [heads * d_head, d_model]
-    out_bias: Tensor | None  # [d_model]
-    heads: int
-    kv_heads: int
-    # on the CPU: [d_mlp, d_model] (the gate's too, for a gated MLP) and [d_model, d_mlp]; None
-    # elsewhere (the MLP's own weights, read in place)
-    mlp_gate: Tensor | None
-    mlp_in: Tensor | None
-    mlp_out: Tensor | None
-    mlp_in_bias: Tensor | None  # [d_mlp]
-    mlp_out_bias: Tensor | None  # [d_model]
 
 
 def block_supported(block) -> bool:
@@ -132,44 +101,6 @@ def _elementwise(mlp) -> bool:
     return not mlp.cfg.is_layer_norm_activation()
 
 
-def _block_weights(block) -> _BlockWeights:
-    attention, cfg = block.attn, block.cfg
-    grouped = hasattr(attention, "_W_K")
-    w_k = attention._W_K if grouped else attention.W_K
-    w_v = attention._W_V if grouped else attention.W_V
-    b_k = attention._b_K if grouped else attention.b_K
-    b_v = attention._b_V if grouped else attention.b_V
-    # [heads, d_model, d_head] -> [heads * d_head, d_model]
-    weights = [w.permute(0, 2, 1).reshape(-1, cfg.d_model) for w in (attention.W_Q, w_k, w_v)]
-    mlp_gate = mlp_in = mlp_out = mlp_in_bias = mlp_out_bias = None
-    if not cfg.attn_only:
-        mlp = block.mlp
-        mlp_in_bias, mlp_out_bias = _unless_zero(mlp.b_in), _unless_zero(mlp.b_out)
-        if mlp.W_in.device.type == "cpu":  # elsewhere the MLP reads its weights in place
-            mlp_in, mlp_out = mlp.W_in.T.contiguous(), mlp.W_out.T.contiguous()
-            if isinstance(mlp, GatedMLP):
-                mlp_gate = mlp.W_gate.T.contiguous()
-    qkv_bias = torch.cat([b.reshape(-1) for b in (attention.b_Q, b_k, b_v)])
-    return _BlockWeights(
-        qkv=torch.cat([w.T for w in weights], dim=1).T,
-        qkv_bias=_unless_zero(qkv_bias.contiguous()),
-        out=attention.W_O.reshape(-1, cfg.d_model).T,
-        out_bias=_unless_zero(attention.b_O),
-        heads=attention.W_Q.shape[0],
-        kv_heads=w_k.shape[0],
-        mlp_gate=mlp_gate,
-        mlp_in=mlp_in,
-        mlp_out=mlp_out,
-        mlp_in_bias=mlp_in_bias,
-        mlp_out_bias=mlp_out_bias,
-    )
-
-
-def _unless_zero(bias: Tensor) -> Tensor | None:
-    """``bias``, or None when every entry is zero (adding it would change nothing)."""
-    return None if not bool(bias.any()) else bias
-
-
 def _hooked(point) -> bool:
     """Whether calling ``point`` does anything: a hook point with hooks, or a spliced module."""
     if not isinstance(point, HookPoint):
@@ -189,7 +120,7 @@ def _needs_reference(block) -> bool:
     return any(point is not None and _hooked(point) for point in points)
 
 
-def _attention_step(block, weights: _BlockWeights, x: Tensor, entry, attention_mask):
+def _attention_step(block, weights: BlockWeights, x: Tensor, entry, attention_mask):
     """Attention of ``pos`` new tokens per row (the prompt, then one per decode step) against
     the cache, appending their keys and values."""
     attention, cfg = block.attn, block.cfg
@@ -299,7 +230,7 @@ def _rotary_sources(blocks) -> list:
     return chosen
 
 
-def _mlp_step(mlp, weights: _BlockWeights, x: Tensor) -> Tensor:
+def _mlp_step(mlp, weights: BlockWeights, x: Tensor) -> Tensor:
     """The block's MLP on the arranged weights."""
     arranged = weights.mlp_in is not None
     w_in = weights.mlp_in if arranged else mlp.W_in.T
@@ -367,8 +298,8 @@ def fast_decoding(model) -> Iterator[None]:
     :func:`final_logits` unembeds on an arranged weight (see the module docstring).
 
     The weights are arranged on entry, or taken from the last arrangement if no parameter has
-    changed since (see :func:`_arranged` for the memory this keeps), so the model must not
-    change inside.
+    changed since (see :func:`~ipgkit.rollouts.arranged_weights.arranged` for the memory this
+    keeps), so the model must not change inside.
 
     Example:
         >>> with torch.inference_mode(), fast_decoding(policy.model):
@@ -376,14 +307,14 @@ def fast_decoding(model) -> Iterator[None]:
     """
     patched = []
     with torch.no_grad():
-        model._ipgkit_unembed = _arranged(model.unembed, lambda: _unembedding(model.unembed))
+        model._ipgkit_unembed = arranged(model.unembed, lambda: unembedding(model.unembed))
         blocks = [b for b in model.blocks if block_supported(b) and "forward" not in vars(b)]
         rotary = model.cfg.positional_embedding_type == "rotary"
         sources = _rotary_sources(blocks) if rotary else [None] * len(blocks)
         memo: dict = {}  # the current pass's cos/sin rows, shared by the blocks
         for block, source in zip(blocks, sources, strict=True):
             block._ipgkit_rotary = (memo, source)
-            block._ipgkit_weights = _arranged(block, lambda block=block: _block_weights(block))
+            block._ipgkit_weights = arranged(block, lambda block=block: block_weights(block))
             block._ipgkit_reference_forward = block.forward
             block.forward = types.MethodType(_block_step, block)
             patched.append(block)
@@ -394,29 +325,3 @@ def fast_decoding(model) -> Iterator[None]:
         for block in patched:
             del block.forward, block._ipgkit_reference_forward, block._ipgkit_weights
             del block._ipgkit_rotary
-
-
-def _unembedding(unembed) -> Tensor:
-    """``W_U`` as [d_vocab, d_model]: contiguous on the CPU, a view on CUDA."""
-    weight = unembed.W_U.T
-    return weight.contiguous() if weight.device.type == "cpu" else weight
-
-
-def _arranged(module, arrange):
-    """``arrange()``, kept on ``module`` until one of its parameters changes (a training step,
-    ``load_state_dict``, ``.to()``): repeated sampling, as in GRPO or the experiments, arranges
-    once per version of the weights rather than once per call. The price is a second copy of
-    the arranged matrices while the model lives; on CUDA only the attention's are arranged."""
-    version = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in module.parameters())
-    kept = _ARRANGED.get(module)
-    if kept is not None and kept[0] == version:
-        return kept[1]
-    _ARRANGED.pop(module, None)  # free the old copy before making the new one
-    value = arrange()
-    _ARRANGED[module] = (version, value)
-    return value
-
-
-#: arranged weights per module, outside the module so that copying a model (Policy.clone) does
-#: not copy them, and dropped with the module
-_ARRANGED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
