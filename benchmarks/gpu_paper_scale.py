@@ -39,6 +39,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from smollm2_pair import hf_greedy, questions
+
 import ipgkit
 from ipgkit.rollouts import SamplingConfig, generate
 from ipgkit.tasks.base import Problem
@@ -58,13 +60,6 @@ QWEN25_15B = dict(
 )
 SMALL = {**QWEN25_15B, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
 SMALL.update(num_attention_heads=4, num_key_value_heads=2, vocab_size=2048)
-
-QUESTIONS = [
-    "A baker makes 24 muffins and sells 3 boxes of 4 muffins. How many muffins are left?",
-    "Tom has 5 apples and buys 7 more. How many apples does he have?",
-    "A train travels 60 miles per hour for 3 hours. How far does it go?",
-    "Sara reads 12 pages a day. How many pages does she read in a week?",
-]
 
 
 def sevens(completions, **_):
@@ -96,9 +91,7 @@ def synchronize() -> None:
 
 
 def ipg_per_sample(policy, args) -> None:
-    problems = [
-        Problem(f"q/{i}", QUESTIONS[i % len(QUESTIONS)], "", "") for i in range(args.prompts)
-    ]
+    problems = [Problem(f"q/{i}", q, "", "") for i, q in enumerate(questions(args.prompts))]
     layer = policy.model.cfg.n_layers // 2
     components = ipgkit.mlp_neurons(layer)
     settings = dict(n_steps=10, internal_batch_size=args.internal_batch_size, progress=False)
@@ -140,15 +133,8 @@ def ipg_per_sample(policy, args) -> None:
 
 
 def sampler_against_hf(policy, hf_model, args, batch: int) -> None:
-    asked = [QUESTIONS[i % len(QUESTIONS)] for i in range(batch)]
-    prompt_ids = policy.encode([policy.prompt_format(q) for q in asked])
-    width = max(map(len, prompt_ids))
+    prompt_ids = policy.encode([policy.prompt_format(q) for q in questions(batch)])
     pad, eos = policy.pad_token_id, policy.stop_token_ids[0]
-    device = policy.model.cfg.device
-    tokens = torch.tensor([[pad] * (width - len(r)) + r for r in prompt_ids], device=device)
-    attention = torch.tensor(
-        [[0] * (width - len(r)) + [1] * len(r) for r in prompt_ids], device=device
-    )
     config = SamplingConfig(temperature=0.0, max_new_tokens=args.new_tokens)
     outputs = {}
 
@@ -158,18 +144,8 @@ def sampler_against_hf(policy, hf_model, args, batch: int) -> None:
         return int(mask.sum())
 
     def theirs():
-        with torch.no_grad():
-            out = hf_model.generate(
-                tokens,
-                attention_mask=attention,
-                do_sample=False,
-                max_new_tokens=args.new_tokens,
-                eos_token_id=eos,
-                pad_token_id=pad,
-            )
-        rows = [r[: r.index(eos) + 1] if eos in r else r for r in out[:, width:].tolist()]
-        outputs["hf"] = rows
-        return sum(map(len, rows))
+        outputs["hf"] = hf_greedy(hf_model, prompt_ids, pad, eos, args.new_tokens)
+        return sum(map(len, outputs["hf"]))
 
     timings = {"ipgkit": [], "hf": []}
     counts = {"ipgkit": ours(), "hf": theirs()}  # warm-up

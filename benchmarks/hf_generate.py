@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch
-from smollm2_pair import load_pair, questions
+from smollm2_pair import hf_greedy, load_pair, questions
 
 import ipgkit
 from ipgkit.rollouts import SamplingConfig, generate
@@ -43,8 +43,6 @@ def main() -> None:
     prompt_ids = policy.encode([policy.prompt_format(q + statement) for q in asked])
     width = max(map(len, prompt_ids))
     pad, eos = policy.pad_token_id, policy.stop_token_ids[0]
-    tokens = torch.tensor([[pad] * (width - len(r)) + r for r in prompt_ids])
-    attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in prompt_ids])
     config = SamplingConfig(temperature=0.0, max_new_tokens=args.new_tokens)
     outputs: dict[str, list[list[int]]] = {}
 
@@ -61,20 +59,8 @@ def main() -> None:
         return run("ipgkit_reference", reference=True)
 
     def run_hugging_face() -> int:
-        with torch.no_grad():
-            out = hf_model.generate(
-                tokens,
-                attention_mask=attention,
-                do_sample=False,
-                max_new_tokens=args.new_tokens,
-                eos_token_id=eos,
-                pad_token_id=pad,
-            )
-        rows = []
-        for row in out[:, width:].tolist():
-            rows.append(row[: row.index(eos) + 1] if eos in row else row)
-        outputs["hugging_face"] = rows
-        return sum(map(len, rows))
+        outputs["hugging_face"] = hf_greedy(hf_model, prompt_ids, pad, eos, args.new_tokens)
+        return sum(map(len, outputs["hugging_face"]))
 
     runs = (
         ("ipgkit", run_ipgkit),

