@@ -106,7 +106,7 @@ def ipg_per_sample(policy, args) -> None:
             progress=False,
         )
     )
-    rows = rollouts.completion_mask.sum().item()
+    tokens = rollouts.completion_mask.sum().item()
     packed, result = timed(
         lambda: ipgkit.ipg(policy, None, components, rollouts=rollouts, **settings)
     )
@@ -120,7 +120,7 @@ def ipg_per_sample(policy, args) -> None:
     samples = len(problems) * 5
     print(
         f"IPG: {len(problems)} prompts x 5 rollouts x {args.ipg_tokens} new tokens "
-        f"({rows} tokens), "
+        f"({tokens} tokens), "
         f"q = 10, all {policy.model.cfg.d_mlp} MLP neurons of block {layer}, "
         f"frac_reward_zero_std {rollouts.frac_reward_zero_std:.2f}"
     )

@@ -49,8 +49,8 @@ def block_weights(block) -> BlockWeights:
     w_v = attention._W_V if grouped else attention.W_V
     b_k = attention._b_K if grouped else attention.b_K
     b_v = attention._b_V if grouped else attention.b_V
-    # [heads, d_model, d_head] -> [heads * d_head, d_model]
-    weights = [w.permute(0, 2, 1).reshape(-1, cfg.d_model) for w in (attention.W_Q, w_k, w_v)]
+    # [heads, d_model, d_head] -> [d_model, heads * d_head]
+    weights = [w.permute(1, 0, 2).reshape(cfg.d_model, -1) for w in (attention.W_Q, w_k, w_v)]
     mlp_gate = mlp_in = mlp_out = mlp_in_bias = mlp_out_bias = None
     if not cfg.attn_only:
         mlp = block.mlp
@@ -61,8 +61,8 @@ def block_weights(block) -> BlockWeights:
                 mlp_gate = mlp.W_gate.T.contiguous()
     qkv_bias = torch.cat([b.reshape(-1) for b in (attention.b_Q, b_k, b_v)])
     return BlockWeights(
-        qkv=torch.cat([w.T for w in weights], dim=1).T,
-        qkv_bias=_unless_zero(qkv_bias.contiguous()),
+        qkv=torch.cat(weights, dim=1).T,
+        qkv_bias=_unless_zero(qkv_bias),
         out=attention.W_O.reshape(-1, cfg.d_model).T,
         out_bias=_unless_zero(attention.b_O),
         heads=attention.W_Q.shape[0],
@@ -77,7 +77,7 @@ def block_weights(block) -> BlockWeights:
 
 def _unless_zero(bias: Tensor) -> Tensor | None:
     """``bias``, or None when every entry is zero (adding it would change nothing)."""
-    return None if not bool(bias.any()) else bias
+    return bias if bool(bias.any()) else None
 
 
 def unembedding(unembed) -> Tensor:
