@@ -27,7 +27,7 @@ def register(commands) -> None:
         "--site",
         choices=["resid", "mlp", "sae"],
         default="mlp",
-        help="MLP neurons (default: completeness holds there), residual-stream neurons (the "
+        help="MLP neurons (default: the smallest completeness gap), residual-stream neurons (the "
         "paper's site; with the zero baseline on a LayerNorm'd stream completeness fails, try "
         "--baseline mean), or the latents of the SAE at --layer (error term kept)",
     )

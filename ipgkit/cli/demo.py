@@ -74,9 +74,11 @@ def run_demo(args: argparse.Namespace) -> int:
     print(result.to_dataframe().sort_values("rank").head(10).to_string(index=False))
     change = float(result.scores.sum()) - result.delta
     verdict = "holds" if completeness_holds(result.delta, change) else "does NOT hold"
+    share = abs(result.delta) / abs(change) if change else float("inf")
     print(
         f"scores sum to {result.scores.sum():+.4f}; the surrogate changes by {change:+.4f} "
-        f"(completeness delta {result.delta:+.4f}: completeness {verdict}, |delta| <= 10%)"
+        f"(completeness delta {result.delta:+.4f}, {share:.1%} of the change: completeness "
+        f"{verdict}; it holds when |delta| <= 10% of the change)"
     )
     print(f"frac_reward_zero_std {result.frac_reward_zero_std:.2f}, {result.info['seconds']:.1f} s")
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
