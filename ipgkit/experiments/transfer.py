@@ -99,7 +99,9 @@ def dataset_consistency(suite: Suite) -> pd.DataFrame:
 
 def dataset_transfer(suite: Suite) -> pd.DataFrame:
     """The IPG set found on one standard-split dataset steering every family's test problems:
-    suppression (``suppress_p`` at gamma = 0) and enhancement (IPG's validation choice).
+    suppression (``suppress_p`` at gamma = 0) and enhancement (IPG's validation choice). A source
+    whose support prompts all have rollouts that agree ranks no unit; its rows keep
+    ``source_prompts_with_signal`` = 0 and no accuracies, instead of steering units 0..p-1.
 
     Example:
         >>> table = dataset_transfer(suite)                                   # doctest: +SKIP
@@ -118,16 +120,19 @@ def dataset_transfer(suite: Suite) -> pd.DataFrame:
                 ("suppress", (config.suppress_p, 0.0)),
                 ("enhance", (p_enhance, gamma_enhance)),
             ):
-                rows.append(
-                    {
-                        "source": source,
-                        "target": family,
-                        "condition": condition,
-                        "p": p,
-                        "gamma": gamma,
-                        **condition_row(base, suite.evaluate(sets, task, p, gamma)),
-                    }
-                )
+                row = {
+                    "source": source,
+                    "target": family,
+                    "condition": condition,
+                    "p": p,
+                    "gamma": gamma,
+                    "source_prompts_with_signal": round(
+                        config.support * (1 - result.frac_reward_zero_std)
+                    ),
+                }
+                if sets.picks(p):  # else no source prompt has signal: no set to steer with
+                    row.update(condition_row(base, suite.evaluate(sets, task, p, gamma)))
+                rows.append(row)
     return pd.DataFrame(rows)
 
 
