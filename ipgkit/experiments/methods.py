@@ -29,8 +29,8 @@ from .workspace import digest
 #: the group advantage of IPG on the process reward: centred, not divided by the group's std.
 #: Dividing makes any reward that takes two values within a group give GRPO's advantages of
 #: correctness exactly (a right rollout scores 1, a wrong one its step fraction s < 1: the
-#: standardised values do not depend on s), and on the shipped model IPG on step_progress with
-#: ``mean_std`` correlated 0.99999999 with IPG (the same top 20).
+#: standardised values do not depend on s): on the stage-3 model IPG on step_progress with
+#: ``mean_std`` correlated 0.99999999 with IPG (the same top 20); benchmarks/process_advantage.py.
 PROCESS_ADVANTAGE = "mean"
 
 
