@@ -16,8 +16,6 @@ from ipgkit.tasks import mix_tasks, step_progress
 
 torch.set_num_threads(1)
 policy = ipgkit.load_model("arith")
-
-
 tasks = [ipgkit.tasks.load(f, split="train", n=50) for f in ("arith-word", "arith-chain")]
 task = mix_tasks(tasks)
 rollouts = ipgkit.sample(
@@ -29,19 +27,15 @@ rollouts = ipgkit.sample(
     max_new_tokens=task.max_new_tokens,
     reward=task.correctness,
 )
-proc = rollouts.with_rewards(step_progress)
-r = proc.rewards.view(len(task.problems), 5)
-distinct = [len(set(np.round(row.tolist(), 6))) for row in r]
+process = rollouts.with_rewards(step_progress)
+fractions = process.rewards.view(len(task.problems), 5)
+distinct = [len(set(np.round(group.tolist(), 6))) for group in fractions]
 print(
     "groups with >= 3 distinct step fractions:", sum(d >= 3 for d in distinct), "of", len(distinct)
 )
 units = ipgkit.mlp_neurons(2)
-a = ipgkit.ipg(policy, task.problems, units, rollouts=rollouts)
-b = ipgkit.ipg(policy, task.problems, units, rollouts=proc, advantage="mean_std")
-sa, sb = a.scores.numpy(), b.scores.numpy()
-print(
-    "pearson",
-    scipy.stats.pearsonr(sa, sb)[0],
-    "same top 20:",
-    set(a.top(20).indices) == set(b.top(20).indices),
-)
+on_correctness = ipgkit.ipg(policy, task.problems, units, rollouts=rollouts)
+on_process = ipgkit.ipg(policy, task.problems, units, rollouts=process, advantage="mean_std")
+pearson = scipy.stats.pearsonr(on_correctness.scores.numpy(), on_process.scores.numpy())[0]
+same_top = set(on_correctness.top(20).indices) == set(on_process.top(20).indices)
+print(f"pearson {pearson:.4f}, same top 20: {same_top}")
