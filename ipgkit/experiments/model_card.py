@@ -59,19 +59,17 @@ def first_failures(task, rollouts) -> list[tuple]:
     return attempts
 
 
-def verifier_accuracy(
+def verifier_outcomes(
     policy: Policy,
     attempts: list[tuple],
     max_new_tokens: int = 128,
     with_reference: bool = True,
     style: str | None = None,
-) -> dict:
-    """Greedy interventions of :class:`~ipgkit.training.SelfProposer` (in ``style``, by default
-    the format the policy was trained on) for (problem, attempt_steps) pairs, scored against the
-    rule-based first-divergence checker: parse rate, location accuracy, exact (location and
-    content), each with a 95% Wilson interval. Attempts whose verification leaves no room for the
-    answer in the context are skipped and counted; ``with_reference=False`` hides the reference
-    solution."""
+) -> list[tuple | None]:
+    """For each (problem, attempt_steps) pair, the greedy intervention of
+    :class:`~ipgkit.training.SelfProposer` (parsed, or None where it does not parse) next to the
+    rule-based first-divergence checker's; None for an attempt whose verification leaves no room
+    for the answer in the context. ``with_reference=False`` hides the reference solution."""
     proposer = SelfProposer(
         policy,
         n=1,
@@ -81,23 +79,35 @@ def verifier_accuracy(
         with_reference=with_reference,
     )
     answers = proposer([FailedAttempt(problem, "", tuple(steps)) for problem, steps in attempts])
-    fits = [bool(answer) for answer in answers]
-    skipped = len(attempts) - sum(fits)
-    completions = [answer[0] for answer in answers if answer]
-    expected = [
-        first_divergence(split_lines(problem.reference), steps)
-        for (problem, steps), ok in zip(attempts, fits, strict=True)
-        if ok
+    return [
+        (parse_intervention(answer[0]), first_divergence(split_lines(problem.reference), steps))
+        if answer
+        else None
+        for (problem, steps), answer in zip(attempts, answers, strict=True)
     ]
-    n = len(completions)
-    parsed = [parse_intervention(text) for text in completions]
+
+
+def verifier_accuracy(
+    policy: Policy,
+    attempts: list[tuple],
+    max_new_tokens: int = 128,
+    with_reference: bool = True,
+    style: str | None = None,
+) -> dict:
+    """:func:`verifier_outcomes` (in ``style``, by default the format the policy was trained on)
+    scored against the rule-based first-divergence checker: parse rate, location accuracy, exact
+    (location and content), each with a 95% Wilson interval. Attempts whose verification leaves
+    no room for the answer in the context are skipped and counted."""
+    outcomes = verifier_outcomes(policy, attempts, max_new_tokens, with_reference, style)
+    fitted = [outcome for outcome in outcomes if outcome is not None]
+    skipped = len(outcomes) - len(fitted)
+    n = len(fitted)
     counts = {
-        "parsed": sum(p is not None for p in parsed),
+        "parsed": sum(got is not None for got, _ in fitted),
         "location_accuracy": sum(
-            p is not None and p.location == e.location
-            for p, e in zip(parsed, expected, strict=True)
+            got is not None and got.location == want.location for got, want in fitted
         ),
-        "exact_accuracy": sum(p == e for p, e in zip(parsed, expected, strict=True)),
+        "exact_accuracy": sum(got == want for got, want in fitted),
     }
     result: dict = {"n": n, "skipped_too_long": skipped}
     for name, hits in counts.items():
